@@ -51,6 +51,20 @@ pub fn derive(
     })
 }
 
+/// Derives one 256-bit key: `HKDF-Expand(HKDF-Extract(salt, ikm), label ‖ "\0" ‖ context)`.
+pub fn derive_key(
+    ikm: &[u8; 32],
+    salt: &[u8],
+    label: &[u8],
+    context: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, KdfError> {
+    let hkdf = Hkdf::<Sha256>::new(Some(salt), ikm);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hkdf.expand_multi_info(&[label, b"\0", context], key.as_mut())
+        .map_err(|_| KdfError)?;
+    Ok(key)
+}
+
 /// Constant-time comparison of a stored commitment with the expected one.
 pub fn commitment_matches(expected: &[u8; COMMITMENT_LEN], stored: &[u8]) -> bool {
     expected.as_slice().ct_eq(stored).into()

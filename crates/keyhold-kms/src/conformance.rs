@@ -1,0 +1,284 @@
+//! The conformance suite every [`Kms`] backend passes.
+//!
+//! A backend's tests build a [`Harness`] around a real instance of its KMS (the local keystore,
+//! LocalStack, OpenBao, SoftHSM, …) and call [`run_all`]. Each check panics with a message naming
+//! the backend and the property that failed. Checks a backend cannot support (a KMS with no way
+//! to disable a key from the test) are skipped by returning `None` from the harness and are
+//! reported in the returned [`Report`].
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use keyhold_core::secret::Dek;
+
+use crate::{KeyContext, Kms, KmsError};
+
+/// What a backend's test provides to the suite.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// A name for messages.
+    fn name(&self) -> &str;
+    /// The backend under test, bound to a usable master key.
+    fn kms(&self) -> Arc<dyn Kms>;
+    /// Disables the master key in the KMS itself. `None`: not supported.
+    async fn disable_key(&self) -> Option<()>;
+    /// Enables it again.
+    async fn enable_key(&self) -> Option<()>;
+    /// Rotates the master key. `None`: not supported.
+    async fn rotate_key(&self) -> Option<()>;
+    /// The master key version a wrapped key was made with, if the KMS exposes it.
+    fn key_version_of(&self, wrapped: &[u8]) -> Option<u32>;
+    /// The same backend pointed at an address where nothing answers. `None`: not applicable.
+    fn unreachable_kms(&self) -> Option<Arc<dyn Kms>>;
+    /// How long the unreachable backend may take to say so.
+    fn unreachable_deadline(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// Which checks ran and which were skipped.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Checks that ran and passed.
+    pub passed: Vec<&'static str>,
+    /// Checks the harness could not support.
+    pub skipped: Vec<&'static str>,
+}
+
+/// Runs every check against the harness.
+pub async fn run_all(h: &dyn Harness) -> Report {
+    let mut report = Report::default();
+    round_trip(h).await;
+    report.passed.push("round_trip");
+    wrap_existing_key(h).await;
+    report.passed.push("wrap_existing_key");
+    wrong_context_is_refused(h).await;
+    report.passed.push("wrong_context_is_refused");
+    tampered_ciphertext_is_refused(h).await;
+    report.passed.push("tampered_ciphertext_is_refused");
+    record(
+        &mut report,
+        "disabled_key_is_denied",
+        disabled_key_is_denied(h).await,
+    );
+    record(
+        &mut report,
+        "rotation_keeps_old_keys",
+        rotation_keeps_old_keys(h).await,
+    );
+    record(
+        &mut report,
+        "unreachable_is_reported",
+        unreachable_is_reported(h).await,
+    );
+    report
+}
+
+fn record(report: &mut Report, name: &'static str, ran: bool) {
+    if ran {
+        report.passed.push(name)
+    } else {
+        report.skipped.push(name)
+    }
+}
+
+const TENANT: &str = "conformance-tenant";
+const CONFIG: i32 = 4242;
+
+/// A generated key unwraps to the same key; two generated keys differ.
+pub async fn round_trip(h: &dyn Harness) {
+    let kms = h.kms();
+    let ctx = KeyContext::new(TENANT, CONFIG);
+    let a = kms
+        .generate(&ctx)
+        .await
+        .unwrap_or_else(|e| panic!("{}: generate: {e}", h.name()));
+    let b = kms
+        .generate(&ctx)
+        .await
+        .unwrap_or_else(|e| panic!("{}: generate: {e}", h.name()));
+    assert_ne!(a.dek, b.dek, "{}: two generated keys are equal", h.name());
+    assert_ne!(
+        a.wrapped,
+        b.wrapped,
+        "{}: two wrapped keys are equal",
+        h.name()
+    );
+    let back = kms
+        .unwrap(&a.wrapped, &ctx)
+        .await
+        .unwrap_or_else(|e| panic!("{}: unwrap: {e}", h.name()));
+    assert_eq!(back, a.dek, "{}: unwrap returned another key", h.name());
+    kms.health()
+        .await
+        .unwrap_or_else(|e| panic!("{}: health: {e}", h.name()));
+}
+
+/// A key wrapped with `wrap` (as rekey does) unwraps to itself.
+pub async fn wrap_existing_key(h: &dyn Harness) {
+    let kms = h.kms();
+    let ctx = KeyContext::new(TENANT, CONFIG);
+    let dek = Dek::generate().unwrap();
+    let wrapped = kms
+        .wrap(&dek, &ctx)
+        .await
+        .unwrap_or_else(|e| panic!("{}: wrap: {e}", h.name()));
+    assert_eq!(
+        kms.unwrap(&wrapped, &ctx).await.unwrap(),
+        dek,
+        "{}: wrap round trip",
+        h.name()
+    );
+}
+
+/// A wrapped key does not unwrap for another tenant or another configuration id.
+pub async fn wrong_context_is_refused(h: &dyn Harness) {
+    let kms = h.kms();
+    let ctx = KeyContext::new(TENANT, CONFIG);
+    let wrapped = kms.generate(&ctx).await.unwrap().wrapped;
+    for other in [
+        KeyContext::new("another-tenant", CONFIG),
+        KeyContext::new(TENANT, CONFIG + 1),
+    ] {
+        match kms.unwrap(&wrapped, &other).await {
+            Err(KmsError::InvalidCiphertext) => {}
+            Ok(_) => panic!("{}: unwrapped under the wrong context {other:?}", h.name()),
+            Err(e) => panic!(
+                "{}: wrong context gave {e:?}, want InvalidCiphertext",
+                h.name()
+            ),
+        }
+    }
+}
+
+/// Flipping any bit of a wrapped key, or cutting it short, makes unwrap fail.
+pub async fn tampered_ciphertext_is_refused(h: &dyn Harness) {
+    let kms = h.kms();
+    let ctx = KeyContext::new(TENANT, CONFIG);
+    let wrapped = kms.generate(&ctx).await.unwrap().wrapped;
+    let positions = [0, wrapped.len() / 2, wrapped.len() - 1];
+    for pos in positions {
+        let mut bad = wrapped.clone();
+        bad[pos] ^= 0x01;
+        match kms.unwrap(&bad, &ctx).await {
+            Err(KmsError::InvalidCiphertext) => {}
+            Ok(_) => panic!("{}: tampered byte {pos} accepted", h.name()),
+            Err(e) => panic!(
+                "{}: tampered byte {pos} gave {e:?}, want InvalidCiphertext",
+                h.name()
+            ),
+        }
+    }
+    for len in [0, 1, wrapped.len() - 1] {
+        assert!(
+            matches!(
+                kms.unwrap(&wrapped[..len], &ctx).await,
+                Err(KmsError::InvalidCiphertext)
+            ),
+            "{}: truncated wrapped key of {len} bytes not refused as invalid",
+            h.name()
+        );
+    }
+}
+
+/// With the key disabled, wrap and unwrap are denied; enabled again, old wrapped keys unwrap.
+pub async fn disabled_key_is_denied(h: &dyn Harness) -> bool {
+    let kms = h.kms();
+    let ctx = KeyContext::new(TENANT, CONFIG);
+    let before = kms.generate(&ctx).await.unwrap();
+    if h.disable_key().await.is_none() {
+        return false;
+    }
+    let unwrap = kms.unwrap(&before.wrapped, &ctx).await;
+    let generate = kms.generate(&ctx).await;
+    h.enable_key()
+        .await
+        .expect("harness can disable but not enable");
+    match unwrap {
+        Err(e) if e.is_revocation() => {}
+        other => panic!(
+            "{}: unwrap with a disabled key gave {other:?}, want denied",
+            h.name()
+        ),
+    }
+    match generate {
+        Err(e) if e.is_revocation() => {}
+        other => panic!(
+            "{}: generate with a disabled key gave {:?}, want denied",
+            h.name(),
+            other.map(|_| ())
+        ),
+    }
+    assert_eq!(
+        kms.unwrap(&before.wrapped, &ctx).await.unwrap(),
+        before.dek,
+        "{}: re-enabled key",
+        h.name()
+    );
+    true
+}
+
+/// After rotation, keys wrapped before still unwrap and new wraps use the new version.
+pub async fn rotation_keeps_old_keys(h: &dyn Harness) -> bool {
+    let kms = h.kms();
+    let ctx = KeyContext::new(TENANT, CONFIG);
+    let old = kms.generate(&ctx).await.unwrap();
+    let old_version = h.key_version_of(&old.wrapped);
+    if h.rotate_key().await.is_none() {
+        return false;
+    }
+    let new = kms.generate(&ctx).await.unwrap();
+    assert_eq!(
+        kms.unwrap(&old.wrapped, &ctx).await.unwrap(),
+        old.dek,
+        "{}: old key after rotation",
+        h.name()
+    );
+    assert_eq!(
+        kms.unwrap(&new.wrapped, &ctx).await.unwrap(),
+        new.dek,
+        "{}: new key after rotation",
+        h.name()
+    );
+    if let (Some(before), Some(after)) = (old_version, h.key_version_of(&new.wrapped)) {
+        assert!(
+            after > before,
+            "{}: new wraps use version {after}, not newer than {before}",
+            h.name()
+        );
+    }
+    true
+}
+
+/// A KMS that does not answer is reported as unreachable within the deadline.
+pub async fn unreachable_is_reported(h: &dyn Harness) -> bool {
+    let Some(kms) = h.unreachable_kms() else {
+        return false;
+    };
+    let ctx = KeyContext::new(TENANT, CONFIG);
+    let started = Instant::now();
+    let result = tokio::time::timeout(h.unreachable_deadline() * 2, kms.generate(&ctx)).await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(Err(KmsError::Unreachable(_))) => {}
+        Ok(other) => panic!("{}: unreachable KMS gave {:?}", h.name(), other.map(|_| ())),
+        Err(_) => panic!(
+            "{}: unreachable KMS did not answer within {:?}",
+            h.name(),
+            h.unreachable_deadline() * 2
+        ),
+    }
+    assert!(
+        elapsed <= h.unreachable_deadline(),
+        "{}: took {elapsed:?} to report unreachable",
+        h.name()
+    );
+    true
+}

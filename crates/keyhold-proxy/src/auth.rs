@@ -1,0 +1,99 @@
+//! API key authentication: `Authorization: cmk <api-key>`, compared in constant time.
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::AppState;
+use crate::error::ServiceError;
+
+/// The accepted API keys, kept only as SHA-256 digests so that comparisons take the same time
+/// whatever the length or content of the key a caller sends.
+#[derive(Clone)]
+pub struct ApiKeys {
+    digests: Vec<[u8; 32]>,
+}
+
+impl core::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.digests.len())
+    }
+}
+
+impl ApiKeys {
+    /// Accepts any of `keys`.
+    pub fn new(keys: &[Zeroizing<String>]) -> Self {
+        Self {
+            digests: keys
+                .iter()
+                .map(|k| Sha256::digest(k.as_bytes()).into())
+                .collect(),
+        }
+    }
+
+    /// True if `candidate` is one of the keys. Every key is compared, match or not.
+    pub fn verify(&self, candidate: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(candidate).into();
+        let mut matched = subtle::Choice::from(0);
+        for known in &self.digests {
+            matched |= known.ct_eq(&digest);
+        }
+        matched.into()
+    }
+
+    /// Checks an `Authorization` header value of the form `cmk <key>`.
+    pub fn verify_header(&self, value: &[u8]) -> bool {
+        let Some((scheme, key)) = split_scheme(value) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(keyhold_core::wire::AUTH_SCHEME.as_bytes()) && self.verify(key)
+    }
+}
+
+fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    let key = rest.get(1..)?.trim_ascii();
+    (!key.is_empty()).then_some((scheme, key))
+}
+
+/// Middleware: refuses requests without a valid API key with 401 and code 101.
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let authorized = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| state.api_keys.verify_header(v.as_bytes()));
+    if authorized {
+        next.run(request).await
+    } else {
+        axum::response::IntoResponse::into_response(ServiceError::Unauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_forms() {
+        let keys = ApiKeys::new(&[
+            Zeroizing::new("first-key-0123456789".into()),
+            Zeroizing::new("second-key-0123456789".into()),
+        ]);
+        assert!(keys.verify_header(b"cmk first-key-0123456789"));
+        assert!(keys.verify_header(b"CMK second-key-0123456789"));
+        assert!(!keys.verify_header(b"cmk first-key-012345678"));
+        assert!(!keys.verify_header(b"Bearer first-key-0123456789"));
+        assert!(!keys.verify_header(b"cmk"));
+        assert!(!keys.verify_header(b"cmk "));
+        assert!(!keys.verify_header(b"first-key-0123456789"));
+        assert!(!keys.verify_header(b""));
+    }
+}

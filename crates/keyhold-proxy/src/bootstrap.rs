@@ -1,0 +1,166 @@
+//! Creates a self-contained data directory for `keyhold up`: a root key, a local keystore with
+//! one master key per tenant, an API key and a proxy configuration that uses them.
+//!
+//! ```text
+//! DIR/
+//!   keyhold.toml   proxy configuration (edit it to add tenants)
+//!   root.key       root key of the keystore (0600)
+//!   keystore       the encrypted local keystore
+//!   api-key        the API key clients send as `Authorization: cmk <key>` (0600)
+//! ```
+//!
+//! A second run finds `keyhold.toml` and changes nothing.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use keyhold_core::random::random_array;
+use keyhold_kms::local::{Keystore, KeystoreError, generate_root_key_file};
+use zeroize::Zeroizing;
+
+/// File name of the configuration inside a data directory.
+pub const CONFIG_FILE: &str = "keyhold.toml";
+/// File name of the API key inside a data directory.
+pub const API_KEY_FILE: &str = "api-key";
+
+/// Why a data directory could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The keystore could not be created.
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    /// No randomness.
+    #[error("the operating system's random number generator failed")]
+    Random,
+}
+
+/// A data directory, created or found.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its configuration file.
+    pub config_path: PathBuf,
+    /// Its API key file.
+    pub api_key_path: PathBuf,
+    /// True if this call created it.
+    pub created: bool,
+}
+
+/// Creates `dir` with one tenant per entry of `tenants` (each with its own local master key,
+/// as KMS configuration 1, 2, …), unless `dir/keyhold.toml` already exists.
+pub fn init_data_dir(
+    dir: &Path,
+    tenants: &[&str],
+    listen: &str,
+) -> Result<DataDir, BootstrapError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BootstrapError::Io { path, source }
+    };
+    let config_path = dir.join(CONFIG_FILE);
+    let api_key_path = dir.join(API_KEY_FILE);
+    if config_path.exists() {
+        return Ok(DataDir {
+            dir: dir.to_owned(),
+            config_path,
+            api_key_path,
+            created: false,
+        });
+    }
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
+    let root_path = dir.join("root.key");
+    let keystore_path = dir.join("keystore");
+    // A half-finished earlier run may have left these; start them over.
+    for stale in [&root_path, &keystore_path, &api_key_path] {
+        if stale.exists() {
+            fs::remove_file(stale).map_err(io(stale))?;
+        }
+    }
+    let root = generate_root_key_file(&root_path)?;
+    let keystore = Keystore::create(&keystore_path, root)?;
+
+    let api_key_bytes: [u8; 32] = random_array().map_err(|_| BootstrapError::Random)?;
+    let api_key =
+        Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(api_key_bytes));
+    write_private(&api_key_path, format!("{}\n", api_key.as_str()).as_bytes())
+        .map_err(io(&api_key_path))?;
+
+    let mut config = format!(
+        "# Keyhold proxy configuration, created by `keyhold up`. Edit and restart to add tenants.\n\
+         # Reference: docs/configuration.md\n\
+         listen = \"{listen}\"\n\
+         api_key_file = \"{API_KEY_FILE}\"\n\n\
+         [local_keystore]\n\
+         path = \"keystore\"\n\
+         root_key_file = \"root.key\"\n"
+    );
+    for (index, tenant) in tenants.iter().enumerate() {
+        keystore.create_key(tenant)?;
+        let id = index + 1;
+        config.push_str(&format!(
+            "\n[[tenants]]\nid = \"{tenant}\"\n\n[[tenants.kms_configs]]\nid = {id}\nstatus = \"primary\"\ntype = \"local\"\nkey = \"{tenant}\"\n"
+        ));
+    }
+    // The configuration is written last: its presence means the directory is complete.
+    let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
+    fs::write(&tmp, config).map_err(io(&tmp))?;
+    fs::rename(&tmp, &config_path).map_err(io(&config_path))?;
+    Ok(DataDir {
+        dir: dir.to_owned(),
+        config_path,
+        api_key_path,
+        created: true,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ProxyConfig;
+
+    #[test]
+    fn creates_once_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let first = init_data_dir(&data, &["demo-tenant", "second"], "127.0.0.1:0").unwrap();
+        assert!(first.created);
+        let config = ProxyConfig::load(&first.config_path).unwrap();
+        assert_eq!(config.tenants.len(), 2);
+        assert_eq!(config.tenants[1].kms_configs[0].id, 2);
+        let key = fs::read_to_string(&first.api_key_path).unwrap();
+        assert!(key.trim().len() >= 40);
+        let again = init_data_dir(&data, &["demo-tenant"], "127.0.0.1:0").unwrap();
+        assert!(!again.created);
+        assert_eq!(fs::read_to_string(&again.api_key_path).unwrap(), key);
+    }
+}

@@ -1,0 +1,441 @@
+//! The proxy's configuration: one typed structure, read from a TOML file and overridden by
+//! `KEYHOLD_*` environment variables. This is the only module that reads configuration.
+//!
+//! ```toml
+//! listen = "127.0.0.1:32804"
+//! api_key_file = "api-key"          # or KEYHOLD_API_KEY; KEYHOLD_API_KEY_2 for rotation
+//!
+//! [local_keystore]
+//! path = "keystore"
+//! root_key_file = "root.key"         # or KEYHOLD_ROOT_KEY
+//!
+//! [[tenants]]
+//! id = "demo-tenant"
+//!
+//! [[tenants.kms_configs]]
+//! id = 1
+//! status = "primary"                 # primary | active (decrypt only) | disabled
+//! type = "local"
+//! key = "demo-tenant"
+//! ```
+//!
+//! Relative paths are resolved against the directory of the configuration file.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyhold_core::metadata::validate_tenant_id;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// Environment variable holding the current API key.
+pub const API_KEY_ENV: &str = "KEYHOLD_API_KEY";
+/// Environment variable holding a second accepted API key (for rotation).
+pub const API_KEY_2_ENV: &str = "KEYHOLD_API_KEY_2";
+/// Environment variable overriding `listen`.
+pub const LISTEN_ENV: &str = "KEYHOLD_LISTEN";
+/// Shortest API key accepted, in bytes.
+pub const MIN_API_KEY_LEN: usize = 16;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this structure.
+    #[error("invalid configuration {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line and column included).
+        message: String,
+    },
+    /// The values are inconsistent or out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole proxy configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address of the API listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Optional second listener for `/health`, `/live`, `/ready` and `/metrics` only. When set,
+    /// `/metrics` is not served on the API listener.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// API key in the clear (prefer `api_key_file` or `KEYHOLD_API_KEY`).
+    #[serde(default, skip_serializing)]
+    api_key: Option<String>,
+    /// File holding the API key.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// A second accepted API key, for rotation without downtime.
+    #[serde(default, skip_serializing)]
+    api_key_2: Option<String>,
+    /// File holding the second API key.
+    #[serde(default)]
+    pub api_key_2_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most ids one batch call may carry.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// How many KMS calls of one batch run at once.
+    #[serde(default = "default_batch_concurrency")]
+    pub batch_concurrency: usize,
+    /// Longest a single KMS call may take before it counts as unreachable, in milliseconds.
+    #[serde(default = "default_kms_timeout_ms")]
+    pub kms_timeout_ms: u64,
+    /// The vendor-held keystore, for KMS configurations of type `local`.
+    #[serde(default)]
+    pub local_keystore: Option<LocalKeystoreConfig>,
+    /// The tenants this proxy serves.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// Directory of the file this was read from (for relative paths).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Where the local keystore lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalKeystoreConfig {
+    /// The keystore file.
+    pub path: PathBuf,
+    /// File holding the root key (base64). Without it, `KEYHOLD_ROOT_KEY` is used.
+    #[serde(default)]
+    pub root_key_file: Option<PathBuf>,
+    /// How often to check the keystore file for changes made by `keyhold keys`, in milliseconds.
+    #[serde(default = "default_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+/// One tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant id applications send as `tenantId`.
+    pub id: String,
+    /// The tenant's KMS configurations: at most one primary.
+    #[serde(default)]
+    pub kms_configs: Vec<KmsConfigEntry>,
+}
+
+/// What a KMS configuration may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KmsConfigStatus {
+    /// Wraps new keys and unwraps old ones.
+    Primary,
+    /// Unwraps only (a retired or secondary configuration).
+    Active,
+    /// Neither: EDEKs naming it are refused with `KMS_CONFIGURATION_DISABLED`.
+    Disabled,
+}
+
+/// One KMS configuration of a tenant. (Unknown fields are caught by [`KmsSettings`], which
+/// receives every field but `id` and `status`.)
+#[derive(Debug, Clone, Deserialize)]
+pub struct KmsConfigEntry {
+    /// The id recorded in every EDEK it makes; unique across the proxy, never 0.
+    pub id: i32,
+    /// What it may be used for.
+    pub status: KmsConfigStatus,
+    /// Which KMS and which key.
+    #[serde(flatten)]
+    pub kms: KmsSettings,
+}
+
+/// The KMS behind a configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KmsSettings {
+    /// A key in the local keystore.
+    Local {
+        /// The key's name in the keystore.
+        key: String,
+    },
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 32804))
+}
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_batch_size() -> usize {
+    10_000
+}
+fn default_batch_concurrency() -> usize {
+    32
+}
+fn default_kms_timeout_ms() -> u64 {
+    10_000
+}
+fn default_reload_ms() -> u64 {
+    1_000
+}
+
+impl ProxyConfig {
+    /// Reads, overrides from the environment, and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML without reading the environment or validating.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Applies `KEYHOLD_*` overrides from `env`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(listen) = env(LISTEN_ENV) {
+            self.listen = listen.parse().map_err(|_| {
+                ConfigError::Invalid(format!("{LISTEN_ENV}={listen:?} is not an address"))
+            })?;
+        }
+        if let Some(key) = env(API_KEY_ENV) {
+            self.api_key = Some(key);
+            self.api_key_file = None;
+        }
+        if let Some(key) = env(API_KEY_2_ENV) {
+            self.api_key_2 = Some(key);
+            self.api_key_2_file = None;
+        }
+        Ok(())
+    }
+
+    /// Sets the API key directly (for embedding and tests).
+    pub fn set_api_key(&mut self, key: impl Into<String>) {
+        self.api_key = Some(key.into());
+        self.api_key_file = None;
+    }
+
+    /// Resolves a path relative to the configuration file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The accepted API keys (current first), read from their files if needed.
+    pub fn api_keys(&self) -> Result<Vec<Zeroizing<String>>, ConfigError> {
+        let mut keys = Vec::new();
+        for (inline, file, name) in [
+            (&self.api_key, &self.api_key_file, "api key"),
+            (&self.api_key_2, &self.api_key_2_file, "second api key"),
+        ] {
+            let key = match (inline, file) {
+                (Some(k), _) => Some(Zeroizing::new(k.trim().to_owned())),
+                (None, Some(f)) => {
+                    let path = self.resolve(f);
+                    let text = Zeroizing::new(
+                        std::fs::read_to_string(&path)
+                            .map_err(|source| ConfigError::Read { path, source })?,
+                    );
+                    Some(Zeroizing::new(text.trim().to_owned()))
+                }
+                (None, None) => None,
+            };
+            if let Some(key) = key {
+                if key.len() < MIN_API_KEY_LEN {
+                    return Err(ConfigError::Invalid(format!(
+                        "the {name} must be at least {MIN_API_KEY_LEN} characters"
+                    )));
+                }
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "no API key: set api_key_file in the configuration or {API_KEY_ENV}"
+            )));
+        }
+        Ok(keys)
+    }
+
+    /// How long a KMS call may take.
+    pub fn kms_timeout(&self) -> Duration {
+        Duration::from_millis(self.kms_timeout_ms)
+    }
+
+    /// Checks everything that can be checked without touching a KMS.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.max_body_bytes < 1024 {
+            return invalid("max_body_bytes must be at least 1024".into());
+        }
+        if self.max_batch_size == 0 || self.batch_concurrency == 0 || self.kms_timeout_ms == 0 {
+            return invalid(
+                "max_batch_size, batch_concurrency and kms_timeout_ms must be positive".into(),
+            );
+        }
+        self.api_keys()?;
+        let mut tenant_ids = HashSet::new();
+        let mut config_ids: HashMap<i32, &str> = HashMap::new();
+        for tenant in &self.tenants {
+            if validate_tenant_id(&tenant.id).is_err() {
+                return invalid(format!("tenant id {:?} must be 1 to 1024 bytes", tenant.id));
+            }
+            if !tenant_ids.insert(tenant.id.as_str()) {
+                return invalid(format!("tenant {:?} is listed twice", tenant.id));
+            }
+            let primaries = tenant
+                .kms_configs
+                .iter()
+                .filter(|c| c.status == KmsConfigStatus::Primary)
+                .count();
+            if primaries > 1 {
+                return invalid(format!(
+                    "tenant {:?} has {primaries} primary KMS configurations; at most one",
+                    tenant.id
+                ));
+            }
+            for config in &tenant.kms_configs {
+                if config.id <= 0 {
+                    return invalid(format!(
+                        "KMS configuration ids must be positive (tenant {:?})",
+                        tenant.id
+                    ));
+                }
+                if let Some(other) = config_ids.insert(config.id, &tenant.id) {
+                    return invalid(format!(
+                        "KMS configuration id {} is used by tenants {other:?} and {:?}; ids are unique",
+                        config.id, tenant.id
+                    ));
+                }
+                match &config.kms {
+                    KmsSettings::Local { .. } if self.local_keystore.is_none() => {
+                        return invalid(format!(
+                            "tenant {:?} uses a local key but there is no [local_keystore] section",
+                            tenant.id
+                        ));
+                    }
+                    KmsSettings::Local { .. } => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+        listen = "127.0.0.1:0"
+        api_key = "0123456789abcdef0123"
+        [local_keystore]
+        path = "ks"
+        root_key_file = "root.key"
+        [[tenants]]
+        id = "a"
+        [[tenants.kms_configs]]
+        id = 1
+        status = "primary"
+        type = "local"
+        key = "a"
+        [[tenants.kms_configs]]
+        id = 2
+        status = "active"
+        type = "local"
+        key = "a-old"
+    "#;
+
+    #[test]
+    fn parses_and_validates() {
+        let config = ProxyConfig::from_toml(SAMPLE).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.tenants[0].kms_configs[1].status,
+            KmsConfigStatus::Active
+        );
+        assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.api_keys().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn rejects_inconsistent_configs() {
+        let dup_id = SAMPLE.replace("id = 2", "id = 1");
+        assert!(ProxyConfig::from_toml(&dup_id).unwrap().validate().is_err());
+        let two_primaries = SAMPLE.replace("status = \"active\"", "status = \"primary\"");
+        assert!(
+            ProxyConfig::from_toml(&two_primaries)
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+        let short_key = SAMPLE.replace("0123456789abcdef0123", "short");
+        assert!(
+            ProxyConfig::from_toml(&short_key)
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+        let zero_id = SAMPLE.replace("id = 2", "id = 0");
+        assert!(
+            ProxyConfig::from_toml(&zero_id)
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+        assert!(ProxyConfig::from_toml("unknown_field = 1").is_err());
+        assert!(
+            ProxyConfig::from_toml(&SAMPLE.replace("key = \"a-old\"", "key = \"a-old\"\nkye = 1"))
+                .is_err()
+        );
+        assert!(
+            ProxyConfig::from_toml(
+                &SAMPLE.replace("type = \"local\"\n        key = \"a\"", "type = \"nope\"")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut config = ProxyConfig::from_toml(SAMPLE).unwrap();
+        config
+            .apply_env(|name| match name {
+                LISTEN_ENV => Some("127.0.0.1:9999".into()),
+                API_KEY_2_ENV => Some("second-key-0123456789".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.api_keys().unwrap().len(), 2);
+        assert!(
+            config
+                .apply_env(|n| (n == LISTEN_ENV).then(|| "nope".into()))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! # keyhold-proxy
+//!
+//! The Tenant Security Proxy: a stateless HTTP service in the vendor's infrastructure that wraps
+//! and unwraps data keys through each tenant's KMS. Its API is wire-compatible with the IronCore
+//! Tenant Security Proxy (`docs/tsp-api.md`), so IronCore's published client SDKs work against it.
+//!
+//! ```text
+//!  SDK ──HTTP (cmk api key)──▶ api (axum) ──▶ service ──▶ registry ──▶ Kms (local, aws, …)
+//!                              auth, limits     wrap/unwrap   tenants →      │
+//!                              error → code     metrics       KMS configs    ▼
+//!                                                                          tenant's key
+//! ```
+//!
+//! | module | job |
+//! |---|---|
+//! | [`config`] | the typed configuration (TOML + `KEYHOLD_*` environment) |
+//! | [`registry`] | tenants and their KMS configurations |
+//! | [`service`] | what each call does, free of HTTP |
+//! | [`api`] | handlers, router, body parsing |
+//! | [`auth`] | API keys, compared in constant time |
+//! | [`bootstrap`] | a ready-to-run data directory for `keyhold up` |
+//! | [`error`] | the one mapping from errors to wire codes |
+//! | [`metrics`] | Prometheus metrics |
+//! | [`server`] | listeners, background tasks, graceful shutdown |
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod service;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use config::ProxyConfig;
+pub use server::{Proxy, ProxyError, shutdown_signal};
+
+/// Whether the proxy is serving (for `/health` and `/ready`).
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    /// True once the proxy serves, false again while it shuts down.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the proxy ready or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}
+
+/// Everything a handler needs, shared by all requests.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The key service.
+    pub service: Arc<service::KeyService>,
+    /// The accepted API keys.
+    pub api_keys: auth::ApiKeys,
+    /// Metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// Builds the state from a validated configuration (opens the keystore, builds backends).
+    pub fn from_config(config: &ProxyConfig) -> Result<Self, ProxyError> {
+        let registry = Arc::new(registry::TenantRegistry::from_config(config)?);
+        let metrics = Arc::new(metrics::Metrics::new());
+        metrics
+            .tenants
+            .set(i64::try_from(registry.len()).unwrap_or(i64::MAX));
+        let service = Arc::new(service::KeyService::new(
+            registry,
+            Arc::clone(&metrics),
+            service::ServiceLimits {
+                kms_timeout: config.kms_timeout(),
+                max_batch_size: config.max_batch_size,
+                batch_concurrency: config.batch_concurrency,
+            },
+        ));
+        Ok(Self {
+            service,
+            api_keys: auth::ApiKeys::new(&config.api_keys()?),
+            metrics,
+            health: Arc::new(Health::default()),
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! Prometheus metrics, served at `/metrics` in the text exposition format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of HTTP request counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The matched route (not the raw path, to bound cardinality).
+    pub route: String,
+    /// The HTTP status code.
+    pub status: u16,
+}
+
+/// Labels of HTTP latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The matched route.
+    pub route: String,
+}
+
+/// Labels of KMS call counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KmsLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// The KMS configuration id.
+    pub config: i32,
+    /// `generate`, `wrap` or `unwrap`.
+    pub operation: &'static str,
+}
+
+/// Labels of KMS failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KmsErrorLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// The KMS configuration id.
+    pub config: i32,
+    /// `generate`, `wrap` or `unwrap`.
+    pub operation: &'static str,
+    /// The wire error code the failure maps to.
+    pub code: u16,
+}
+
+/// Labels of KMS latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KmsKindLabels {
+    /// The backend kind (`local`, `aws`, …).
+    pub kind: &'static str,
+    /// `generate`, `wrap` or `unwrap`.
+    pub operation: &'static str,
+}
+
+/// Labels of key operations as the API sees them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyOperationLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// `wrap`, `unwrap`, `rekey`.
+    pub operation: &'static str,
+    /// 0 on success, else the wire error code.
+    pub code: u16,
+}
+
+/// Labels of client SDK identification headers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    /// `x-icl-tsc-language` (or `unknown`).
+    pub language: String,
+    /// `x-icl-tsc-version` (or `unknown`).
+    pub version: String,
+}
+
+/// Labels of security events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    /// The tenant.
+    pub tenant: String,
+}
+
+/// Every metric the proxy exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// HTTP latency by route.
+    pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Every call to a KMS.
+    pub kms_requests: Family<KmsLabels, Counter>,
+    /// KMS calls that failed, by the code they map to.
+    pub kms_errors: Family<KmsErrorLabels, Counter>,
+    /// KMS latency by backend kind.
+    pub kms_duration: Family<KmsKindLabels, Histogram, fn() -> Histogram>,
+    /// Keys wrapped, unwrapped and rekeyed, by outcome.
+    pub key_operations: Family<KeyOperationLabels, Counter>,
+    /// Requests by client SDK.
+    pub client_requests: Family<ClientLabels, Counter>,
+    /// Security events accepted.
+    pub security_events: Family<TenantLabels, Counter>,
+    /// 1 when the proxy is ready to serve.
+    pub ready: Gauge,
+    /// Number of tenants configured.
+    pub tenants: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("keyhold");
+        let http_requests = Family::default();
+        let http_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let kms_requests = Family::default();
+        let kms_errors = Family::default();
+        let kms_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let key_operations = Family::default();
+        let client_requests = Family::default();
+        let security_events = Family::default();
+        let ready = Gauge::default();
+        let tenants = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            http_duration.clone(),
+        );
+        registry.register(
+            "kms_requests",
+            "Calls to a tenant KMS",
+            kms_requests.clone(),
+        );
+        registry.register(
+            "kms_errors",
+            "Failed calls to a tenant KMS, by wire error code",
+            kms_errors.clone(),
+        );
+        registry.register(
+            "kms_request_duration_seconds",
+            "KMS call latency",
+            kms_duration.clone(),
+        );
+        registry.register(
+            "key_operations",
+            "Data keys wrapped, unwrapped and rekeyed",
+            key_operations.clone(),
+        );
+        registry.register(
+            "client_requests",
+            "API requests by client SDK language and version",
+            client_requests.clone(),
+        );
+        registry.register(
+            "security_events",
+            "Security events accepted",
+            security_events.clone(),
+        );
+        registry.register("ready", "1 when the proxy serves requests", ready.clone());
+        registry.register("tenants", "Tenants configured", tenants.clone());
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            kms_requests,
+            kms_errors,
+            kms_duration,
+            key_operations,
+            client_requests,
+            security_events,
+            ready,
+            tenants,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

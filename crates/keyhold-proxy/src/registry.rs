@@ -1,0 +1,169 @@
+//! The tenant registry: which tenants this proxy serves and, for each, its KMS configurations.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use keyhold_kms::Kms;
+use keyhold_kms::local::{Keystore, KeystoreError, LocalKms, load_root_key};
+
+use crate::config::{KmsConfigStatus, KmsSettings, ProxyConfig};
+
+/// Why the registry could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The local keystore could not be opened.
+    #[error("local keystore: {0}")]
+    Keystore(#[from] KeystoreError),
+    /// A configuration names a local key that does not exist.
+    #[error(
+        "tenant {tenant:?}: KMS configuration {config_id} names local key {key:?}, which is not in the keystore (create it with `keyhold keys create`)"
+    )]
+    MissingLocalKey {
+        /// The tenant.
+        tenant: String,
+        /// The configuration.
+        config_id: i32,
+        /// The key name.
+        key: String,
+    },
+}
+
+/// One KMS configuration, ready to use.
+#[derive(Debug, Clone)]
+pub struct KmsConfig {
+    /// The id recorded in EDEKs.
+    pub id: i32,
+    /// What it may be used for.
+    pub status: KmsConfigStatus,
+    /// The backend.
+    pub kms: Arc<dyn Kms>,
+}
+
+/// One tenant.
+#[derive(Debug)]
+pub struct Tenant {
+    /// The tenant id.
+    pub id: String,
+    configs: Vec<KmsConfig>,
+}
+
+impl Tenant {
+    /// The configuration new keys are wrapped with.
+    pub fn primary(&self) -> Option<&KmsConfig> {
+        self.configs
+            .iter()
+            .find(|c| c.status == KmsConfigStatus::Primary)
+    }
+
+    /// The configuration with this id, whatever its status.
+    pub fn config(&self, id: i32) -> Option<&KmsConfig> {
+        self.configs.iter().find(|c| c.id == id)
+    }
+
+    /// True if some configuration can unwrap.
+    pub fn has_active_config(&self) -> bool {
+        self.configs
+            .iter()
+            .any(|c| c.status != KmsConfigStatus::Disabled)
+    }
+
+    /// All configurations.
+    pub fn configs(&self) -> &[KmsConfig] {
+        &self.configs
+    }
+}
+
+/// Every tenant this proxy serves, and the local keystore if any.
+#[derive(Debug, Default)]
+pub struct TenantRegistry {
+    tenants: HashMap<String, Arc<Tenant>>,
+    keystore: Option<Arc<Keystore>>,
+}
+
+impl TenantRegistry {
+    /// Builds the registry: opens the keystore and makes a backend per KMS configuration.
+    pub fn from_config(config: &ProxyConfig) -> Result<Self, RegistryError> {
+        let keystore = match &config.local_keystore {
+            Some(ks) => {
+                let root = load_root_key(
+                    ks.root_key_file
+                        .as_ref()
+                        .map(|p| config.resolve(p))
+                        .as_deref(),
+                )?;
+                Some(Arc::new(Keystore::open(config.resolve(&ks.path), root)?))
+            }
+            None => None,
+        };
+        let mut tenants = HashMap::new();
+        for tenant in &config.tenants {
+            let mut configs = Vec::new();
+            for entry in &tenant.kms_configs {
+                let kms: Arc<dyn Kms> = match (&entry.kms, &keystore) {
+                    (KmsSettings::Local { key }, Some(ks)) => {
+                        if ks.info(key).is_none() {
+                            return Err(RegistryError::MissingLocalKey {
+                                tenant: tenant.id.clone(),
+                                config_id: entry.id,
+                                key: key.clone(),
+                            });
+                        }
+                        Arc::new(LocalKms::new(Arc::clone(ks), key.clone()))
+                    }
+                    (KmsSettings::Local { key }, None) => {
+                        return Err(RegistryError::MissingLocalKey {
+                            tenant: tenant.id.clone(),
+                            config_id: entry.id,
+                            key: key.clone(),
+                        });
+                    }
+                };
+                configs.push(KmsConfig {
+                    id: entry.id,
+                    status: entry.status,
+                    kms,
+                });
+            }
+            tenants.insert(
+                tenant.id.clone(),
+                Arc::new(Tenant {
+                    id: tenant.id.clone(),
+                    configs,
+                }),
+            );
+        }
+        Ok(Self { tenants, keystore })
+    }
+
+    /// A registry from ready-made tenants (for embedding and tests).
+    pub fn from_tenants(tenants: impl IntoIterator<Item = (String, Vec<KmsConfig>)>) -> Self {
+        Self {
+            tenants: tenants
+                .into_iter()
+                .map(|(id, configs)| (id.clone(), Arc::new(Tenant { id, configs })))
+                .collect(),
+            keystore: None,
+        }
+    }
+
+    /// The tenant with this id.
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(id)
+    }
+
+    /// How many tenants are configured.
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// True when no tenant is configured.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
+    /// The local keystore, if configured (the server reloads it when the file changes).
+    pub fn keystore(&self) -> Option<&Arc<Keystore>> {
+        self.keystore.as_ref()
+    }
+}

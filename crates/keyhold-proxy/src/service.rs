@@ -1,0 +1,416 @@
+//! The key service: what each API call does, free of HTTP.
+//!
+//! Every operation resolves the tenant, picks a KMS configuration, calls the KMS (with a
+//! timeout, counted in metrics), and records an audit event. Handlers only parse and render.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use keyhold_core::edek::{EncryptedDek, EncryptedDeks};
+use keyhold_core::metadata::{RequestMetadata, validate_tenant_id};
+use keyhold_core::secret::Dek;
+use keyhold_core::wire::{BatchUnwrapResponse, BatchWrapResponse, UnwrappedKey, WrappedKey};
+use keyhold_kms::{KeyContext, KmsError};
+
+use crate::config::KmsConfigStatus;
+use crate::error::{KmsOperation, ServiceError};
+use crate::metrics::{KeyOperationLabels, KmsErrorLabels, KmsKindLabels, KmsLabels, Metrics};
+use crate::registry::{KmsConfig, Tenant, TenantRegistry};
+
+/// Limits the service enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    /// Longest one KMS call may take.
+    pub kms_timeout: Duration,
+    /// Most ids per batch.
+    pub max_batch_size: usize,
+    /// KMS calls of one batch in flight at once.
+    pub batch_concurrency: usize,
+}
+
+/// Wraps, unwraps and rekeys data keys for the tenants of a registry.
+#[derive(Debug)]
+pub struct KeyService {
+    registry: Arc<TenantRegistry>,
+    metrics: Arc<Metrics>,
+    limits: ServiceLimits,
+}
+
+impl KeyService {
+    /// A service over `registry`.
+    pub fn new(
+        registry: Arc<TenantRegistry>,
+        metrics: Arc<Metrics>,
+        limits: ServiceLimits,
+    ) -> Self {
+        Self {
+            registry,
+            metrics,
+            limits,
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<TenantRegistry> {
+        &self.registry
+    }
+
+    /// A new data key and its EDEK, from the tenant's primary KMS configuration.
+    pub async fn wrap(&self, meta: &RequestMetadata) -> Result<WrappedKey, ServiceError> {
+        let result = self.wrap_inner(meta).await;
+        self.record(meta, "wrap", result.as_ref().err(), 1);
+        result
+    }
+
+    async fn wrap_inner(&self, meta: &RequestMetadata) -> Result<WrappedKey, ServiceError> {
+        let tenant = self.tenant(&meta.tenant_id)?;
+        let config = primary(tenant)?;
+        self.generate_for(tenant, config).await
+    }
+
+    async fn generate_for(
+        &self,
+        tenant: &Tenant,
+        config: &KmsConfig,
+    ) -> Result<WrappedKey, ServiceError> {
+        let ctx = KeyContext::new(&tenant.id, config.id);
+        let generated = self
+            .call_kms(
+                tenant,
+                config,
+                "generate",
+                KmsOperation::Wrap,
+                config.kms.generate(&ctx),
+            )
+            .await?;
+        let edek = envelope(tenant, config, generated.wrapped);
+        Ok(WrappedKey {
+            dek: generated.dek,
+            edek: edek.to_base64(),
+        })
+    }
+
+    /// The data key inside an EDEK, if it belongs to the tenant and its KMS agrees.
+    pub async fn unwrap(&self, meta: &RequestMetadata, edek: &str) -> Result<Dek, ServiceError> {
+        let result = self.unwrap_inner(meta, edek).await;
+        self.record(meta, "unwrap", result.as_ref().err(), 1);
+        result
+    }
+
+    async fn unwrap_inner(&self, meta: &RequestMetadata, edek: &str) -> Result<Dek, ServiceError> {
+        let tenant = self.tenant(&meta.tenant_id)?;
+        self.unwrap_for(tenant, edek).await
+    }
+
+    async fn unwrap_for(&self, tenant: &Tenant, edek: &str) -> Result<Dek, ServiceError> {
+        if edek.is_empty() {
+            return Err(ServiceError::InvalidRequest(
+                "encryptedDocumentKey is required".into(),
+            ));
+        }
+        let envelope = EncryptedDeks::from_base64(edek)
+            .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))?;
+        let (entry, config) = select_entry(tenant, &envelope)?;
+        let ctx = KeyContext::new(&tenant.id, config.id);
+        self.call_kms(
+            tenant,
+            config,
+            "unwrap",
+            KmsOperation::Unwrap,
+            config.kms.unwrap(&entry.encrypted_dek_data, &ctx),
+        )
+        .await
+    }
+
+    /// One new data key per document id. Tenant-level problems fail the call; KMS failures are
+    /// reported per id.
+    pub async fn batch_wrap(
+        &self,
+        meta: &RequestMetadata,
+        document_ids: Vec<String>,
+    ) -> Result<BatchWrapResponse, ServiceError> {
+        self.check_batch_size(document_ids.len())?;
+        let tenant = match self
+            .tenant(&meta.tenant_id)
+            .and_then(|t| primary(t).map(|c| (t, c)))
+        {
+            Ok(found) => found,
+            Err(e) => {
+                self.record(meta, "batch_wrap", Some(&e), document_ids.len());
+                return Err(e);
+            }
+        };
+        let (tenant, config) = tenant;
+        let mut ids = document_ids;
+        ids.sort_unstable();
+        ids.dedup();
+        let results: Vec<(String, Result<WrappedKey, ServiceError>)> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let result = self.generate_for(tenant, config).await;
+                (id, result)
+            })
+            .buffer_unordered(self.limits.batch_concurrency)
+            .collect()
+            .await;
+        let mut response = BatchWrapResponse::default();
+        for (id, result) in results {
+            match result {
+                Ok(key) => {
+                    response.keys.insert(id, key);
+                }
+                Err(e) => {
+                    self.record(meta, "batch_wrap", Some(&e), 1);
+                    response.failures.insert(id, e.body());
+                }
+            }
+        }
+        self.record(meta, "batch_wrap", None, response.keys.len());
+        Ok(response)
+    }
+
+    /// The data key of each EDEK, by document id; failures are reported per id.
+    pub async fn batch_unwrap(
+        &self,
+        meta: &RequestMetadata,
+        edeks: HashMap<String, String>,
+    ) -> Result<BatchUnwrapResponse, ServiceError> {
+        self.check_batch_size(edeks.len())?;
+        let tenant = match self.tenant(&meta.tenant_id) {
+            Ok(t) => t,
+            Err(e) => {
+                self.record(meta, "batch_unwrap", Some(&e), edeks.len());
+                return Err(e);
+            }
+        };
+        let results: Vec<(String, Result<Dek, ServiceError>)> = futures::stream::iter(edeks)
+            .map(|(id, edek)| async move {
+                let result = self.unwrap_for(tenant, &edek).await;
+                (id, result)
+            })
+            .buffer_unordered(self.limits.batch_concurrency)
+            .collect()
+            .await;
+        let mut response = BatchUnwrapResponse::default();
+        for (id, result) in results {
+            match result {
+                Ok(dek) => {
+                    response.keys.insert(id, UnwrappedKey { dek });
+                }
+                Err(e) => {
+                    self.record(meta, "batch_unwrap", Some(&e), 1);
+                    response.failures.insert(id, e.body());
+                }
+            }
+        }
+        self.record(meta, "batch_unwrap", None, response.keys.len());
+        Ok(response)
+    }
+
+    /// Unwraps an EDEK of `meta.tenant_id` and wraps its key again with the primary
+    /// configuration of `new_tenant_id` (which may be the same tenant, after a key change).
+    pub async fn rekey(
+        &self,
+        meta: &RequestMetadata,
+        edek: &str,
+        new_tenant_id: &str,
+    ) -> Result<WrappedKey, ServiceError> {
+        let result = self.rekey_inner(meta, edek, new_tenant_id).await;
+        self.record(meta, "rekey", result.as_ref().err(), 1);
+        result
+    }
+
+    async fn rekey_inner(
+        &self,
+        meta: &RequestMetadata,
+        edek: &str,
+        new_tenant_id: &str,
+    ) -> Result<WrappedKey, ServiceError> {
+        validate_tenant_id(new_tenant_id).map_err(|_| {
+            ServiceError::InvalidRequest("newTenantId must be 1 to 1024 bytes".into())
+        })?;
+        let old_tenant = self.tenant(&meta.tenant_id)?;
+        let new_tenant = self.tenant(new_tenant_id)?;
+        let new_config = primary(new_tenant)?;
+        let dek = self.unwrap_for(old_tenant, edek).await?;
+        let ctx = KeyContext::new(&new_tenant.id, new_config.id);
+        let wrapped = self
+            .call_kms(
+                new_tenant,
+                new_config,
+                "wrap",
+                KmsOperation::Wrap,
+                new_config.kms.wrap(&dek, &ctx),
+            )
+            .await?;
+        let edek = envelope(new_tenant, new_config, wrapped);
+        Ok(WrappedKey {
+            dek,
+            edek: edek.to_base64(),
+        })
+    }
+
+    fn tenant(&self, id: &str) -> Result<&Arc<Tenant>, ServiceError> {
+        match self.registry.tenant(id) {
+            Some(t) if t.has_active_config() => Ok(t),
+            _ => Err(ServiceError::UnknownTenant(id.to_owned())),
+        }
+    }
+
+    fn check_batch_size(&self, n: usize) -> Result<(), ServiceError> {
+        if n > self.limits.max_batch_size {
+            return Err(ServiceError::InvalidRequest(format!(
+                "a batch may hold at most {} ids; this one has {n}",
+                self.limits.max_batch_size
+            )));
+        }
+        Ok(())
+    }
+
+    async fn call_kms<T>(
+        &self,
+        tenant: &Tenant,
+        config: &KmsConfig,
+        operation: &'static str,
+        kind: KmsOperation,
+        call: impl Future<Output = Result<T, KmsError>>,
+    ) -> Result<T, ServiceError> {
+        self.metrics
+            .kms_requests
+            .get_or_create(&KmsLabels {
+                tenant: tenant.id.clone(),
+                config: config.id,
+                operation,
+            })
+            .inc();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.limits.kms_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(KmsError::Unreachable(format!(
+                "no answer within {} ms",
+                self.limits.kms_timeout.as_millis()
+            ))),
+        };
+        self.metrics
+            .kms_duration
+            .get_or_create(&KmsKindLabels {
+                kind: config.kms.kind(),
+                operation,
+            })
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|source| {
+            let error = ServiceError::Kms {
+                operation: kind,
+                source,
+            };
+            self.metrics
+                .kms_errors
+                .get_or_create(&KmsErrorLabels {
+                    tenant: tenant.id.clone(),
+                    config: config.id,
+                    operation,
+                    code: error.code().code(),
+                })
+                .inc();
+            error
+        })
+    }
+
+    /// Counts `keys` key accesses and writes their audit record. Until the audit pipeline lands,
+    /// audit records go to the log under the `keyhold::audit` target; they never carry key
+    /// material.
+    fn record(
+        &self,
+        meta: &RequestMetadata,
+        operation: &'static str,
+        error: Option<&ServiceError>,
+        keys: usize,
+    ) {
+        if keys == 0 {
+            return;
+        }
+        let code = error.map(|e| e.code().code()).unwrap_or(0);
+        // Unknown tenants are not used as label values: a caller could otherwise grow the
+        // metrics without bound.
+        let tenant = if self.registry.tenant(&meta.tenant_id).is_some() {
+            meta.tenant_id.clone()
+        } else {
+            "(unknown)".to_owned()
+        };
+        self.metrics
+            .key_operations
+            .get_or_create(&KeyOperationLabels {
+                tenant,
+                operation,
+                code,
+            })
+            .inc_by(u64::try_from(keys).unwrap_or(u64::MAX));
+        let fields = &meta.icl_fields;
+        tracing::info!(
+            target: "keyhold::audit",
+            tenant = %meta.tenant_id,
+            operation,
+            outcome = if error.is_none() { "granted" } else { "refused" },
+            code,
+            keys,
+            requesting_id = fields.requesting_id.as_deref().unwrap_or_default(),
+            data_label = fields.data_label.as_deref().unwrap_or_default(),
+            source_ip = fields.source_ip.as_deref().unwrap_or_default(),
+            object_id = fields.object_id.as_deref().unwrap_or_default(),
+            request_id = fields.request_id.as_deref().unwrap_or_default(),
+            "key access"
+        );
+    }
+}
+
+fn primary(tenant: &Tenant) -> Result<&KmsConfig, ServiceError> {
+    tenant
+        .primary()
+        .ok_or_else(|| ServiceError::NoPrimaryConfig(tenant.id.clone()))
+}
+
+fn envelope(tenant: &Tenant, config: &KmsConfig, wrapped: Vec<u8>) -> EncryptedDeks {
+    EncryptedDeks::single(EncryptedDek {
+        encrypted_dek_data: wrapped,
+        kms_config_id: config.id,
+        tenant_id: tenant.id.clone(),
+        ..EncryptedDek::default()
+    })
+}
+
+/// Picks the entry of an EDEK this tenant can unwrap: one whose configuration belongs to the
+/// tenant and is not disabled.
+fn select_entry<'a, 't>(
+    tenant: &'t Tenant,
+    envelope: &'a EncryptedDeks,
+) -> Result<(&'a EncryptedDek, &'t KmsConfig), ServiceError> {
+    let mut disabled = None;
+    for entry in &envelope.encrypted_deks {
+        if !entry.tenant_id.is_empty() && entry.tenant_id != tenant.id {
+            return Err(ServiceError::InvalidEdek(
+                "the EDEK belongs to a different tenant".into(),
+            ));
+        }
+        if entry.leased_key_id != 0 || !entry.encrypted_leased_key_data.is_empty() {
+            return Err(ServiceError::InvalidEdek(
+                "the EDEK was made with a leased key, which this proxy version cannot unwrap"
+                    .into(),
+            ));
+        }
+        match tenant.config(entry.kms_config_id) {
+            Some(config) if config.status != KmsConfigStatus::Disabled => {
+                return Ok((entry, config));
+            }
+            Some(config) => disabled = Some(config.id),
+            None => {}
+        }
+    }
+    match disabled {
+        Some(id) => Err(ServiceError::ConfigDisabled(id)),
+        None => Err(ServiceError::InvalidEdek(
+            "the EDEK was not made with any KMS configuration of this tenant".into(),
+        )),
+    }
+}

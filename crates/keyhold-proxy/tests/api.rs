@@ -1,0 +1,403 @@
+//! The proxy's HTTP API, driven through the router without sockets.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::{TestProxy, code, meta};
+use http::StatusCode;
+use keyhold_core::edek::EncryptedDeks;
+use keyhold_kms::local::LocalKms;
+use serde_json::json;
+
+fn edek_str(v: &serde_json::Value) -> String {
+    v["edek"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn wrap_then_unwrap_returns_the_same_key() {
+    let p = TestProxy::new();
+    let wrapped = p.wrap("tenant-a").await;
+    let dek = B64.decode(wrapped["dek"].as_str().unwrap()).unwrap();
+    assert_eq!(dek.len(), 32);
+    let envelope = EncryptedDeks::from_base64(&edek_str(&wrapped)).unwrap();
+    let entry = &envelope.encrypted_deks[0];
+    assert_eq!(entry.kms_config_id, 1);
+    assert_eq!(entry.tenant_id, "tenant-a");
+    let (status, body) = p.unwrap("tenant-a", &edek_str(&wrapped)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["dek"], wrapped["dek"]);
+    let other = p.wrap("tenant-a").await;
+    assert_ne!(other["dek"], wrapped["dek"]);
+}
+
+#[tokio::test]
+async fn an_edek_of_tenant_a_is_refused_for_tenant_b() {
+    let p = TestProxy::new();
+    let wrapped = p.wrap("tenant-a").await;
+    let (status, body) = p.unwrap("tenant-b", &edek_str(&wrapped)).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 203),
+        "{body}"
+    );
+
+    // Even with the tenant id inside the envelope rewritten, the KMS context refuses it: the
+    // config id is tenant A's, so tenant B has no such configuration.
+    let mut envelope = EncryptedDeks::from_base64(&edek_str(&wrapped)).unwrap();
+    envelope.encrypted_deks[0].tenant_id = "tenant-b".into();
+    let (status, body) = p.unwrap("tenant-b", &envelope.to_base64()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 203),
+        "{body}"
+    );
+
+    // And with tenant B's config id forged in as well, the wrapped key does not authenticate.
+    envelope.encrypted_deks[0].kms_config_id = 2;
+    let (status, body) = p.unwrap("tenant-b", &envelope.to_base64()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 203),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn tampered_and_malformed_edeks_are_refused_with_203() {
+    let p = TestProxy::new();
+    let wrapped = p.wrap("tenant-a").await;
+    let raw = B64.decode(edek_str(&wrapped)).unwrap();
+    // Flip a bit inside the wrapped key (last byte: the GCM tag).
+    let mut envelope = EncryptedDeks::from_bytes(&raw).unwrap();
+    let data = &mut envelope.encrypted_deks[0].encrypted_dek_data;
+    let last = data.len() - 1;
+    data[last] ^= 1;
+    let (status, body) = p.unwrap("tenant-a", &envelope.to_base64()).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 203),
+        "{body}"
+    );
+    for bad in [
+        "!!!not base64",
+        "AAAA",
+        &B64.encode(&raw[..raw.len() / 2]),
+        &B64.encode(b"\xff\xff\xff"),
+    ] {
+        let (status, body) = p.unwrap("tenant-a", bad).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::BAD_REQUEST, 203),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = p.unwrap("tenant-a", "").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 102),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_or_missing_api_key_is_401_with_the_tsp_body() {
+    let p = TestProxy::new();
+    for auth in [
+        None,
+        Some("cmk wrong-key-0123456789abcdef"),
+        Some("Bearer x"),
+        Some("cmk"),
+    ] {
+        let (status, body) = p
+            .post_raw("/api/1/document/wrap", auth, meta("tenant-a").to_string())
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(code(&body), 101);
+        assert!(body["message"].as_str().unwrap().contains("API key"));
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_are_4xx_with_codes() {
+    let p = TestProxy::new();
+    let auth = format!("cmk {}", p.api_key);
+    let (status, body) = p.post("/api/1/document/wrap", meta("no-such-tenant")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, 201),
+        "{body}"
+    );
+
+    let (status, body) = p
+        .post_raw("/api/1/document/wrap", Some(&auth), "{not json")
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 102),
+        "{body}"
+    );
+
+    let (status, body) = p
+        .post("/api/1/document/wrap", json!({"tenantId": "tenant-a"}))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 102),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("requestingId"));
+
+    let (status, body) = p.post("/api/1/document/wrap", json!({"tenantId": 5})).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 102),
+        "{body}"
+    );
+
+    let huge = format!(
+        r#"{{"tenantId":"tenant-a","pad":"{}"}}"#,
+        "x".repeat(p.config.max_body_bytes)
+    );
+    let (status, body) = p.post_raw("/api/1/document/wrap", Some(&auth), huge).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, 102),
+        "{body}"
+    );
+
+    let (status, body) = p.post("/api/1/nope", meta("tenant-a")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, 100),
+        "{body}"
+    );
+
+    let (status, body) = p.get("/api/1/document/wrap").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert!(body.contains("\"code\":102"));
+
+    let mut rekey = meta("tenant-a");
+    rekey["encryptedDocumentKey"] = json!(edek_str(&p.wrap("tenant-a").await));
+    let (status, body) = p.post("/api/1/document/rekey", rekey).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 102),
+        "missing newTenantId: {body}"
+    );
+}
+
+#[tokio::test]
+async fn disabled_key_is_denied_and_rotation_keeps_old_edeks() {
+    let p = TestProxy::new();
+    let ks = p.keystore();
+    let before = p.wrap("tenant-a").await;
+
+    ks.set_enabled("tenant-a", false).unwrap();
+    let (status, body) = p.unwrap("tenant-a", &edek_str(&before)).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, 206),
+        "{body}"
+    );
+    let (status, body) = p.post("/api/1/document/wrap", meta("tenant-a")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, 206),
+        "{body}"
+    );
+    // The other tenant is not affected.
+    p.wrap("tenant-b").await;
+
+    ks.set_enabled("tenant-a", true).unwrap();
+    ks.rotate_key("tenant-a").unwrap();
+    let after = p.wrap("tenant-a").await;
+    let version = |w: &serde_json::Value| {
+        let env = EncryptedDeks::from_base64(&edek_str(w)).unwrap();
+        LocalKms::key_version_of(&env.encrypted_deks[0].encrypted_dek_data).unwrap()
+    };
+    assert_eq!((version(&before), version(&after)), (1, 2));
+    for w in [&before, &after] {
+        let (status, body) = p.unwrap("tenant-a", &edek_str(w)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["dek"], w["dek"]);
+    }
+}
+
+#[tokio::test]
+async fn config_status_is_enforced() {
+    // tenant-b's only configuration is made decrypt-only, then disabled.
+    let p = TestProxy::with_config(|t| {
+        *t = t.replacen(
+            "id = 2\nstatus = \"primary\"",
+            "id = 2\nstatus = \"active\"",
+            1,
+        );
+    });
+    let (status, body) = p.post("/api/1/document/wrap", meta("tenant-b")).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, 200), "{body}");
+
+    let p = TestProxy::with_config(|t| {
+        // Add a second, disabled configuration to tenant-a with a key of its own.
+        t.push_str("\n[[tenants.kms_configs]]\nid = 3\nstatus = \"disabled\"\ntype = \"local\"\nkey = \"tenant-b\"\n");
+    });
+    // tenant-b's key also backs config 3 (of tenant-b in the file's last table). Make an EDEK
+    // naming config 3 by wrapping under tenant-b's primary and relabelling: the disabled status
+    // is checked before the KMS is asked.
+    let wrapped = p.wrap("tenant-b").await;
+    let mut env = EncryptedDeks::from_base64(&edek_str(&wrapped)).unwrap();
+    env.encrypted_deks[0].kms_config_id = 3;
+    let mut body = meta("tenant-b");
+    body["encryptedDocumentKey"] = json!(env.to_base64());
+    let (status, body) = p.post("/api/1/document/unwrap", body).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, 202),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn batches_report_per_id_failures() {
+    let p = TestProxy::new();
+    let mut req = meta("tenant-a");
+    req["documentIds"] = json!(["d1", "d2", "d3"]);
+    let (status, wrapped) = p.post("/api/1/document/batch-wrap", req).await;
+    assert_eq!(status, StatusCode::OK, "{wrapped}");
+    assert_eq!(wrapped["keys"].as_object().unwrap().len(), 3);
+    assert!(wrapped["failures"].as_object().unwrap().is_empty());
+
+    let foreign = p.wrap("tenant-b").await;
+    let mut req = meta("tenant-a");
+    req["edeks"] = json!({
+        "d1": wrapped["keys"]["d1"]["edek"],
+        "d2": wrapped["keys"]["d2"]["edek"],
+        "bad": "not-an-edek",
+        "foreign": foreign["edek"],
+    });
+    let (status, body) = p.post("/api/1/document/batch-unwrap", req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["keys"]["d1"]["dek"], wrapped["keys"]["d1"]["dek"]);
+    assert_eq!(body["keys"]["d2"]["dek"], wrapped["keys"]["d2"]["dek"]);
+    assert_eq!(body["failures"]["bad"]["code"], 203);
+    assert_eq!(body["failures"]["foreign"]["code"], 203);
+    assert_eq!(body["keys"].as_object().unwrap().len(), 2);
+
+    // A tenant-level problem fails the whole call.
+    let mut req = meta("nobody");
+    req["documentIds"] = json!(["x"]);
+    let (status, body) = p.post("/api/1/document/batch-wrap", req).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, 201));
+
+    // Over the batch limit.
+    let mut req = meta("tenant-a");
+    req["documentIds"] = json!(
+        (0..=p.config.max_batch_size)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+    );
+    let (status, body) = p.post("/api/1/document/batch-wrap", req).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 102),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn rekey_moves_a_key_to_another_tenant() {
+    let p = TestProxy::new();
+    let wrapped = p.wrap("tenant-a").await;
+    let mut req = meta("tenant-a");
+    req["encryptedDocumentKey"] = json!(edek_str(&wrapped));
+    req["newTenantId"] = json!("tenant-b");
+    let (status, rekeyed) = p.post("/api/1/document/rekey", req).await;
+    assert_eq!(status, StatusCode::OK, "{rekeyed}");
+    assert_eq!(rekeyed["dek"], wrapped["dek"]);
+    let (status, body) = p.unwrap("tenant-b", &edek_str(&rekeyed)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["dek"], wrapped["dek"]);
+    let (status, _) = p.unwrap("tenant-a", &edek_str(&rekeyed)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let mut req = meta("tenant-a");
+    req["encryptedDocumentKey"] = json!(edek_str(&wrapped));
+    req["newTenantId"] = json!("nobody");
+    let (status, body) = p.post("/api/1/document/rekey", req).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, 201));
+}
+
+#[tokio::test]
+async fn security_events_and_operation_reports() {
+    let p = TestProxy::new();
+    let mut event = meta("tenant-a");
+    event["iclFields"]["event"] = json!("USER_LOGIN");
+    event["timestampMillis"] = json!(1_700_000_000_000i64);
+    let (status, _) = p.post("/api/1/event/security-event", event).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut alloy_style = meta("tenant-a");
+    alloy_style["event"] = json!("ADMIN_ADD");
+    let (status, _) = p.post("/api/1/event/security-event", alloy_style).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = p
+        .post("/api/1/event/security-event", meta("tenant-a"))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, 301),
+        "{body}"
+    );
+
+    let mut report = meta("tenant-a");
+    report["operations"] = json!({"ZWRlaw==": {"wraps": 3, "unwraps": 5}});
+    let (status, _) = p.post("/api/1/document/report-operations", report).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, metrics) = p.get("/metrics").await;
+    assert!(
+        metrics.contains("keyhold_security_events_total{tenant=\"tenant-a\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let p = TestProxy::new();
+    assert_eq!(p.get("/health").await.0, StatusCode::OK);
+    assert_eq!(p.get("/live").await.0, StatusCode::OK);
+    assert_eq!(p.get("/ready").await.0, StatusCode::OK);
+    p.state.health.set_ready(false);
+    assert_eq!(p.get("/health").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(p.get("/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    p.state.health.set_ready(true);
+
+    let w = p.wrap("tenant-a").await;
+    p.unwrap("tenant-a", &edek_str(&w)).await;
+    let (status, text) = p.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains(
+            r#"keyhold_kms_requests_total{tenant="tenant-a",config="1",operation="generate"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"keyhold_kms_requests_total{tenant="tenant-a",config="1",operation="unwrap"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"keyhold_key_operations_total{tenant="tenant-a",operation="wrap",code="0"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("keyhold_http_request_duration_seconds"),
+        "{text}"
+    );
+    // Metrics never carry key material.
+    let dek = w["dek"].as_str().unwrap();
+    assert!(!text.contains(dek));
+}
