@@ -1,4 +1,5 @@
 //! The local keystore backend passes the KMS conformance suite.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 
