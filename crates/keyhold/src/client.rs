@@ -1,0 +1,292 @@
+//! The proxy client: one `reqwest` connection pool, API key auth, timeouts, typed errors.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use keyhold_core::ErrorCode;
+use keyhold_core::metadata::RequestMetadata;
+use keyhold_core::secret::Dek;
+use keyhold_core::wire::{
+    self, BatchUnwrapRequest, BatchUnwrapResponse, BatchWrapRequest, BatchWrapResponse, ErrorBody,
+    RekeyRequest, SecurityEventRequest, UnwrapRequest, UnwrappedKey, WrapRequest, WrappedKey,
+};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use crate::Edek;
+use crate::error::{Error, Result};
+
+/// Environment variable naming the proxy URL (used by the CLI and [`ClientBuilder::from_env`]).
+pub const PROXY_URL_ENV: &str = "KEYHOLD_PROXY_URL";
+/// Environment variable holding the API key.
+pub const API_KEY_ENV: &str = "KEYHOLD_API_KEY";
+
+/// Settings for a [`Client`].
+#[derive(Clone)]
+pub struct ClientBuilder {
+    url: String,
+    api_key: Zeroizing<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+}
+
+impl core::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("api_key", &"[REDACTED]")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// A client for the proxy at `url` (e.g. `http://127.0.0.1:32804`) with `api_key`.
+    pub fn new(url: impl Into<String>, api_key: impl Into<String>) -> Self {
+        Self {
+            url: url.into().trim_end_matches('/').to_owned(),
+            api_key: Zeroizing::new(api_key.into().trim().to_owned()),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+        }
+    }
+
+    /// From `KEYHOLD_PROXY_URL` (default `http://127.0.0.1:32804`) and `KEYHOLD_API_KEY`.
+    pub fn from_env() -> Result<Self> {
+        let url =
+            std::env::var(PROXY_URL_ENV).unwrap_or_else(|_| "http://127.0.0.1:32804".to_owned());
+        let key = Zeroizing::new(
+            std::env::var(API_KEY_ENV)
+                .map_err(|_| Error::InvalidArgument(format!("{API_KEY_ENV} is not set")))?,
+        );
+        Ok(Self::new(url, key.as_str()))
+    }
+
+    /// Longest a whole call may take (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Longest connecting may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Builds the client. Connections are pooled and reused across calls.
+    pub fn build(self) -> Result<Client> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(Error::InvalidArgument(format!(
+                "proxy URL {:?} must start with http:// or https://",
+                self.url
+            )));
+        }
+        if self.api_key.is_empty() {
+            return Err(Error::InvalidArgument("the API key is empty".into()));
+        }
+        let mut auth =
+            HeaderValue::from_str(&format!("{} {}", wire::AUTH_SCHEME, self.api_key.as_str()))
+                .map_err(|_| {
+                    Error::InvalidArgument(
+                        "the API key contains characters not allowed in a header".into(),
+                    )
+                })?;
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            "x-icl-tsc-language",
+            HeaderValue::from_static("keyhold-rust"),
+        );
+        headers.insert(
+            "x-icl-tsc-version",
+            HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("keyhold-rust/", env!("CARGO_PKG_VERSION")))
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            url: self.url,
+        })
+    }
+}
+
+/// A client of one Tenant Security Proxy. Cheap to clone; clones share the connection pool.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    url: String,
+}
+
+fn check(meta: &RequestMetadata) -> Result<()> {
+    meta.validate()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+impl Client {
+    /// A client with default settings.
+    pub fn new(url: impl Into<String>, api_key: impl Into<String>) -> Result<Self> {
+        ClientBuilder::new(url, api_key).build()
+    }
+
+    /// A new data key and its EDEK for `meta.tenant_id`.
+    pub async fn wrap_key(&self, meta: &RequestMetadata) -> Result<WrappedKey> {
+        check(meta)?;
+        let body = WrapRequest {
+            tenant_id: meta.tenant_id.clone(),
+            icl_fields: meta.icl_fields.clone(),
+            custom_fields: meta.custom_fields.clone(),
+        };
+        self.post(wire::ROUTE_WRAP, &body).await
+    }
+
+    /// The data key inside `edek`.
+    pub async fn unwrap_key(&self, edek: &Edek, meta: &RequestMetadata) -> Result<Dek> {
+        check(meta)?;
+        let body = UnwrapRequest {
+            tenant_id: meta.tenant_id.clone(),
+            icl_fields: meta.icl_fields.clone(),
+            custom_fields: meta.custom_fields.clone(),
+            encrypted_document_key: edek.as_str().to_owned(),
+        };
+        let key: UnwrappedKey = self.post(wire::ROUTE_UNWRAP, &body).await?;
+        Ok(key.dek)
+    }
+
+    /// One new data key per id, in one proxy call.
+    pub async fn batch_wrap_keys(
+        &self,
+        ids: Vec<String>,
+        meta: &RequestMetadata,
+    ) -> Result<BatchWrapResponse> {
+        check(meta)?;
+        let body = BatchWrapRequest {
+            tenant_id: meta.tenant_id.clone(),
+            icl_fields: meta.icl_fields.clone(),
+            custom_fields: meta.custom_fields.clone(),
+            document_ids: ids,
+        };
+        self.post(wire::ROUTE_BATCH_WRAP, &body).await
+    }
+
+    /// The data key of each EDEK, by id, in one proxy call.
+    pub async fn batch_unwrap_keys(
+        &self,
+        edeks: HashMap<String, String>,
+        meta: &RequestMetadata,
+    ) -> Result<BatchUnwrapResponse> {
+        check(meta)?;
+        let body = BatchUnwrapRequest {
+            tenant_id: meta.tenant_id.clone(),
+            icl_fields: meta.icl_fields.clone(),
+            custom_fields: meta.custom_fields.clone(),
+            edeks,
+        };
+        self.post(wire::ROUTE_BATCH_UNWRAP, &body).await
+    }
+
+    /// Re-wraps the key of `edek` (of `meta.tenant_id`) for `new_tenant_id`'s primary KMS
+    /// configuration, without touching the data. The data stays decryptable with the new EDEK.
+    pub async fn rekey_edek(
+        &self,
+        edek: &Edek,
+        new_tenant_id: &str,
+        meta: &RequestMetadata,
+    ) -> Result<Edek> {
+        check(meta)?;
+        let body = RekeyRequest {
+            tenant_id: meta.tenant_id.clone(),
+            icl_fields: meta.icl_fields.clone(),
+            custom_fields: meta.custom_fields.clone(),
+            encrypted_document_key: edek.as_str().to_owned(),
+            new_tenant_id: new_tenant_id.to_owned(),
+        };
+        let key: WrappedKey = self.post(wire::ROUTE_REKEY, &body).await?;
+        Ok(Edek::from(key.edek))
+    }
+
+    /// Sends an application security event (e.g. `USER_LOGIN`) to the tenant's audit trail.
+    pub async fn log_security_event(
+        &self,
+        event: &str,
+        timestamp_millis: Option<i64>,
+        meta: &RequestMetadata,
+    ) -> Result<()> {
+        check(meta)?;
+        let mut icl_fields = meta.icl_fields.clone();
+        icl_fields.event = Some(event.to_owned());
+        let body = SecurityEventRequest {
+            tenant_id: meta.tenant_id.clone(),
+            icl_fields,
+            custom_fields: meta.custom_fields.clone(),
+            timestamp_millis,
+            event: None,
+        };
+        self.send(wire::ROUTE_SECURITY_EVENT, &body)
+            .await
+            .map(|_| ())
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, route: &str, body: &B) -> Result<T> {
+        let bytes = self.send(route, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::InvalidResponse(format!("{route}: {e}")))
+    }
+
+    /// Sends a request and returns the body of a 2xx answer in a buffer wiped on drop (it may
+    /// hold data keys).
+    async fn send<B: Serialize>(&self, route: &str, body: &B) -> Result<Zeroizing<Vec<u8>>> {
+        let payload =
+            serde_json::to_vec(body).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let response = self
+            .http
+            .post(format!("{}{route}", self.url))
+            .body(payload)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable(describe(&e)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::Unreachable(describe(&e)))?;
+        let bytes = Zeroizing::new(Vec::from(bytes));
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(error) => Err(Error::Proxy {
+                code: error.error_code(),
+                status: status.as_u16(),
+                message: error.message,
+            }),
+            Err(_) => Err(Error::Proxy {
+                code: ErrorCode::UnknownError,
+                status: status.as_u16(),
+                message: format!("HTTP {status} without an error body"),
+            }),
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        format!("connection failed: {e}")
+    } else {
+        e.to_string()
+    }
+}
