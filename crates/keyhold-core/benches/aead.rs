@@ -71,16 +71,12 @@ fn raw_seal(c: &mut Criterion) {
             b.iter(|| black_box(doc.encrypt_field("field", black_box(&plaintext)).unwrap()))
         });
         let mut reused = Vec::new();
-        group.bench_function(
-            BenchmarkId::new("keyhold-document-field-into", label),
-            |b| {
-                b.iter(|| {
-                    doc.encrypt_field_into("field", black_box(&plaintext), &mut reused)
-                        .unwrap();
-                    black_box(&reused);
-                })
-            },
-        );
+        group.bench_function(BenchmarkId::new("keyhold-document-field-into", label), |b| {
+            b.iter(|| {
+                doc.encrypt_field_into("field", black_box(&plaintext), &mut reused).unwrap();
+                black_box(&reused);
+            })
+        });
         group.bench_function(
             BenchmarkId::new("keyhold-document-with-key-derivation", label),
             |b| {
@@ -146,16 +142,12 @@ fn raw_open(c: &mut Criterion) {
             b.iter(|| black_box(doc.decrypt_field("field", black_box(&field)).unwrap()))
         });
         let mut reused = Vec::new();
-        group.bench_function(
-            BenchmarkId::new("keyhold-document-field-into", label),
-            |b| {
-                b.iter(|| {
-                    doc.decrypt_field_into("field", black_box(&field), &mut reused)
-                        .unwrap();
-                    black_box(&reused);
-                })
-            },
-        );
+        group.bench_function(BenchmarkId::new("keyhold-document-field-into", label), |b| {
+            b.iter(|| {
+                doc.decrypt_field_into("field", black_box(&field), &mut reused).unwrap();
+                black_box(&reused);
+            })
+        });
     }
     group.finish();
 }

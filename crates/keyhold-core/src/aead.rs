@@ -105,9 +105,7 @@ mod backend {
 
     impl Key {
         pub(super) fn new(key: &[u8; 32]) -> Result<Self, AeadError> {
-            Aes256Gcm::new_from_slice(key)
-                .map(Self)
-                .map_err(|_| AeadError)
+            Aes256Gcm::new_from_slice(key).map(Self).map_err(|_| AeadError)
         }
 
         pub(super) fn seal_in_place(
@@ -259,10 +257,7 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     // NIST GCM test vector (gcmEncryptExtIV256.rsp, Count 0 of [Keylen = 256] [IVlen = 96]
@@ -311,30 +306,18 @@ mod tests {
         let tag = key.seal_in_place(&nonce, b"aad", &mut buf).unwrap();
 
         let mut wrong_aad = buf.clone();
-        assert_eq!(
-            key.open_in_place(&nonce, b"aaD", &mut wrong_aad, &tag),
-            Err(AeadError)
-        );
+        assert_eq!(key.open_in_place(&nonce, b"aaD", &mut wrong_aad, &tag), Err(AeadError));
 
         let mut flipped = buf.clone();
         flipped[0] ^= 1;
         let mut out = vec![0u8; flipped.len()];
-        assert_eq!(
-            key.open_to(&nonce, b"aad", &flipped, &tag, &mut out),
-            Err(AeadError)
-        );
+        assert_eq!(key.open_to(&nonce, b"aad", &flipped, &tag, &mut out), Err(AeadError));
 
         let mut bad_tag = tag;
         bad_tag[15] ^= 0x80;
-        assert_eq!(
-            key.open_in_place(&nonce, b"aad", &mut buf.clone(), &bad_tag),
-            Err(AeadError)
-        );
+        assert_eq!(key.open_in_place(&nonce, b"aad", &mut buf.clone(), &bad_tag), Err(AeadError));
 
         let mut short = vec![0u8; 3];
-        assert_eq!(
-            key.open_to(&nonce, b"aad", &buf, &tag, &mut short),
-            Err(AeadError)
-        );
+        assert_eq!(key.open_to(&nonce, b"aad", &buf, &tag, &mut short), Err(AeadError));
     }
 }

@@ -112,9 +112,7 @@ pub fn is_keyhold_field(bytes: &[u8]) -> bool {
 
 /// Splits an encrypted field into its parts, checking structure only.
 pub fn parse_field(bytes: &[u8]) -> Result<FieldHeader<'_>, DocumentError> {
-    let (magic, rest) = bytes
-        .split_at_checked(MAGIC.len())
-        .ok_or(DocumentError::Truncated)?;
+    let (magic, rest) = bytes.split_at_checked(MAGIC.len()).ok_or(DocumentError::Truncated)?;
     if magic != MAGIC {
         return Err(DocumentError::NotEncrypted);
     }
@@ -126,38 +124,20 @@ pub fn parse_field(bytes: &[u8]) -> Result<FieldHeader<'_>, DocumentError> {
     if algorithm != ALGORITHM_AES256GCM_HKDF_COMMIT {
         return Err(DocumentError::UnsupportedAlgorithm(algorithm));
     }
-    let (len, rest) = rest
-        .split_first_chunk::<2>()
-        .ok_or(DocumentError::Truncated)?;
+    let (len, rest) = rest.split_first_chunk::<2>().ok_or(DocumentError::Truncated)?;
     let tenant_len = usize::from(u16::from_be_bytes(*len));
     if tenant_len == 0 || tenant_len > MAX_TENANT_ID_LEN {
         return Err(DocumentError::MalformedHeader);
     }
-    let (tenant, rest) = rest
-        .split_at_checked(tenant_len)
-        .ok_or(DocumentError::Truncated)?;
+    let (tenant, rest) = rest.split_at_checked(tenant_len).ok_or(DocumentError::Truncated)?;
     let tenant_id = core::str::from_utf8(tenant).map_err(|_| DocumentError::MalformedHeader)?;
-    let (commitment, rest) = rest
-        .split_first_chunk::<COMMITMENT_LEN>()
-        .ok_or(DocumentError::Truncated)?;
+    let (commitment, rest) =
+        rest.split_first_chunk::<COMMITMENT_LEN>().ok_or(DocumentError::Truncated)?;
     let header_len = FIXED_PREFIX_LEN + tenant_len + COMMITMENT_LEN;
     let header_bytes = bytes.get(..header_len).ok_or(DocumentError::Truncated)?;
-    let (iv, rest) = rest
-        .split_first_chunk::<NONCE_LEN>()
-        .ok_or(DocumentError::Truncated)?;
-    let (ciphertext, tag) = rest
-        .split_last_chunk::<TAG_LEN>()
-        .ok_or(DocumentError::Truncated)?;
-    Ok(FieldHeader {
-        version,
-        algorithm,
-        tenant_id,
-        commitment,
-        header_bytes,
-        iv,
-        ciphertext,
-        tag,
-    })
+    let (iv, rest) = rest.split_first_chunk::<NONCE_LEN>().ok_or(DocumentError::Truncated)?;
+    let (ciphertext, tag) = rest.split_last_chunk::<TAG_LEN>().ok_or(DocumentError::Truncated)?;
+    Ok(FieldHeader { version, algorithm, tenant_id, commitment, header_bytes, iv, ciphertext, tag })
 }
 
 /// The keys of one document: derived once from the DEK and the tenant, used for every field.
@@ -170,9 +150,7 @@ pub struct DocumentKey {
 
 impl core::fmt::Debug for DocumentKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("DocumentKey")
-            .field("tenant_id", &self.tenant_id())
-            .finish_non_exhaustive()
+        f.debug_struct("DocumentKey").field("tenant_id", &self.tenant_id()).finish_non_exhaustive()
     }
 }
 
@@ -196,12 +174,7 @@ impl DocumentKey {
         header.extend_from_slice(&tenant_len_u16.to_be_bytes());
         header.extend_from_slice(tenant);
         header.extend_from_slice(&derived.commitment);
-        Ok(Self {
-            aead,
-            commitment: derived.commitment,
-            header,
-            tenant_len: tenant.len(),
-        })
+        Ok(Self { aead, commitment: derived.commitment, header, tenant_len: tenant.len() })
     }
 
     /// The tenant these keys were derived for.
@@ -416,10 +389,7 @@ mod tests {
         k.decrypt_field_into("f", &ct, &mut pt).unwrap();
         assert_eq!(pt, b"short");
         ct[60] ^= 1;
-        assert_eq!(
-            k.decrypt_field_into("f", &ct, &mut pt),
-            Err(DocumentError::DecryptFailed)
-        );
+        assert_eq!(k.decrypt_field_into("f", &ct, &mut pt), Err(DocumentError::DecryptFailed));
         assert!(pt.is_empty());
     }
 
@@ -443,14 +413,9 @@ mod tests {
         // Pins the format: a change to the layout, KDF or AAD changes these bytes.
         let dek = Dek::from_bytes([0x42; 32]);
         let k = DocumentKey::new(&dek, "tenant-kat").unwrap();
-        let ct = k
-            .encrypt_field_with_iv("field", b"hello", &[7; 12])
-            .unwrap();
+        let ct = k.encrypt_field_with_iv("field", b"hello", &[7; 12]).unwrap();
         let hex: String = ct.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            hex,
-            include_str!("../tests/vectors/document-v1-kat.hex").trim()
-        );
+        assert_eq!(hex, include_str!("../tests/vectors/document-v1-kat.hex").trim());
         assert_eq!(k.decrypt_field("field", &ct).unwrap(), b"hello");
     }
 
@@ -459,19 +424,10 @@ mod tests {
         let (dek, k) = key("tenant-a");
         let ct = k.encrypt_field("email", b"a@example.com").unwrap();
         let other_tenant = DocumentKey::new(&dek, "tenant-b").unwrap();
-        assert_eq!(
-            other_tenant.decrypt_field("email", &ct),
-            Err(DocumentError::TenantMismatch)
-        );
-        assert_eq!(
-            k.decrypt_field("name", &ct),
-            Err(DocumentError::DecryptFailed)
-        );
+        assert_eq!(other_tenant.decrypt_field("email", &ct), Err(DocumentError::TenantMismatch));
+        assert_eq!(k.decrypt_field("name", &ct), Err(DocumentError::DecryptFailed));
         let (_, other_key) = key("tenant-a");
-        assert_eq!(
-            other_key.decrypt_field("email", &ct),
-            Err(DocumentError::DecryptFailed)
-        );
+        assert_eq!(other_key.decrypt_field("email", &ct), Err(DocumentError::DecryptFailed));
     }
 
     #[test]
@@ -479,34 +435,19 @@ mod tests {
         let (_, k) = key("t");
         let ct = k.encrypt_field("f", b"data").unwrap();
         assert_eq!(k.decrypt_field("f", b""), Err(DocumentError::Truncated));
-        assert_eq!(
-            k.decrypt_field("f", b"XYZ\x01"),
-            Err(DocumentError::NotEncrypted)
-        );
+        assert_eq!(k.decrypt_field("f", b"XYZ\x01"), Err(DocumentError::NotEncrypted));
         let mut v2 = ct.clone();
         v2[3] = 2;
-        assert_eq!(
-            k.decrypt_field("f", &v2),
-            Err(DocumentError::UnsupportedVersion(2))
-        );
+        assert_eq!(k.decrypt_field("f", &v2), Err(DocumentError::UnsupportedVersion(2)));
         let mut alg = ct.clone();
         alg[4] = 9;
-        assert_eq!(
-            k.decrypt_field("f", &alg),
-            Err(DocumentError::UnsupportedAlgorithm(9))
-        );
+        assert_eq!(k.decrypt_field("f", &alg), Err(DocumentError::UnsupportedAlgorithm(9)));
         let mut zero_len = ct.clone();
         zero_len[5] = 0;
         zero_len[6] = 0;
-        assert_eq!(
-            k.decrypt_field("f", &zero_len),
-            Err(DocumentError::MalformedHeader)
-        );
+        assert_eq!(k.decrypt_field("f", &zero_len), Err(DocumentError::MalformedHeader));
         for cut in 0..ct.len() {
-            assert!(
-                k.decrypt_field("f", &ct[..cut]).is_err(),
-                "truncated at {cut} accepted"
-            );
+            assert!(k.decrypt_field("f", &ct[..cut]).is_err(), "truncated at {cut} accepted");
         }
         assert!(DocumentKey::new(&Dek::generate().unwrap(), "").is_err());
         assert!(DocumentKey::new(&Dek::generate().unwrap(), &"x".repeat(1025)).is_err());
@@ -517,12 +458,8 @@ mod tests {
         let dek = Dek::generate().unwrap();
         let fields = [("a", b"1".as_slice()), ("b", b"22".as_slice())];
         let enc = encrypt_document(&dek, "t", fields).unwrap();
-        let dec = decrypt_document(
-            &dek,
-            "t",
-            enc.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-        )
-        .unwrap();
+        let dec = decrypt_document(&dek, "t", enc.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .unwrap();
         assert_eq!(dec.get("a").unwrap(), b"1");
         assert_eq!(dec.get("b").unwrap(), b"22");
     }

@@ -76,9 +76,7 @@ pub enum EdekError {
 impl EncryptedDeks {
     /// An envelope with one entry.
     pub fn single(entry: EncryptedDek) -> Self {
-        Self {
-            encrypted_deks: vec![entry],
-        }
+        Self { encrypted_deks: vec![entry] }
     }
 
     /// Serializes the envelope.
@@ -128,9 +126,7 @@ impl EncryptedDeks {
 
     /// The entry wrapped by the given KMS configuration, if any.
     pub fn entry_for_config(&self, kms_config_id: i32) -> Option<&EncryptedDek> {
-        self.encrypted_deks
-            .iter()
-            .find(|e| e.kms_config_id == kms_config_id)
+        self.encrypted_deks.iter().find(|e| e.kms_config_id == kms_config_id)
     }
 }
 
@@ -169,22 +165,13 @@ mod tests {
     #[test]
     fn rejects_bad_envelopes() {
         assert_eq!(EncryptedDeks::from_bytes(&[]), Err(EdekError::Length));
-        assert_eq!(
-            EncryptedDeks::from_bytes(&[0xff; 3]),
-            Err(EdekError::Malformed)
-        );
+        assert_eq!(EncryptedDeks::from_bytes(&[0xff; 3]), Err(EdekError::Malformed));
         assert_eq!(EncryptedDeks::from_base64("!!!"), Err(EdekError::Base64));
         // A valid protobuf with no entries.
-        assert_eq!(
-            EncryptedDeks::from_bytes(&[0x12, 0x00]),
-            Err(EdekError::Incomplete)
-        );
+        assert_eq!(EncryptedDeks::from_bytes(&[0x12, 0x00]), Err(EdekError::Incomplete));
         let mut no_config = sample();
         no_config.encrypted_deks[0].kms_config_id = 0;
-        assert_eq!(
-            EncryptedDeks::from_bytes(&no_config.to_bytes()),
-            Err(EdekError::Incomplete)
-        );
+        assert_eq!(EncryptedDeks::from_bytes(&no_config.to_bytes()), Err(EdekError::Incomplete));
         let too_big = vec![0u8; MAX_EDEK_LEN + 1];
         assert_eq!(EncryptedDeks::from_bytes(&too_big), Err(EdekError::Length));
     }

@@ -164,19 +164,13 @@ mod tests {
     fn proxy_sent_codes_are_4xx_or_5xx_but_never_500_for_bad_input() {
         assert_eq!(ErrorCode::InvalidRequestBody.http_status(), 400);
         assert_eq!(ErrorCode::UnauthorizedRequest.http_status(), 401);
-        assert_eq!(
-            ErrorCode::UnknownTenantOrNoActiveKmsConfigurations.http_status(),
-            404
-        );
+        assert_eq!(ErrorCode::UnknownTenantOrNoActiveKmsConfigurations.http_status(), 404);
         assert_eq!(ErrorCode::InvalidProvidedEdek.http_status(), 400);
     }
 
     #[test]
     fn serde_as_number() {
-        assert_eq!(
-            serde_json::to_string(&ErrorCode::KmsUnreachable).unwrap(),
-            "208"
-        );
+        assert_eq!(serde_json::to_string(&ErrorCode::KmsUnreachable).unwrap(), "208");
         let c: ErrorCode = serde_json::from_str("206").unwrap();
         assert_eq!(c, ErrorCode::KmsAuthorizationFailed);
         let unknown: ErrorCode = serde_json::from_str("555").unwrap();

@@ -45,10 +45,7 @@ pub fn derive(
     let mut commitment = [0u8; COMMITMENT_LEN];
     hkdf.expand_multi_info(&[label, b"/commit\0", context], &mut commitment)
         .map_err(|_| KdfError)?;
-    Ok(DerivedKeys {
-        encryption_key,
-        commitment,
-    })
+    Ok(DerivedKeys { encryption_key, commitment })
 }
 
 /// Derives one 256-bit key: `HKDF-Expand(HKDF-Extract(salt, ikm), label ‖ "\0" ‖ context)`.
@@ -60,8 +57,7 @@ pub fn derive_key(
 ) -> Result<Zeroizing<[u8; 32]>, KdfError> {
     let hkdf = Hkdf::<Sha256>::new(Some(salt), ikm);
     let mut key = Zeroizing::new([0u8; 32]);
-    hkdf.expand_multi_info(&[label, b"\0", context], key.as_mut())
-        .map_err(|_| KdfError)?;
+    hkdf.expand_multi_info(&[label, b"\0", context], key.as_mut()).map_err(|_| KdfError)?;
     Ok(key)
 }
 

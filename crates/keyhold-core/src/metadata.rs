@@ -120,10 +120,7 @@ impl RequestMetadata {
 
     /// The same metadata for another tenant (used by rekey).
     pub fn for_tenant(&self, tenant_id: impl Into<String>) -> Self {
-        Self {
-            tenant_id: tenant_id.into(),
-            ..self.clone()
-        }
+        Self { tenant_id: tenant_id.into(), ..self.clone() }
     }
 
     /// Checks required fields and size limits.
@@ -195,10 +192,7 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert_eq!(
-            RequestMetadata::new("", "u").validate(),
-            Err(MetadataError::InvalidTenantId)
-        );
+        assert_eq!(RequestMetadata::new("", "u").validate(), Err(MetadataError::InvalidTenantId));
         assert_eq!(
             RequestMetadata::new("t", "").validate(),
             Err(MetadataError::MissingRequestingId)
@@ -211,9 +205,6 @@ mod tests {
         for i in 0..=MAX_CUSTOM_FIELDS {
             many.custom_fields.insert(i.to_string(), String::new());
         }
-        assert_eq!(
-            many.validate(),
-            Err(MetadataError::TooLarge("customFields"))
-        );
+        assert_eq!(many.validate(), Err(MetadataError::TooLarge("customFields")));
     }
 }

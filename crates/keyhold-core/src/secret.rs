@@ -145,15 +145,9 @@ mod tests {
         let key = RootKey::generate().unwrap();
         let text = key.to_base64();
         assert_eq!(RootKey::from_base64(&text).unwrap(), key);
-        assert_eq!(
-            RootKey::from_base64("not base64!"),
-            Err(InvalidKey::Encoding)
-        );
+        assert_eq!(RootKey::from_base64("not base64!"), Err(InvalidKey::Encoding));
         assert_eq!(RootKey::from_base64("AAAA"), Err(InvalidKey::Length));
-        assert_eq!(
-            Dek::try_from_slice(&[0; 31]).unwrap_err(),
-            InvalidKey::Length
-        );
+        assert_eq!(Dek::try_from_slice(&[0; 31]).unwrap_err(), InvalidKey::Length);
     }
 
     #[test]

@@ -185,20 +185,12 @@ impl StreamHeader {
             return Err(StreamError::MalformedHeader);
         }
         let edek = take!(edek_len).to_vec();
-        let salt: [u8; SALT_LEN] = take!(SALT_LEN)
-            .try_into()
-            .map_err(|_| StreamError::MalformedHeader)?;
-        let commitment: [u8; COMMITMENT_LEN] = take!(COMMITMENT_LEN)
-            .try_into()
-            .map_err(|_| StreamError::MalformedHeader)?;
+        let salt: [u8; SALT_LEN] =
+            take!(SALT_LEN).try_into().map_err(|_| StreamError::MalformedHeader)?;
+        let commitment: [u8; COMMITMENT_LEN] =
+            take!(COMMITMENT_LEN).try_into().map_err(|_| StreamError::MalformedHeader)?;
         Ok(HeaderParse::Complete(
-            StreamHeader {
-                segment_size,
-                tenant_id,
-                edek,
-                salt,
-                commitment,
-            },
+            StreamHeader { segment_size, tenant_id, edek, salt, commitment },
             reader.pos,
         ))
     }
@@ -225,15 +217,11 @@ impl<'a> Reader<'a> {
 }
 
 fn be_u32(b: &[u8]) -> Result<u32, StreamError> {
-    Ok(u32::from_be_bytes(
-        b.try_into().map_err(|_| StreamError::MalformedHeader)?,
-    ))
+    Ok(u32::from_be_bytes(b.try_into().map_err(|_| StreamError::MalformedHeader)?))
 }
 
 fn be_u16(b: &[u8]) -> Result<u16, StreamError> {
-    Ok(u16::from_be_bytes(
-        b.try_into().map_err(|_| StreamError::MalformedHeader)?,
-    ))
+    Ok(u16::from_be_bytes(b.try_into().map_err(|_| StreamError::MalformedHeader)?))
 }
 
 fn segment_nonce(counter: u32, last: bool) -> [u8; NONCE_LEN] {
@@ -256,9 +244,7 @@ pub struct StreamEncryptor {
 
 impl core::fmt::Debug for StreamEncryptor {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("StreamEncryptor")
-            .field("counter", &self.counter)
-            .finish_non_exhaustive()
+        f.debug_struct("StreamEncryptor").field("counter", &self.counter).finish_non_exhaustive()
     }
 }
 
@@ -292,12 +278,7 @@ impl StreamEncryptor {
         let segment_size =
             usize::try_from(segment_size).map_err(|_| StreamError::InvalidParameters)?;
         Ok((
-            Self {
-                key,
-                segment_size,
-                counter: 0,
-                pending: Vec::with_capacity(segment_size),
-            },
+            Self { key, segment_size, counter: 0, pending: Vec::with_capacity(segment_size) },
             header.encode()?,
         ))
     }
@@ -342,10 +323,8 @@ impl StreamEncryptor {
         let start = out.len();
         out.resize(start + segment.len(), 0);
         let body = out.get_mut(start..).ok_or(StreamError::EncryptFailed)?;
-        let tag = self
-            .key
-            .seal_to(&nonce, &[], segment, body)
-            .map_err(|_| StreamError::EncryptFailed)?;
+        let tag =
+            self.key.seal_to(&nonce, &[], segment, body).map_err(|_| StreamError::EncryptFailed)?;
         out.extend_from_slice(&tag);
         self.counter = self.counter.checked_add(1).ok_or(StreamError::TooLong)?;
         Ok(())
@@ -362,9 +341,7 @@ pub struct StreamDecryptor {
 
 impl core::fmt::Debug for StreamDecryptor {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("StreamDecryptor")
-            .field("counter", &self.counter)
-            .finish_non_exhaustive()
+        f.debug_struct("StreamDecryptor").field("counter", &self.counter).finish_non_exhaustive()
     }
 }
 
@@ -436,17 +413,12 @@ impl StreamDecryptor {
 
     fn open(&mut self, sealed: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), StreamError> {
         let nonce = segment_nonce(self.counter, last);
-        let (ciphertext, tag) = sealed
-            .split_last_chunk::<TAG_LEN>()
-            .ok_or(StreamError::Truncated)?;
+        let (ciphertext, tag) =
+            sealed.split_last_chunk::<TAG_LEN>().ok_or(StreamError::Truncated)?;
         let start = out.len();
         out.resize(start + ciphertext.len(), 0);
         let body = out.get_mut(start..).ok_or(StreamError::DecryptFailed)?;
-        if self
-            .key
-            .open_to(&nonce, &[], ciphertext, tag, body)
-            .is_err()
-        {
+        if self.key.open_to(&nonce, &[], ciphertext, tag, body).is_err() {
             out.truncate(start);
             return Err(StreamError::DecryptFailed);
         }
@@ -538,9 +510,7 @@ mod tests {
         let dek = Dek::generate().unwrap();
         let pt = vec![7u8; 100];
         let ct = encrypt(&dek, &pt, 16);
-        let HeaderParse::Complete(_, used) = StreamHeader::parse(&ct).unwrap() else {
-            panic!()
-        };
+        let HeaderParse::Complete(_, used) = StreamHeader::parse(&ct).unwrap() else { panic!() };
         // Drop the last whole segment: the new last segment was sealed as non-final.
         let seg = 16 + TAG_LEN;
         let cut = ct.len() - (ct.len() - used) % seg;
@@ -556,10 +526,7 @@ mod tests {
         swapped[b..b + seg].copy_from_slice(&first);
         assert_eq!(decrypt(&dek, &swapped), Err(StreamError::DecryptFailed));
         // Wrong key is caught by the commitment.
-        assert_eq!(
-            decrypt(&Dek::generate().unwrap(), &ct),
-            Err(StreamError::DecryptFailed)
-        );
+        assert_eq!(decrypt(&Dek::generate().unwrap(), &ct), Err(StreamError::DecryptFailed));
         // Wrong tenant.
         let wrong = decrypt_all::<()>(&ct, Some("other"), |_| Ok(dek.clone())).unwrap();
         assert_eq!(wrong, Err(StreamError::TenantMismatch));
@@ -569,9 +536,7 @@ mod tests {
     fn every_header_byte_is_bound() {
         let dek = Dek::generate().unwrap();
         let ct = encrypt(&dek, b"abc", 64);
-        let HeaderParse::Complete(_, used) = StreamHeader::parse(&ct).unwrap() else {
-            panic!()
-        };
+        let HeaderParse::Complete(_, used) = StreamHeader::parse(&ct).unwrap() else { panic!() };
         for i in 0..used {
             let mut bad = ct.clone();
             bad[i] ^= 0x01;

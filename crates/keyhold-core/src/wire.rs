@@ -179,18 +179,12 @@ pub struct ErrorBody {
 impl ErrorBody {
     /// A body for `code` with its default message.
     pub fn from_code(code: ErrorCode) -> Self {
-        Self {
-            code: code.code(),
-            message: code.default_message().to_owned(),
-        }
+        Self { code: code.code(), message: code.default_message().to_owned() }
     }
 
     /// A body for `code` with a specific message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code: code.code(),
-            message: message.into(),
-        }
+        Self { code: code.code(), message: message.into() }
     }
 
     /// The code as a known enum value (unknown numbers read as [`ErrorCode::UnknownError`]).
@@ -263,10 +257,7 @@ mod tests {
 
     #[test]
     fn wrapped_key_shape() {
-        let key = WrappedKey {
-            dek: Dek::from_bytes([0; 32]),
-            edek: "ZWRlaw==".into(),
-        };
+        let key = WrappedKey { dek: Dek::from_bytes([0; 32]), edek: "ZWRlaw==".into() };
         let json = serde_json::to_string(&key).unwrap();
         assert_eq!(
             json,
@@ -284,10 +275,7 @@ mod tests {
     #[test]
     fn batch_and_error_shapes() {
         let mut resp = BatchUnwrapResponse::default();
-        resp.failures.insert(
-            "doc1".into(),
-            ErrorBody::from_code(ErrorCode::InvalidProvidedEdek),
-        );
+        resp.failures.insert("doc1".into(), ErrorBody::from_code(ErrorCode::InvalidProvidedEdek));
         let json = serde_json::to_value(&resp).unwrap();
         assert_eq!(
             json,

@@ -5,12 +5,7 @@
 //! the backend and the property that failed. Checks a backend cannot support (a KMS with no way
 //! to disable a key from the test) are skipped by returning `None` from the harness and are
 //! reported in the returned [`Report`].
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,30 +58,14 @@ pub async fn run_all(h: &dyn Harness) -> Report {
     report.passed.push("wrong_context_is_refused");
     tampered_ciphertext_is_refused(h).await;
     report.passed.push("tampered_ciphertext_is_refused");
-    record(
-        &mut report,
-        "disabled_key_is_denied",
-        disabled_key_is_denied(h).await,
-    );
-    record(
-        &mut report,
-        "rotation_keeps_old_keys",
-        rotation_keeps_old_keys(h).await,
-    );
-    record(
-        &mut report,
-        "unreachable_is_reported",
-        unreachable_is_reported(h).await,
-    );
+    record(&mut report, "disabled_key_is_denied", disabled_key_is_denied(h).await);
+    record(&mut report, "rotation_keeps_old_keys", rotation_keeps_old_keys(h).await);
+    record(&mut report, "unreachable_is_reported", unreachable_is_reported(h).await);
     report
 }
 
 fn record(report: &mut Report, name: &'static str, ran: bool) {
-    if ran {
-        report.passed.push(name)
-    } else {
-        report.skipped.push(name)
-    }
+    if ran { report.passed.push(name) } else { report.skipped.push(name) }
 }
 
 const TENANT: &str = "conformance-tenant";
@@ -96,29 +75,14 @@ const CONFIG: i32 = 4242;
 pub async fn round_trip(h: &dyn Harness) {
     let kms = h.kms();
     let ctx = KeyContext::new(TENANT, CONFIG);
-    let a = kms
-        .generate(&ctx)
-        .await
-        .unwrap_or_else(|e| panic!("{}: generate: {e}", h.name()));
-    let b = kms
-        .generate(&ctx)
-        .await
-        .unwrap_or_else(|e| panic!("{}: generate: {e}", h.name()));
+    let a = kms.generate(&ctx).await.unwrap_or_else(|e| panic!("{}: generate: {e}", h.name()));
+    let b = kms.generate(&ctx).await.unwrap_or_else(|e| panic!("{}: generate: {e}", h.name()));
     assert_ne!(a.dek, b.dek, "{}: two generated keys are equal", h.name());
-    assert_ne!(
-        a.wrapped,
-        b.wrapped,
-        "{}: two wrapped keys are equal",
-        h.name()
-    );
-    let back = kms
-        .unwrap(&a.wrapped, &ctx)
-        .await
-        .unwrap_or_else(|e| panic!("{}: unwrap: {e}", h.name()));
+    assert_ne!(a.wrapped, b.wrapped, "{}: two wrapped keys are equal", h.name());
+    let back =
+        kms.unwrap(&a.wrapped, &ctx).await.unwrap_or_else(|e| panic!("{}: unwrap: {e}", h.name()));
     assert_eq!(back, a.dek, "{}: unwrap returned another key", h.name());
-    kms.health()
-        .await
-        .unwrap_or_else(|e| panic!("{}: health: {e}", h.name()));
+    kms.health().await.unwrap_or_else(|e| panic!("{}: health: {e}", h.name()));
 }
 
 /// A key wrapped with `wrap` (as rekey does) unwraps to itself.
@@ -126,16 +90,8 @@ pub async fn wrap_existing_key(h: &dyn Harness) {
     let kms = h.kms();
     let ctx = KeyContext::new(TENANT, CONFIG);
     let dek = Dek::generate().unwrap();
-    let wrapped = kms
-        .wrap(&dek, &ctx)
-        .await
-        .unwrap_or_else(|e| panic!("{}: wrap: {e}", h.name()));
-    assert_eq!(
-        kms.unwrap(&wrapped, &ctx).await.unwrap(),
-        dek,
-        "{}: wrap round trip",
-        h.name()
-    );
+    let wrapped = kms.wrap(&dek, &ctx).await.unwrap_or_else(|e| panic!("{}: wrap: {e}", h.name()));
+    assert_eq!(kms.unwrap(&wrapped, &ctx).await.unwrap(), dek, "{}: wrap round trip", h.name());
 }
 
 /// A wrapped key does not unwrap for another tenant or another configuration id.
@@ -143,17 +99,11 @@ pub async fn wrong_context_is_refused(h: &dyn Harness) {
     let kms = h.kms();
     let ctx = KeyContext::new(TENANT, CONFIG);
     let wrapped = kms.generate(&ctx).await.unwrap().wrapped;
-    for other in [
-        KeyContext::new("another-tenant", CONFIG),
-        KeyContext::new(TENANT, CONFIG + 1),
-    ] {
+    for other in [KeyContext::new("another-tenant", CONFIG), KeyContext::new(TENANT, CONFIG + 1)] {
         match kms.unwrap(&wrapped, &other).await {
             Err(KmsError::InvalidCiphertext) => {}
             Ok(_) => panic!("{}: unwrapped under the wrong context {other:?}", h.name()),
-            Err(e) => panic!(
-                "{}: wrong context gave {e:?}, want InvalidCiphertext",
-                h.name()
-            ),
+            Err(e) => panic!("{}: wrong context gave {e:?}, want InvalidCiphertext", h.name()),
         }
     }
 }
@@ -170,18 +120,14 @@ pub async fn tampered_ciphertext_is_refused(h: &dyn Harness) {
         match kms.unwrap(&bad, &ctx).await {
             Err(KmsError::InvalidCiphertext) => {}
             Ok(_) => panic!("{}: tampered byte {pos} accepted", h.name()),
-            Err(e) => panic!(
-                "{}: tampered byte {pos} gave {e:?}, want InvalidCiphertext",
-                h.name()
-            ),
+            Err(e) => {
+                panic!("{}: tampered byte {pos} gave {e:?}, want InvalidCiphertext", h.name())
+            }
         }
     }
     for len in [0, 1, wrapped.len() - 1] {
         assert!(
-            matches!(
-                kms.unwrap(&wrapped[..len], &ctx).await,
-                Err(KmsError::InvalidCiphertext)
-            ),
+            matches!(kms.unwrap(&wrapped[..len], &ctx).await, Err(KmsError::InvalidCiphertext)),
             "{}: truncated wrapped key of {len} bytes not refused as invalid",
             h.name()
         );
@@ -198,15 +144,10 @@ pub async fn disabled_key_is_denied(h: &dyn Harness) -> bool {
     }
     let unwrap = kms.unwrap(&before.wrapped, &ctx).await;
     let generate = kms.generate(&ctx).await;
-    h.enable_key()
-        .await
-        .expect("harness can disable but not enable");
+    h.enable_key().await.expect("harness can disable but not enable");
     match unwrap {
         Err(e) if e.is_revocation() => {}
-        other => panic!(
-            "{}: unwrap with a disabled key gave {other:?}, want denied",
-            h.name()
-        ),
+        other => panic!("{}: unwrap with a disabled key gave {other:?}, want denied", h.name()),
     }
     match generate {
         Err(e) if e.is_revocation() => {}

@@ -13,10 +13,7 @@ pub struct KeyContext<'a> {
 impl<'a> KeyContext<'a> {
     /// A context for `tenant_id` and `kms_config_id`.
     pub fn new(tenant_id: &'a str, kms_config_id: i32) -> Self {
-        Self {
-            tenant_id,
-            kms_config_id,
-        }
+        Self { tenant_id, kms_config_id }
     }
 
     /// A canonical, unambiguous byte encoding for use as associated data:
@@ -27,11 +24,7 @@ impl<'a> KeyContext<'a> {
         let mut out = Vec::with_capacity(LABEL.len() + 8 + tenant.len());
         out.extend_from_slice(LABEL);
         out.extend_from_slice(&self.kms_config_id.to_be_bytes());
-        out.extend_from_slice(
-            &u32::try_from(tenant.len())
-                .unwrap_or(u32::MAX)
-                .to_be_bytes(),
-        );
+        out.extend_from_slice(&u32::try_from(tenant.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(tenant);
         out
     }

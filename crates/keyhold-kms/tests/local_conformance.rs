@@ -24,12 +24,7 @@ impl LocalHarness {
             Arc::new(Keystore::create(dir.path().join("keystore"), root.clone()).unwrap());
         keystore.create_key("conformance").unwrap();
         let kms = Arc::new(LocalKms::new(Arc::clone(&keystore), "conformance"));
-        Self {
-            _dir: dir,
-            root,
-            keystore,
-            kms,
-        }
+        Self { _dir: dir, root, keystore, kms }
     }
 }
 
@@ -71,24 +66,25 @@ async fn local_backend_passes_conformance() {
 }
 
 #[tokio::test]
-async fn a_second_process_disabling_the_key_takes_effect_after_reload() {
+async fn a_second_process_disabling_the_key_takes_effect() {
     let harness = LocalHarness::new();
     let ctx = keyhold_kms::KeyContext::new("t", 1);
     let wrapped = harness.kms.generate(&ctx).await.unwrap().wrapped;
     // Another handle on the same file, as `keyhold keys disable` in another process would be.
     let other = Keystore::open(harness.keystore.path(), harness.root.clone()).unwrap();
+
+    // With a long check interval the change is not seen yet...
+    harness.keystore.set_check_interval(std::time::Duration::from_secs(3600));
+    harness.kms.unwrap(&wrapped, &ctx).await.unwrap();
     other.set_enabled("conformance", false).unwrap();
-    assert!(
-        harness.kms.unwrap(&wrapped, &ctx).await.is_ok(),
-        "not reloaded yet"
-    );
-    assert!(harness.keystore.reload_if_changed().unwrap());
-    assert!(
-        harness
-            .kms
-            .unwrap(&wrapped, &ctx)
-            .await
-            .unwrap_err()
-            .is_revocation()
-    );
+    assert!(harness.kms.unwrap(&wrapped, &ctx).await.is_ok(), "checked before the interval passed");
+
+    // ...with the default (check on every use) it is, at once, both ways.
+    harness.keystore.set_check_interval(keyhold_kms::local::DEFAULT_CHECK_INTERVAL);
+    assert!(harness.kms.unwrap(&wrapped, &ctx).await.unwrap_err().is_revocation());
+    other.set_enabled("conformance", true).unwrap();
+    assert!(harness.kms.unwrap(&wrapped, &ctx).await.is_ok());
+    other.rotate_key("conformance").unwrap();
+    let rewrapped = harness.kms.generate(&ctx).await.unwrap().wrapped;
+    assert_eq!(LocalKms::key_version_of(&rewrapped), Some(2));
 }

@@ -34,19 +34,14 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         .route(wire::ROUTE_REKEY, post(rekey))
         .route(wire::ROUTE_SECURITY_EVENT, post(security_event))
         .route(wire::ROUTE_REPORT_OPERATIONS, post(report_operations))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .merge(api)
         .merge(admin_routes(serve_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }
 
@@ -60,11 +55,7 @@ fn admin_routes(serve_metrics: bool) -> Router<AppState> {
         .route("/health", get(health))
         .route("/live", get(live))
         .route("/ready", get(ready));
-    if serve_metrics {
-        routes.route("/metrics", get(metrics))
-    } else {
-        routes
-    }
+    if serve_metrics { routes.route("/metrics", get(metrics)) } else { routes }
 }
 
 /// A JSON body parsed with the TSP error conventions: an oversize body is 413 with code 102, a
@@ -93,10 +84,9 @@ fn secret_json<T: Serialize>(value: &T) -> Response {
         return ServiceError::Internal.into_response();
     }
     let mut response = Response::new(Body::from(Bytes::from_owner(ZeroizingBytes(body))));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -109,8 +99,7 @@ impl AsRef<[u8]> for ZeroizingBytes {
 }
 
 fn validated(meta: RequestMetadata) -> Result<RequestMetadata, ServiceError> {
-    meta.validate()
-        .map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
+    meta.validate().map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
     Ok(meta)
 }
 
@@ -170,17 +159,14 @@ async fn security_event(
 ) -> Result<StatusCode, ServiceError> {
     let (meta, (timestamp_millis, top_level_event)) = req.split_metadata();
     let meta = validated(meta)?;
-    let event = meta
-        .icl_fields
-        .event
-        .clone()
-        .or(top_level_event)
-        .filter(|e| !e.is_empty())
-        .ok_or_else(|| {
-            ServiceError::SecurityEventRejected(
-                "the event name (iclFields.event) is required".into(),
-            )
-        })?;
+    let event =
+        meta.icl_fields.event.clone().or(top_level_event).filter(|e| !e.is_empty()).ok_or_else(
+            || {
+                ServiceError::SecurityEventRejected(
+                    "the event name (iclFields.event) is required".into(),
+                )
+            },
+        )?;
     if event.len() > 256 {
         return Err(ServiceError::SecurityEventRejected(
             "the event name is longer than 256 bytes".into(),
@@ -192,9 +178,7 @@ async fn security_event(
     state
         .metrics
         .security_events
-        .get_or_create(&TenantLabels {
-            tenant: meta.tenant_id.clone(),
-        })
+        .get_or_create(&TenantLabels { tenant: meta.tenant_id.clone() })
         .inc();
     let fields = &meta.icl_fields;
     tracing::info!(
@@ -221,9 +205,9 @@ async fn report_operations(
     if state.service.registry().tenant(&meta.tenant_id).is_none() {
         return Err(ServiceError::UnknownTenant(meta.tenant_id));
     }
-    let (wraps, unwraps) = operations.values().fold((0u64, 0u64), |(w, u), c| {
-        (w.saturating_add(c.wraps), u.saturating_add(c.unwraps))
-    });
+    let (wraps, unwraps) = operations
+        .values()
+        .fold((0u64, 0u64), |(w, u), c| (w.saturating_add(c.wraps), u.saturating_add(c.unwraps)));
     tracing::info!(
         target: "keyhold::audit",
         tenant = %meta.tenant_id,
@@ -238,11 +222,7 @@ async fn report_operations(
 
 async fn health(State(state): State<AppState>) -> Response {
     if state.health.is_ready() {
-        (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok"})),
-        )
-            .into_response()
+        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response()
     } else {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -257,19 +237,12 @@ async fn live() -> StatusCode {
 }
 
 async fn ready(State(state): State<AppState>) -> StatusCode {
-    if state.health.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
+    if state.health.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),
     )
         .into_response()
@@ -280,11 +253,7 @@ async fn not_found(request: Request) -> ServiceError {
 }
 
 async fn method_not_allowed(request: Request) -> Response {
-    let message = format!(
-        "method {} is not allowed on {}",
-        request.method(),
-        request.uri().path()
-    );
+    let message = format!("method {} is not allowed on {}", request.method(), request.uri().path());
     let mut response = ServiceError::InvalidRequest(message).into_response();
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     response
@@ -328,15 +297,8 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     state
         .metrics
         .http_requests
-        .get_or_create(&HttpLabels {
-            route: route.clone(),
-            status: response.status().as_u16(),
-        })
+        .get_or_create(&HttpLabels { route: route.clone(), status: response.status().as_u16() })
         .inc();
-    state
-        .metrics
-        .http_duration
-        .get_or_create(&RouteLabels { route })
-        .observe(elapsed);
+    state.metrics.http_duration.get_or_create(&RouteLabels { route }).observe(elapsed);
     response
 }

@@ -26,12 +26,7 @@ impl core::fmt::Debug for ApiKeys {
 impl ApiKeys {
     /// Accepts any of `keys`.
     pub fn new(keys: &[Zeroizing<String>]) -> Self {
-        Self {
-            digests: keys
-                .iter()
-                .map(|k| Sha256::digest(k.as_bytes()).into())
-                .collect(),
-        }
+        Self { digests: keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect() }
     }
 
     /// True if `candidate` is one of the keys. Every key is compared, match or not.

@@ -72,12 +72,7 @@ pub fn init_data_dir(
     let config_path = dir.join(CONFIG_FILE);
     let api_key_path = dir.join(API_KEY_FILE);
     if config_path.exists() {
-        return Ok(DataDir {
-            dir: dir.to_owned(),
-            config_path,
-            api_key_path,
-            created: false,
-        });
+        return Ok(DataDir { dir: dir.to_owned(), config_path, api_key_path, created: false });
     }
     fs::create_dir_all(dir).map_err(io(dir))?;
     #[cfg(unix)]
@@ -122,12 +117,7 @@ pub fn init_data_dir(
     let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
     fs::write(&tmp, config).map_err(io(&tmp))?;
     fs::rename(&tmp, &config_path).map_err(io(&config_path))?;
-    Ok(DataDir {
-        dir: dir.to_owned(),
-        config_path,
-        api_key_path,
-        created: true,
-    })
+    Ok(DataDir { dir: dir.to_owned(), config_path, api_key_path, created: true })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -119,7 +119,9 @@ pub struct LocalKeystoreConfig {
     /// File holding the root key (base64). Without it, `KEYHOLD_ROOT_KEY` is used.
     #[serde(default)]
     pub root_key_file: Option<PathBuf>,
-    /// How often to check the keystore file for changes made by `keyhold keys`, in milliseconds.
+    /// How often, at most, to check the keystore file for changes made by `keyhold keys`
+    /// (rotate, disable, enable), in milliseconds: the longest a disabled key keeps working.
+    /// 0 (the default) checks on every use; a check is one `stat`.
     #[serde(default = "default_reload_ms")]
     pub reload_interval_ms: u64,
 }
@@ -187,20 +189,16 @@ fn default_kms_timeout_ms() -> u64 {
     10_000
 }
 fn default_reload_ms() -> u64 {
-    1_000
+    0
 }
 
 impl ProxyConfig {
     /// Reads, overrides from the environment, and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config = Self::from_toml(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config = Self::from_toml(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
         config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
         config.apply_env(|name| std::env::var(name).ok())?;
         config.validate()?;
@@ -238,11 +236,7 @@ impl ProxyConfig {
 
     /// Resolves a path relative to the configuration file's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_owned()
-        } else {
-            self.base_dir.join(path)
-        }
+        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
     }
 
     /// The accepted API keys (current first), read from their files if needed.
@@ -307,11 +301,8 @@ impl ProxyConfig {
             if !tenant_ids.insert(tenant.id.as_str()) {
                 return invalid(format!("tenant {:?} is listed twice", tenant.id));
             }
-            let primaries = tenant
-                .kms_configs
-                .iter()
-                .filter(|c| c.status == KmsConfigStatus::Primary)
-                .count();
+            let primaries =
+                tenant.kms_configs.iter().filter(|c| c.status == KmsConfigStatus::Primary).count();
             if primaries > 1 {
                 return invalid(format!(
                     "tenant {:?} has {primaries} primary KMS configurations; at most one",
@@ -374,10 +365,7 @@ mod tests {
     fn parses_and_validates() {
         let config = ProxyConfig::from_toml(SAMPLE).unwrap();
         config.validate().unwrap();
-        assert_eq!(
-            config.tenants[0].kms_configs[1].status,
-            KmsConfigStatus::Active
-        );
+        assert_eq!(config.tenants[0].kms_configs[1].status, KmsConfigStatus::Active);
         assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(config.api_keys().unwrap().len(), 1);
     }
@@ -387,26 +375,11 @@ mod tests {
         let dup_id = SAMPLE.replace("id = 2", "id = 1");
         assert!(ProxyConfig::from_toml(&dup_id).unwrap().validate().is_err());
         let two_primaries = SAMPLE.replace("status = \"active\"", "status = \"primary\"");
-        assert!(
-            ProxyConfig::from_toml(&two_primaries)
-                .unwrap()
-                .validate()
-                .is_err()
-        );
+        assert!(ProxyConfig::from_toml(&two_primaries).unwrap().validate().is_err());
         let short_key = SAMPLE.replace("0123456789abcdef0123", "short");
-        assert!(
-            ProxyConfig::from_toml(&short_key)
-                .unwrap()
-                .validate()
-                .is_err()
-        );
+        assert!(ProxyConfig::from_toml(&short_key).unwrap().validate().is_err());
         let zero_id = SAMPLE.replace("id = 2", "id = 0");
-        assert!(
-            ProxyConfig::from_toml(&zero_id)
-                .unwrap()
-                .validate()
-                .is_err()
-        );
+        assert!(ProxyConfig::from_toml(&zero_id).unwrap().validate().is_err());
         assert!(ProxyConfig::from_toml("unknown_field = 1").is_err());
         assert!(
             ProxyConfig::from_toml(&SAMPLE.replace("key = \"a-old\"", "key = \"a-old\"\nkye = 1"))
@@ -432,10 +405,6 @@ mod tests {
             .unwrap();
         assert_eq!(config.listen.port(), 9999);
         assert_eq!(config.api_keys().unwrap().len(), 2);
-        assert!(
-            config
-                .apply_env(|n| (n == LISTEN_ENV).then(|| "nope".into()))
-                .is_err()
-        );
+        assert!(config.apply_env(|n| (n == LISTEN_ENV).then(|| "nope".into())).is_err());
     }
 }

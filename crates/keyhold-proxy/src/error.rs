@@ -147,10 +147,7 @@ mod tests {
             (KmsError::UnwrapFailed("x".into()), 205),
         ];
         for (error, code) in cases {
-            let e = ServiceError::Kms {
-                operation: KmsOperation::Unwrap,
-                source: error.clone(),
-            };
+            let e = ServiceError::Kms { operation: KmsOperation::Unwrap, source: error.clone() };
             assert_eq!(e.code().code(), code, "{error:?}");
             assert!(e.status().is_client_error() || e.status().is_server_error());
         }
@@ -170,10 +167,7 @@ mod tests {
         ] {
             assert!(e.status().is_client_error(), "{e:?} -> {}", e.status());
         }
-        assert_eq!(
-            ServiceError::Unauthorized.status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(ServiceError::Unauthorized.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(ServiceError::Unauthorized.body().code, 101);
     }
 }

@@ -80,9 +80,7 @@ impl AppState {
     pub fn from_config(config: &ProxyConfig) -> Result<Self, ProxyError> {
         let registry = Arc::new(registry::TenantRegistry::from_config(config)?);
         let metrics = Arc::new(metrics::Metrics::new());
-        metrics
-            .tenants
-            .set(i64::try_from(registry.len()).unwrap_or(i64::MAX));
+        metrics.tenants.set(i64::try_from(registry.len()).unwrap_or(i64::MAX));
         let service = Arc::new(service::KeyService::new(
             registry,
             Arc::clone(&metrics),

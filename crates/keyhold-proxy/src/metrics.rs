@@ -144,21 +144,13 @@ impl Metrics {
             "HTTP request latency",
             http_duration.clone(),
         );
-        registry.register(
-            "kms_requests",
-            "Calls to a tenant KMS",
-            kms_requests.clone(),
-        );
+        registry.register("kms_requests", "Calls to a tenant KMS", kms_requests.clone());
         registry.register(
             "kms_errors",
             "Failed calls to a tenant KMS, by wire error code",
             kms_errors.clone(),
         );
-        registry.register(
-            "kms_request_duration_seconds",
-            "KMS call latency",
-            kms_duration.clone(),
-        );
+        registry.register("kms_request_duration_seconds", "KMS call latency", kms_duration.clone());
         registry.register(
             "key_operations",
             "Data keys wrapped, unwrapped and rekeyed",
@@ -169,11 +161,7 @@ impl Metrics {
             "API requests by client SDK language and version",
             client_requests.clone(),
         );
-        registry.register(
-            "security_events",
-            "Security events accepted",
-            security_events.clone(),
-        );
+        registry.register("security_events", "Security events accepted", security_events.clone());
         registry.register("ready", "1 when the proxy serves requests", ready.clone());
         registry.register("tenants", "Tenants configured", tenants.clone());
         Self {

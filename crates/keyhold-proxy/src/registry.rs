@@ -51,9 +51,7 @@ pub struct Tenant {
 impl Tenant {
     /// The configuration new keys are wrapped with.
     pub fn primary(&self) -> Option<&KmsConfig> {
-        self.configs
-            .iter()
-            .find(|c| c.status == KmsConfigStatus::Primary)
+        self.configs.iter().find(|c| c.status == KmsConfigStatus::Primary)
     }
 
     /// The configuration with this id, whatever its status.
@@ -63,9 +61,7 @@ impl Tenant {
 
     /// True if some configuration can unwrap.
     pub fn has_active_config(&self) -> bool {
-        self.configs
-            .iter()
-            .any(|c| c.status != KmsConfigStatus::Disabled)
+        self.configs.iter().any(|c| c.status != KmsConfigStatus::Disabled)
     }
 
     /// All configurations.
@@ -86,13 +82,12 @@ impl TenantRegistry {
     pub fn from_config(config: &ProxyConfig) -> Result<Self, RegistryError> {
         let keystore = match &config.local_keystore {
             Some(ks) => {
-                let root = load_root_key(
-                    ks.root_key_file
-                        .as_ref()
-                        .map(|p| config.resolve(p))
-                        .as_deref(),
-                )?;
-                Some(Arc::new(Keystore::open(config.resolve(&ks.path), root)?))
+                let root =
+                    load_root_key(ks.root_key_file.as_ref().map(|p| config.resolve(p)).as_deref())?;
+                let keystore = Keystore::open(config.resolve(&ks.path), root)?;
+                keystore
+                    .set_check_interval(std::time::Duration::from_millis(ks.reload_interval_ms));
+                Some(Arc::new(keystore))
             }
             None => None,
         };
@@ -119,19 +114,9 @@ impl TenantRegistry {
                         });
                     }
                 };
-                configs.push(KmsConfig {
-                    id: entry.id,
-                    status: entry.status,
-                    kms,
-                });
+                configs.push(KmsConfig { id: entry.id, status: entry.status, kms });
             }
-            tenants.insert(
-                tenant.id.clone(),
-                Arc::new(Tenant {
-                    id: tenant.id.clone(),
-                    configs,
-                }),
-            );
+            tenants.insert(tenant.id.clone(), Arc::new(Tenant { id: tenant.id.clone(), configs }));
         }
         Ok(Self { tenants, keystore })
     }
@@ -162,7 +147,7 @@ impl TenantRegistry {
         self.tenants.is_empty()
     }
 
-    /// The local keystore, if configured (the server reloads it when the file changes).
+    /// The local keystore, if configured.
     pub fn keystore(&self) -> Option<&Arc<Keystore>> {
         self.keystore.as_ref()
     }

@@ -1,9 +1,8 @@
-//! Listeners, background tasks and graceful shutdown.
+//! Listeners and graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -37,20 +36,15 @@ pub struct Proxy {
     state: AppState,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
-    keystore_reload: Option<Duration>,
 }
 
 impl Proxy {
     /// Builds the state and binds the listeners (port 0 picks a free port).
     pub async fn bind(config: &ProxyConfig) -> Result<Self, ProxyError> {
         let state = AppState::from_config(config)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ProxyError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ProxyError::Listen { addr: config.listen, source })?;
         let admin_listener = match config.admin_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -59,16 +53,7 @@ impl Proxy {
             ),
             None => None,
         };
-        let keystore_reload = config
-            .local_keystore
-            .as_ref()
-            .map(|ks| Duration::from_millis(ks.reload_interval_ms.max(100)));
-        Ok(Self {
-            state,
-            listener,
-            admin_listener,
-            keystore_reload,
-        })
+        Ok(Self { state, listener, admin_listener })
     }
 
     /// The API listener's address.
@@ -78,9 +63,7 @@ impl Proxy {
 
     /// The admin listener's address, if configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
+        self.admin_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shared state (metrics, health), e.g. for tests.
@@ -94,23 +77,11 @@ impl Proxy {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ProxyError> {
-        let Self {
-            state,
-            listener,
-            admin_listener,
-            keystore_reload,
-        } = self;
+        let Self { state, listener, admin_listener } = self;
         let api_addr = listener.local_addr().map_err(|source| ProxyError::Listen {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })?;
-        let mut background = Vec::new();
-        if let (Some(every), Some(keystore)) =
-            (keystore_reload, state.service.registry().keystore())
-        {
-            background.push(tokio::spawn(reload_keystore(Arc::clone(keystore), every)));
-        }
-
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let health = Arc::clone(&state.health);
         let metrics = Arc::clone(&state.metrics);
@@ -144,38 +115,10 @@ impl Proxy {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
-        for task in background {
-            task.abort();
-        }
         if let Some(admin) = admin {
             let _ = admin.await;
         }
-        served.map_err(|source| ProxyError::Listen {
-            addr: api_addr,
-            source,
-        })
-    }
-}
-
-/// Picks up changes `keyhold keys` made to the keystore file (rotation, disable, enable).
-async fn reload_keystore(keystore: Arc<keyhold_kms::local::Keystore>, every: Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let ks = Arc::clone(&keystore);
-        match tokio::task::spawn_blocking(move || ks.reload_if_changed()).await {
-            Ok(Ok(true)) => {
-                tracing::info!(path = %keystore.path().display(), "keystore changed; reloaded")
-            }
-            Ok(Ok(false)) => {}
-            // Keep serving from the last good state; a half-written file is never read thanks to
-            // atomic renames, so an error here is a real problem worth a warning every interval.
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "keystore reload failed; keeping the previous keys")
-            }
-            Err(e) => tracing::warn!(error = %e, "keystore reload task failed"),
-        }
+        served.map_err(|source| ProxyError::Listen { addr: api_addr, source })
     }
 }
 

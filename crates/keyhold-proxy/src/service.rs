@@ -46,11 +46,7 @@ impl KeyService {
         metrics: Arc<Metrics>,
         limits: ServiceLimits,
     ) -> Self {
-        Self {
-            registry,
-            metrics,
-            limits,
-        }
+        Self { registry, metrics, limits }
     }
 
     /// The registry.
@@ -78,19 +74,10 @@ impl KeyService {
     ) -> Result<WrappedKey, ServiceError> {
         let ctx = KeyContext::new(&tenant.id, config.id);
         let generated = self
-            .call_kms(
-                tenant,
-                config,
-                "generate",
-                KmsOperation::Wrap,
-                config.kms.generate(&ctx),
-            )
+            .call_kms(tenant, config, "generate", KmsOperation::Wrap, config.kms.generate(&ctx))
             .await?;
         let edek = envelope(tenant, config, generated.wrapped);
-        Ok(WrappedKey {
-            dek: generated.dek,
-            edek: edek.to_base64(),
-        })
+        Ok(WrappedKey { dek: generated.dek, edek: edek.to_base64() })
     }
 
     /// The data key inside an EDEK, if it belongs to the tenant and its KMS agrees.
@@ -107,9 +94,7 @@ impl KeyService {
 
     async fn unwrap_for(&self, tenant: &Tenant, edek: &str) -> Result<Dek, ServiceError> {
         if edek.is_empty() {
-            return Err(ServiceError::InvalidRequest(
-                "encryptedDocumentKey is required".into(),
-            ));
+            return Err(ServiceError::InvalidRequest("encryptedDocumentKey is required".into()));
         }
         let envelope = EncryptedDeks::from_base64(edek)
             .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))?;
@@ -133,10 +118,7 @@ impl KeyService {
         document_ids: Vec<String>,
     ) -> Result<BatchWrapResponse, ServiceError> {
         self.check_batch_size(document_ids.len())?;
-        let tenant = match self
-            .tenant(&meta.tenant_id)
-            .and_then(|t| primary(t).map(|c| (t, c)))
-        {
+        let tenant = match self.tenant(&meta.tenant_id).and_then(|t| primary(t).map(|c| (t, c))) {
             Ok(found) => found,
             Err(e) => {
                 self.record(meta, "batch_wrap", Some(&e), document_ids.len());
@@ -246,10 +228,7 @@ impl KeyService {
             )
             .await?;
         let edek = envelope(new_tenant, new_config, wrapped);
-        Ok(WrappedKey {
-            dek,
-            edek: edek.to_base64(),
-        })
+        Ok(WrappedKey { dek, edek: edek.to_base64() })
     }
 
     fn tenant(&self, id: &str) -> Result<&Arc<Tenant>, ServiceError> {
@@ -279,11 +258,7 @@ impl KeyService {
     ) -> Result<T, ServiceError> {
         self.metrics
             .kms_requests
-            .get_or_create(&KmsLabels {
-                tenant: tenant.id.clone(),
-                config: config.id,
-                operation,
-            })
+            .get_or_create(&KmsLabels { tenant: tenant.id.clone(), config: config.id, operation })
             .inc();
         let started = Instant::now();
         let result = match tokio::time::timeout(self.limits.kms_timeout, call).await {
@@ -295,16 +270,10 @@ impl KeyService {
         };
         self.metrics
             .kms_duration
-            .get_or_create(&KmsKindLabels {
-                kind: config.kms.kind(),
-                operation,
-            })
+            .get_or_create(&KmsKindLabels { kind: config.kms.kind(), operation })
             .observe(started.elapsed().as_secs_f64());
         result.map_err(|source| {
-            let error = ServiceError::Kms {
-                operation: kind,
-                source,
-            };
+            let error = ServiceError::Kms { operation: kind, source };
             self.metrics
                 .kms_errors
                 .get_or_create(&KmsErrorLabels {
@@ -341,11 +310,7 @@ impl KeyService {
         };
         self.metrics
             .key_operations
-            .get_or_create(&KeyOperationLabels {
-                tenant,
-                operation,
-                code,
-            })
+            .get_or_create(&KeyOperationLabels { tenant, operation, code })
             .inc_by(u64::try_from(keys).unwrap_or(u64::MAX));
         let fields = &meta.icl_fields;
         tracing::info!(
@@ -366,9 +331,7 @@ impl KeyService {
 }
 
 fn primary(tenant: &Tenant) -> Result<&KmsConfig, ServiceError> {
-    tenant
-        .primary()
-        .ok_or_else(|| ServiceError::NoPrimaryConfig(tenant.id.clone()))
+    tenant.primary().ok_or_else(|| ServiceError::NoPrimaryConfig(tenant.id.clone()))
 }
 
 fn envelope(tenant: &Tenant, config: &KmsConfig, wrapped: Vec<u8>) -> EncryptedDeks {
@@ -389,9 +352,7 @@ fn select_entry<'a, 't>(
     let mut disabled = None;
     for entry in &envelope.encrypted_deks {
         if !entry.tenant_id.is_empty() && entry.tenant_id != tenant.id {
-            return Err(ServiceError::InvalidEdek(
-                "the EDEK belongs to a different tenant".into(),
-            ));
+            return Err(ServiceError::InvalidEdek("the EDEK belongs to a different tenant".into()));
         }
         if entry.leased_key_id != 0 || !entry.encrypted_leased_key_data.is_empty() {
             return Err(ServiceError::InvalidEdek(

@@ -37,31 +37,19 @@ async fn an_edek_of_tenant_a_is_refused_for_tenant_b() {
     let p = TestProxy::new();
     let wrapped = p.wrap("tenant-a").await;
     let (status, body) = p.unwrap("tenant-b", &edek_str(&wrapped)).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 203),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 203), "{body}");
 
     // Even with the tenant id inside the envelope rewritten, the KMS context refuses it: the
     // config id is tenant A's, so tenant B has no such configuration.
     let mut envelope = EncryptedDeks::from_base64(&edek_str(&wrapped)).unwrap();
     envelope.encrypted_deks[0].tenant_id = "tenant-b".into();
     let (status, body) = p.unwrap("tenant-b", &envelope.to_base64()).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 203),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 203), "{body}");
 
     // And with tenant B's config id forged in as well, the wrapped key does not authenticate.
     envelope.encrypted_deks[0].kms_config_id = 2;
     let (status, body) = p.unwrap("tenant-b", &envelope.to_base64()).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 203),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 203), "{body}");
 }
 
 #[tokio::test]
@@ -75,44 +63,23 @@ async fn tampered_and_malformed_edeks_are_refused_with_203() {
     let last = data.len() - 1;
     data[last] ^= 1;
     let (status, body) = p.unwrap("tenant-a", &envelope.to_base64()).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 203),
-        "{body}"
-    );
-    for bad in [
-        "!!!not base64",
-        "AAAA",
-        &B64.encode(&raw[..raw.len() / 2]),
-        &B64.encode(b"\xff\xff\xff"),
-    ] {
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 203), "{body}");
+    for bad in
+        ["!!!not base64", "AAAA", &B64.encode(&raw[..raw.len() / 2]), &B64.encode(b"\xff\xff\xff")]
+    {
         let (status, body) = p.unwrap("tenant-a", bad).await;
-        assert_eq!(
-            (status, code(&body)),
-            (StatusCode::BAD_REQUEST, 203),
-            "{bad}: {body}"
-        );
+        assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 203), "{bad}: {body}");
     }
     let (status, body) = p.unwrap("tenant-a", "").await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 102),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 102), "{body}");
 }
 
 #[tokio::test]
 async fn wrong_or_missing_api_key_is_401_with_the_tsp_body() {
     let p = TestProxy::new();
-    for auth in [
-        None,
-        Some("cmk wrong-key-0123456789abcdef"),
-        Some("Bearer x"),
-        Some("cmk"),
-    ] {
-        let (status, body) = p
-            .post_raw("/api/1/document/wrap", auth, meta("tenant-a").to_string())
-            .await;
+    for auth in [None, Some("cmk wrong-key-0123456789abcdef"), Some("Bearer x"), Some("cmk")] {
+        let (status, body) =
+            p.post_raw("/api/1/document/wrap", auth, meta("tenant-a").to_string()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
         assert_eq!(code(&body), 101);
         assert!(body["message"].as_str().unwrap().contains("API key"));
@@ -124,55 +91,25 @@ async fn bad_requests_are_4xx_with_codes() {
     let p = TestProxy::new();
     let auth = format!("cmk {}", p.api_key);
     let (status, body) = p.post("/api/1/document/wrap", meta("no-such-tenant")).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::NOT_FOUND, 201),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, 201), "{body}");
 
-    let (status, body) = p
-        .post_raw("/api/1/document/wrap", Some(&auth), "{not json")
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 102),
-        "{body}"
-    );
+    let (status, body) = p.post_raw("/api/1/document/wrap", Some(&auth), "{not json").await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 102), "{body}");
 
-    let (status, body) = p
-        .post("/api/1/document/wrap", json!({"tenantId": "tenant-a"}))
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 102),
-        "{body}"
-    );
+    let (status, body) = p.post("/api/1/document/wrap", json!({"tenantId": "tenant-a"})).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 102), "{body}");
     assert!(body["message"].as_str().unwrap().contains("requestingId"));
 
     let (status, body) = p.post("/api/1/document/wrap", json!({"tenantId": 5})).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 102),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 102), "{body}");
 
-    let huge = format!(
-        r#"{{"tenantId":"tenant-a","pad":"{}"}}"#,
-        "x".repeat(p.config.max_body_bytes)
-    );
+    let huge =
+        format!(r#"{{"tenantId":"tenant-a","pad":"{}"}}"#, "x".repeat(p.config.max_body_bytes));
     let (status, body) = p.post_raw("/api/1/document/wrap", Some(&auth), huge).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::PAYLOAD_TOO_LARGE, 102),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, 102), "{body}");
 
     let (status, body) = p.post("/api/1/nope", meta("tenant-a")).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::NOT_FOUND, 100),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, 100), "{body}");
 
     let (status, body) = p.get("/api/1/document/wrap").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
@@ -196,17 +133,9 @@ async fn disabled_key_is_denied_and_rotation_keeps_old_edeks() {
 
     ks.set_enabled("tenant-a", false).unwrap();
     let (status, body) = p.unwrap("tenant-a", &edek_str(&before)).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::FORBIDDEN, 206),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, 206), "{body}");
     let (status, body) = p.post("/api/1/document/wrap", meta("tenant-a")).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::FORBIDDEN, 206),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, 206), "{body}");
     // The other tenant is not affected.
     p.wrap("tenant-b").await;
 
@@ -229,11 +158,7 @@ async fn disabled_key_is_denied_and_rotation_keeps_old_edeks() {
 async fn config_status_is_enforced() {
     // tenant-b's only configuration is made decrypt-only, then disabled.
     let p = TestProxy::with_config(|t| {
-        *t = t.replacen(
-            "id = 2\nstatus = \"primary\"",
-            "id = 2\nstatus = \"active\"",
-            1,
-        );
+        *t = t.replacen("id = 2\nstatus = \"primary\"", "id = 2\nstatus = \"active\"", 1);
     });
     let (status, body) = p.post("/api/1/document/wrap", meta("tenant-b")).await;
     assert_eq!((status, code(&body)), (StatusCode::CONFLICT, 200), "{body}");
@@ -251,11 +176,7 @@ async fn config_status_is_enforced() {
     let mut body = meta("tenant-b");
     body["encryptedDocumentKey"] = json!(env.to_base64());
     let (status, body) = p.post("/api/1/document/unwrap", body).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::FORBIDDEN, 202),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, 202), "{body}");
 }
 
 #[tokio::test]
@@ -292,17 +213,10 @@ async fn batches_report_per_id_failures() {
 
     // Over the batch limit.
     let mut req = meta("tenant-a");
-    req["documentIds"] = json!(
-        (0..=p.config.max_batch_size)
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-    );
+    req["documentIds"] =
+        json!((0..=p.config.max_batch_size).map(|i| i.to_string()).collect::<Vec<_>>());
     let (status, body) = p.post("/api/1/document/batch-wrap", req).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 102),
-        "{body}"
-    );
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 102), "{body}");
 }
 
 #[tokio::test]
@@ -340,24 +254,15 @@ async fn security_events_and_operation_reports() {
     alloy_style["event"] = json!("ADMIN_ADD");
     let (status, _) = p.post("/api/1/event/security-event", alloy_style).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = p
-        .post("/api/1/event/security-event", meta("tenant-a"))
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, 301),
-        "{body}"
-    );
+    let (status, body) = p.post("/api/1/event/security-event", meta("tenant-a")).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 301), "{body}");
 
     let mut report = meta("tenant-a");
     report["operations"] = json!({"ZWRlaw==": {"wraps": 3, "unwraps": 5}});
     let (status, _) = p.post("/api/1/document/report-operations", report).await;
     assert_eq!(status, StatusCode::OK);
     let (_, metrics) = p.get("/metrics").await;
-    assert!(
-        metrics.contains("keyhold_security_events_total{tenant=\"tenant-a\"} 2"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("keyhold_security_events_total{tenant=\"tenant-a\"} 2"), "{metrics}");
 }
 
 #[tokio::test]
@@ -393,10 +298,7 @@ async fn health_readiness_and_metrics() {
         ),
         "{text}"
     );
-    assert!(
-        text.contains("keyhold_http_request_duration_seconds"),
-        "{text}"
-    );
+    assert!(text.contains("keyhold_http_request_duration_seconds"), "{text}");
     // Metrics never carry key material.
     let dek = w["dek"].as_str().unwrap();
     assert!(!text.contains(dek));

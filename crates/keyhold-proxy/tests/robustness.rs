@@ -30,20 +30,10 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let proxy = TestProxy::new();
-        let edek = runtime.block_on(proxy.wrap("tenant-a"))["edek"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        Fixture {
-            proxy,
-            edek,
-            runtime,
-        }
+        let edek = runtime.block_on(proxy.wrap("tenant-a"))["edek"].as_str().unwrap().to_owned();
+        Fixture { proxy, edek, runtime }
     })
 }
 

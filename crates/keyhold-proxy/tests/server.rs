@@ -35,32 +35,10 @@ async fn serves_on_an_ephemeral_port_and_shuts_down_gracefully() {
     assert!(body["dek"].is_string() && body["edek"].is_string());
 
     // With an admin listener, metrics move there and health stays on both.
-    assert_eq!(
-        client
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        client
-            .get(format!("http://{addr}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let metrics = client
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(client.get(format!("http://{addr}/metrics")).send().await.unwrap().status(), 404);
+    assert_eq!(client.get(format!("http://{addr}/health")).send().await.unwrap().status(), 200);
+    let metrics =
+        client.get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains(r#"keyhold_client_requests_total{language="rust",version="unknown"} 1"#),
         "{metrics}"
@@ -68,17 +46,9 @@ async fn serves_on_an_ephemeral_port_and_shuts_down_gracefully() {
     assert!(metrics.contains("keyhold_ready 1"));
 
     stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
     assert!(
-        client
-            .get(format!("http://{addr}/health"))
-            .send()
-            .await
-            .is_err(),
+        client.get(format!("http://{addr}/health")).send().await.is_err(),
         "still listening after shutdown"
     );
 }
@@ -100,10 +70,7 @@ async fn keystore_changes_from_another_process_reach_a_running_proxy() {
         let _ = stop_rx.await;
     }));
     let client = reqwest::Client::new();
-    let auth = format!(
-        "cmk {}",
-        std::fs::read_to_string(&data.api_key_path).unwrap().trim()
-    );
+    let auth = format!("cmk {}", std::fs::read_to_string(&data.api_key_path).unwrap().trim());
     let wrap = || {
         client
             .post(format!("http://{addr}/api/1/document/wrap"))
@@ -126,10 +93,7 @@ async fn keystore_changes_from_another_process_reach_a_running_proxy() {
             assert_eq!(body["code"], 206);
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the disabled key was never noticed"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the disabled key was never noticed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop_tx.send(()).unwrap();

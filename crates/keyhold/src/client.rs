@@ -100,14 +100,8 @@ impl ClientBuilder {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, auth);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            "x-icl-tsc-language",
-            HeaderValue::from_static("keyhold-rust"),
-        );
-        headers.insert(
-            "x-icl-tsc-version",
-            HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
-        );
+        headers.insert("x-icl-tsc-language", HeaderValue::from_static("keyhold-rust"));
+        headers.insert("x-icl-tsc-version", HeaderValue::from_static(env!("CARGO_PKG_VERSION")));
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .user_agent(concat!("keyhold-rust/", env!("CARGO_PKG_VERSION")))
@@ -117,10 +111,7 @@ impl ClientBuilder {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::InvalidArgument(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Client {
-            http,
-            url: self.url,
-        })
+        Ok(Client { http, url: self.url })
     }
 }
 
@@ -132,8 +123,7 @@ pub struct Client {
 }
 
 fn check(meta: &RequestMetadata) -> Result<()> {
-    meta.validate()
-        .map_err(|e| Error::InvalidArgument(e.to_string()))
+    meta.validate().map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 impl Client {
@@ -235,9 +225,7 @@ impl Client {
             timestamp_millis,
             event: None,
         };
-        self.send(wire::ROUTE_SECURITY_EVENT, &body)
-            .await
-            .map(|_| ())
+        self.send(wire::ROUTE_SECURITY_EVENT, &body).await.map(|_| ())
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, route: &str, body: &B) -> Result<T> {
@@ -258,10 +246,7 @@ impl Client {
             .await
             .map_err(|e| Error::Unreachable(describe(&e)))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Error::Unreachable(describe(&e)))?;
+        let bytes = response.bytes().await.map_err(|e| Error::Unreachable(describe(&e)))?;
         let bytes = Zeroizing::new(Vec::from(bytes));
         if status.is_success() {
             return Ok(bytes);

@@ -36,10 +36,7 @@ pub struct BatchResult<T> {
 
 impl<T> Default for BatchResult<T> {
     fn default() -> Self {
-        Self {
-            successes: HashMap::new(),
-            failures: HashMap::new(),
-        }
+        Self { successes: HashMap::new(), failures: HashMap::new() }
     }
 }
 
@@ -48,18 +45,12 @@ fn encrypt_fields(
     tenant_id: &str,
     document: &Document,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
-    let encrypt_error = |source| Error::Document {
-        operation: "encrypt",
-        source,
-    };
+    let encrypt_error = |source| Error::Document { operation: "encrypt", source };
     let key = DocumentKey::new(dek, tenant_id).map_err(encrypt_error)?;
     document
         .iter()
         .map(|(name, value)| {
-            Ok((
-                name.clone(),
-                key.encrypt_field(name, value).map_err(encrypt_error)?,
-            ))
+            Ok((name.clone(), key.encrypt_field(name, value).map_err(encrypt_error)?))
         })
         .collect()
 }
@@ -69,18 +60,12 @@ fn decrypt_fields(
     tenant_id: &str,
     fields: &BTreeMap<String, Vec<u8>>,
 ) -> Result<Document> {
-    let decrypt_error = |source| Error::Document {
-        operation: "decrypt",
-        source,
-    };
+    let decrypt_error = |source| Error::Document { operation: "decrypt", source };
     let key = DocumentKey::new(dek, tenant_id).map_err(decrypt_error)?;
     fields
         .iter()
         .map(|(name, value)| {
-            Ok((
-                name.clone(),
-                key.decrypt_field(name, value).map_err(decrypt_error)?,
-            ))
+            Ok((name.clone(), key.decrypt_field(name, value).map_err(decrypt_error)?))
         })
         .collect()
 }
@@ -88,15 +73,11 @@ fn decrypt_fields(
 /// Checks, before any proxy call, that every field is a Keyhold field of this tenant.
 fn precheck(document: &EncryptedDocument, tenant_id: &str) -> Result<()> {
     if document.edek.as_str().is_empty() {
-        return Err(Error::InvalidArgument(
-            "the encrypted document has no EDEK".into(),
-        ));
+        return Err(Error::InvalidArgument("the encrypted document has no EDEK".into()));
     }
     for value in document.fields.values() {
-        let header = parse_field(value).map_err(|source| Error::Document {
-            operation: "decrypt",
-            source,
-        })?;
+        let header = parse_field(value)
+            .map_err(|source| Error::Document { operation: "decrypt", source })?;
         if header.tenant_id != tenant_id {
             return Err(Error::Document {
                 operation: "decrypt",
@@ -108,11 +89,7 @@ fn precheck(document: &EncryptedDocument, tenant_id: &str) -> Result<()> {
 }
 
 fn proxy_failure(body: ErrorBody) -> Error {
-    Error::Proxy {
-        code: body.error_code(),
-        status: 200,
-        message: body.message,
-    }
+    Error::Proxy { code: body.error_code(), status: 200, message: body.message }
 }
 
 impl Client {
@@ -125,10 +102,7 @@ impl Client {
     ) -> Result<EncryptedDocument> {
         let key = self.wrap_key(meta).await?;
         let fields = encrypt_fields(&key.dek, &meta.tenant_id, document)?;
-        Ok(EncryptedDocument {
-            edek: Edek::from(key.edek),
-            fields,
-        })
+        Ok(EncryptedDocument { edek: Edek::from(key.edek), fields })
     }
 
     /// Encrypts a new version of a document under the data key of an existing EDEK (so the
@@ -141,10 +115,7 @@ impl Client {
     ) -> Result<EncryptedDocument> {
         let dek = self.unwrap_key(edek, meta).await?;
         let fields = encrypt_fields(&dek, &meta.tenant_id, document)?;
-        Ok(EncryptedDocument {
-            edek: edek.clone(),
-            fields,
-        })
+        Ok(EncryptedDocument { edek: edek.clone(), fields })
     }
 
     /// Decrypts every field of `document`.
@@ -177,13 +148,9 @@ impl Client {
             };
             match encrypt_fields(&key.dek, &meta.tenant_id, document) {
                 Ok(fields) => {
-                    result.successes.insert(
-                        id,
-                        EncryptedDocument {
-                            edek: Edek::from(key.edek),
-                            fields,
-                        },
-                    );
+                    result
+                        .successes
+                        .insert(id, EncryptedDocument { edek: Edek::from(key.edek), fields });
                 }
                 Err(e) => {
                     result.failures.insert(id, e);

@@ -56,14 +56,8 @@ impl Error {
             Error::Proxy { code, .. } => *code,
             Error::Unreachable(_) => ErrorCode::UnableToMakeRequest,
             Error::InvalidResponse(_) => ErrorCode::UnknownError,
-            Error::Document {
-                operation: "encrypt",
-                ..
-            }
-            | Error::Stream {
-                operation: "encrypt",
-                ..
-            } => ErrorCode::DocumentEncryptFailed,
+            Error::Document { operation: "encrypt", .. }
+            | Error::Stream { operation: "encrypt", .. } => ErrorCode::DocumentEncryptFailed,
             Error::Document { source, .. } => match source {
                 DocumentError::DecryptFailed => ErrorCode::DocumentDecryptFailed,
                 _ => ErrorCode::InvalidEncryptedDocument,

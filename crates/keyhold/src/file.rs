@@ -66,9 +66,7 @@ impl Client {
             writer.write_all(&output).await?;
         }
         output.clear();
-        encryptor
-            .finish(&mut output)
-            .map_err(stream_error("encrypt"))?;
+        encryptor.finish(&mut output).map_err(stream_error("encrypt"))?;
         writer.write_all(&output).await?;
         writer.flush().await?;
         Ok(Edek::from(key.edek))
@@ -96,9 +94,7 @@ impl Client {
                 HeaderParse::NeedMore(n) => {
                     let start = buffer.len();
                     buffer.resize(n, 0);
-                    let got = reader
-                        .read(buffer.get_mut(start..).unwrap_or_default())
-                        .await?;
+                    let got = reader.read(buffer.get_mut(start..).unwrap_or_default()).await?;
                     buffer.truncate(start + got);
                     if got == 0 {
                         return Err(Error::Stream {
@@ -138,15 +134,10 @@ impl Client {
             writer.write_all(&output).await?;
         }
         output.clear();
-        decryptor
-            .finish(&mut output)
-            .map_err(stream_error("decrypt"))?;
+        decryptor.finish(&mut output).map_err(stream_error("decrypt"))?;
         writer.write_all(&output).await?;
         writer.flush().await?;
-        Ok(StreamInfo {
-            tenant_id: header.tenant_id,
-            edek,
-        })
+        Ok(StreamInfo { tenant_id: header.tenant_id, edek })
     }
 
     /// Encrypts the file `input` to `output`.
@@ -158,9 +149,7 @@ impl Client {
     ) -> Result<Edek> {
         let reader = tokio::fs::File::open(input).await?;
         let (tmp, writer) = create_temp_beside(output).await?;
-        let result = self
-            .encrypt_stream(reader, tokio::io::BufWriter::new(writer), meta)
-            .await;
+        let result = self.encrypt_stream(reader, tokio::io::BufWriter::new(writer), meta).await;
         finish_temp(result, &tmp, output).await
     }
 
@@ -174,9 +163,7 @@ impl Client {
     ) -> Result<StreamInfo> {
         let reader = tokio::fs::File::open(input).await?;
         let (tmp, writer) = create_temp_beside(output).await?;
-        let result = self
-            .decrypt_stream(reader, tokio::io::BufWriter::new(writer), meta)
-            .await;
+        let result = self.decrypt_stream(reader, tokio::io::BufWriter::new(writer), meta).await;
         finish_temp(result, &tmp, output).await
     }
 }
@@ -196,18 +183,15 @@ pub async fn read_stream_info(input: &Path) -> Result<StreamInfo> {
             HeaderParse::NeedMore(n) => {
                 let start = buffer.len();
                 buffer.resize(n, 0);
-                file.read_exact(buffer.get_mut(start..).unwrap_or_default())
-                    .await
-                    .map_err(|e| {
+                file.read_exact(buffer.get_mut(start..).unwrap_or_default()).await.map_err(
+                    |e| {
                         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                            Error::Stream {
-                                operation: "decrypt",
-                                source: StreamError::Truncated,
-                            }
+                            Error::Stream { operation: "decrypt", source: StreamError::Truncated }
                         } else {
                             Error::Io(e)
                         }
-                    })?;
+                    },
+                )?;
             }
         }
     }

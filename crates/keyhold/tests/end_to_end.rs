@@ -27,16 +27,8 @@ impl RunningProxy {
         let proxy = Proxy::bind(&config).await.unwrap();
         let addr = proxy.local_addr().unwrap();
         tokio::spawn(proxy.run(std::future::pending()));
-        let api_key = std::fs::read_to_string(&data.api_key_path)
-            .unwrap()
-            .trim()
-            .to_owned();
-        Self {
-            dir: dir.path().to_owned(),
-            _dir: dir,
-            addr,
-            api_key,
-        }
+        let api_key = std::fs::read_to_string(&data.api_key_path).unwrap().trim().to_owned();
+        Self { dir: dir.path().to_owned(), _dir: dir, addr, api_key }
     }
 
     fn client(&self) -> Client {
@@ -50,16 +42,11 @@ impl RunningProxy {
 }
 
 fn meta(tenant: &str) -> RequestMetadata {
-    RequestMetadata::new(tenant, "sdk-test")
-        .with_data_label("PII")
-        .with_object_id("obj-1")
+    RequestMetadata::new(tenant, "sdk-test").with_data_label("PII").with_object_id("obj-1")
 }
 
 fn doc(fields: &[(&str, &[u8])]) -> Document {
-    fields
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
-        .collect()
+    fields.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect()
 }
 
 /// One proxy on its own runtime thread, shared by the property test's cases.
@@ -73,10 +60,7 @@ fn shared() -> &'static (RunningProxy, tokio::runtime::Runtime) {
             .unwrap();
         let proxy = server_rt.block_on(RunningProxy::start());
         std::thread::spawn(move || server_rt.block_on(std::future::pending::<()>()));
-        let client_rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         (proxy, client_rt)
     })
 }
@@ -106,34 +90,19 @@ proptest! {
 async fn tenant_isolation_through_the_sdk() {
     let proxy = RunningProxy::start().await;
     let client = proxy.client();
-    let encrypted = client
-        .encrypt(&doc(&[("ssn", b"123")]), &meta("tenant-a"))
-        .await
-        .unwrap();
+    let encrypted = client.encrypt(&doc(&[("ssn", b"123")]), &meta("tenant-a")).await.unwrap();
 
     // The fields say they belong to tenant-a: refused before any proxy call.
-    let err = client
-        .decrypt(&encrypted, &meta("tenant-b"))
-        .await
-        .unwrap_err();
+    let err = client.decrypt(&encrypted, &meta("tenant-b")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidEncryptedDocument, "{err}");
 
     // The proxy itself refuses tenant-a's EDEK for tenant-b.
-    let err = client
-        .unwrap_key(&encrypted.edek, &meta("tenant-b"))
-        .await
-        .unwrap_err();
+    let err = client.unwrap_key(&encrypted.edek, &meta("tenant-b")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidProvidedEdek, "{err}");
 
     // Fields re-encrypted for tenant-b under a key from tenant-a's EDEK cannot be paired either.
-    let other = client
-        .encrypt(&doc(&[("ssn", b"456")]), &meta("tenant-b"))
-        .await
-        .unwrap();
-    let mixed = EncryptedDocument {
-        edek: encrypted.edek.clone(),
-        fields: other.fields,
-    };
+    let other = client.encrypt(&doc(&[("ssn", b"456")]), &meta("tenant-b")).await.unwrap();
+    let mixed = EncryptedDocument { edek: encrypted.edek.clone(), fields: other.fields };
     let err = client.decrypt(&mixed, &meta("tenant-b")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidProvidedEdek, "{err}");
 }
@@ -143,10 +112,7 @@ async fn tampering_is_detected_with_the_right_codes() {
     let proxy = RunningProxy::start().await;
     let client = proxy.client();
     let meta = meta("tenant-a");
-    let encrypted = client
-        .encrypt(&doc(&[("a", b"alpha"), ("b", b"beta")]), &meta)
-        .await
-        .unwrap();
+    let encrypted = client.encrypt(&doc(&[("a", b"alpha"), ("b", b"beta")]), &meta).await.unwrap();
 
     // Body bit flip → decrypt failed (902).
     let mut body = encrypted.clone();
@@ -197,20 +163,15 @@ async fn tampering_is_detected_with_the_right_codes() {
     let mut edek_bytes = encrypted.edek.to_bytes().unwrap();
     let last = edek_bytes.len() - 1;
     edek_bytes[last] ^= 0x10;
-    let bad_edek = EncryptedDocument {
-        edek: keyhold::Edek::from_bytes(&edek_bytes),
-        ..encrypted.clone()
-    };
+    let bad_edek =
+        EncryptedDocument { edek: keyhold::Edek::from_bytes(&edek_bytes), ..encrypted.clone() };
     assert_eq!(
         client.decrypt(&bad_edek, &meta).await.unwrap_err().code(),
         ErrorCode::InvalidProvidedEdek
     );
 
     // The untouched document still decrypts.
-    assert_eq!(
-        client.decrypt(&encrypted, &meta).await.unwrap()["b"],
-        b"beta"
-    );
+    assert_eq!(client.decrypt(&encrypted, &meta).await.unwrap()["b"], b"beta");
 }
 
 #[tokio::test]
@@ -218,41 +179,25 @@ async fn batches_take_one_call_and_report_per_document() {
     let proxy = RunningProxy::start().await;
     let client = proxy.client();
     let meta = meta("tenant-a");
-    let documents: HashMap<String, Document> = (0..50)
-        .map(|i| (format!("doc-{i}"), doc(&[("n", i.to_string().as_bytes())])))
-        .collect();
+    let documents: HashMap<String, Document> =
+        (0..50).map(|i| (format!("doc-{i}"), doc(&[("n", i.to_string().as_bytes())]))).collect();
     let encrypted = client.encrypt_batch(&documents, &meta).await.unwrap();
     assert_eq!(encrypted.successes.len(), 50);
     assert!(encrypted.failures.is_empty());
 
     let mut to_decrypt = encrypted.successes.clone();
-    to_decrypt
-        .get_mut("doc-7")
-        .unwrap()
-        .fields
-        .get_mut("n")
-        .unwrap()[60] ^= 1;
+    to_decrypt.get_mut("doc-7").unwrap().fields.get_mut("n").unwrap()[60] ^= 1;
     let mut foreign = client.encrypt(&doc(&[("n", b"x")]), &meta).await.unwrap();
     foreign.edek = keyhold::Edek::from("not-an-edek".to_owned());
     to_decrypt.insert("broken-edek".into(), foreign);
     let decrypted = client.decrypt_batch(&to_decrypt, &meta).await.unwrap();
     assert_eq!(decrypted.successes.len(), 49);
-    assert_eq!(
-        decrypted.failures["doc-7"].code(),
-        ErrorCode::DocumentDecryptFailed
-    );
-    assert_eq!(
-        decrypted.failures["broken-edek"].code(),
-        ErrorCode::InvalidProvidedEdek
-    );
+    assert_eq!(decrypted.failures["doc-7"].code(), ErrorCode::DocumentDecryptFailed);
+    assert_eq!(decrypted.failures["broken-edek"].code(), ErrorCode::InvalidProvidedEdek);
     assert_eq!(decrypted.successes["doc-3"]["n"], b"3");
 
-    let metrics = reqwest::get(format!("http://{}/metrics", proxy.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        reqwest::get(format!("http://{}/metrics", proxy.addr)).await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains(
             r#"keyhold_http_requests_total{route="/api/1/document/batch-wrap",status="200"} 1"#
@@ -266,33 +211,19 @@ async fn existing_edek_rekey_and_revocation() {
     let proxy = RunningProxy::start().await;
     let client = proxy.client();
     let meta_a = meta("tenant-a");
-    let v1 = client
-        .encrypt(&doc(&[("f", b"v1")]), &meta_a)
-        .await
-        .unwrap();
-    let v2 = client
-        .encrypt_with_existing_edek(&doc(&[("f", b"v2")]), &v1.edek, &meta_a)
-        .await
-        .unwrap();
+    let v1 = client.encrypt(&doc(&[("f", b"v1")]), &meta_a).await.unwrap();
+    let v2 =
+        client.encrypt_with_existing_edek(&doc(&[("f", b"v2")]), &v1.edek, &meta_a).await.unwrap();
     assert_eq!(v2.edek, v1.edek);
     assert_eq!(client.decrypt(&v2, &meta_a).await.unwrap()["f"], b"v2");
 
     // Rekey to the same tenant after its key rotated: the data is untouched and still decrypts.
     proxy.keystore().rotate_key("tenant-a").unwrap();
-    let rekeyed = client
-        .rekey_edek(&v1.edek, "tenant-a", &meta_a)
-        .await
-        .unwrap();
+    let rekeyed = client.rekey_edek(&v1.edek, "tenant-a", &meta_a).await.unwrap();
     assert_ne!(rekeyed, v1.edek);
-    let same_data = EncryptedDocument {
-        edek: rekeyed.clone(),
-        fields: v1.fields.clone(),
-    };
+    let same_data = EncryptedDocument { edek: rekeyed.clone(), fields: v1.fields.clone() };
     // The running proxy picks up the rotation on its reload tick; either version unwraps.
-    assert_eq!(
-        client.decrypt(&same_data, &meta_a).await.unwrap()["f"],
-        b"v1"
-    );
+    assert_eq!(client.decrypt(&same_data, &meta_a).await.unwrap()["f"], b"v1");
 
     // The tenant disables its key: decryption is refused with 206 once the proxy reloads.
     proxy.keystore().set_enabled("tenant-a", false).unwrap();
@@ -316,39 +247,26 @@ async fn files_and_streams() {
     let client = proxy.client();
     let meta = meta("tenant-b");
     let dir = tempfile::tempdir().unwrap();
-    let plain: Vec<u8> = (0..300_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    let (input, encrypted, output) = (
-        dir.path().join("in"),
-        dir.path().join("in.khf"),
-        dir.path().join("out"),
-    );
+    let plain: Vec<u8> =
+        (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let (input, encrypted, output) =
+        (dir.path().join("in"), dir.path().join("in.khf"), dir.path().join("out"));
     std::fs::write(&input, &plain).unwrap();
 
-    let edek = client
-        .encrypt_file(&input, &encrypted, &meta)
-        .await
-        .unwrap();
+    let edek = client.encrypt_file(&input, &encrypted, &meta).await.unwrap();
     let info = keyhold::read_stream_info(&encrypted).await.unwrap();
     assert_eq!((info.tenant_id.as_str(), &info.edek), ("tenant-b", &edek));
     let ciphertext = std::fs::read(&encrypted).unwrap();
     assert!(!ciphertext.windows(64).any(|w| w == &plain[1000..1064]));
 
-    client
-        .decrypt_file(&encrypted, &output, &meta)
-        .await
-        .unwrap();
+    client.decrypt_file(&encrypted, &output, &meta).await.unwrap();
     assert_eq!(std::fs::read(&output).unwrap(), plain);
 
     // Truncated: an error, and no output file appears.
     let truncated = dir.path().join("truncated.khf");
     std::fs::write(&truncated, &ciphertext[..ciphertext.len() - 100]).unwrap();
     let target = dir.path().join("never");
-    let err = client
-        .decrypt_file(&truncated, &target, &meta)
-        .await
-        .unwrap_err();
+    let err = client.decrypt_file(&truncated, &target, &meta).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::DocumentDecryptFailed, "{err}");
     assert!(!target.exists());
     assert_eq!(
@@ -366,15 +284,9 @@ async fn files_and_streams() {
 
     // In-memory streams.
     let mut sealed = Vec::new();
-    client
-        .encrypt_stream(&b"streamed"[..], &mut sealed, &meta)
-        .await
-        .unwrap();
+    client.encrypt_stream(&b"streamed"[..], &mut sealed, &meta).await.unwrap();
     let mut opened = Vec::new();
-    client
-        .decrypt_stream(sealed.as_slice(), &mut opened, &meta)
-        .await
-        .unwrap();
+    client.decrypt_stream(sealed.as_slice(), &mut opened, &meta).await.unwrap();
     assert_eq!(opened, b"streamed");
 }
 
@@ -382,10 +294,7 @@ async fn files_and_streams() {
 async fn connection_and_auth_errors() {
     let proxy = RunningProxy::start().await;
     let wrong = Client::new(format!("http://{}", proxy.addr), "not-the-key-0123456789").unwrap();
-    let err = wrong
-        .encrypt(&doc(&[("f", b"x")]), &meta("tenant-a"))
-        .await
-        .unwrap_err();
+    let err = wrong.encrypt(&doc(&[("f", b"x")]), &meta("tenant-a")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::UnauthorizedRequest);
     assert!(matches!(err, Error::Proxy { status: 401, .. }));
 
@@ -394,22 +303,13 @@ async fn connection_and_auth_errors() {
         .connect_timeout(std::time::Duration::from_secs(2))
         .build()
         .unwrap();
-    let err = nowhere
-        .encrypt(&doc(&[("f", b"x")]), &meta("tenant-a"))
-        .await
-        .unwrap_err();
+    let err = nowhere.encrypt(&doc(&[("f", b"x")]), &meta("tenant-a")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::UnableToMakeRequest, "{err}");
     assert!(err.is_retryable());
 
     let client = proxy.client();
-    let err = client
-        .encrypt(&doc(&[("f", b"x")]), &meta("unknown"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        ErrorCode::UnknownTenantOrNoActiveKmsConfigurations
-    );
+    let err = client.encrypt(&doc(&[("f", b"x")]), &meta("unknown")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnknownTenantOrNoActiveKmsConfigurations);
     let err = client
         .encrypt(&doc(&[("f", b"x")]), &RequestMetadata::new("tenant-a", ""))
         .await
@@ -417,8 +317,5 @@ async fn connection_and_auth_errors() {
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
     assert!(Client::new("ftp://x", "k").is_err());
 
-    client
-        .log_security_event("USER_LOGIN", Some(1), &meta("tenant-a"))
-        .await
-        .unwrap();
+    client.log_security_event("USER_LOGIN", Some(1), &meta("tenant-a")).await.unwrap();
 }

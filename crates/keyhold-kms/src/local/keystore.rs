@@ -12,15 +12,17 @@
 //! ([`KeystoreError::Corrupt`]).
 //!
 //! Writes are atomic (temporary file, fsync, rename) under an advisory lock on `<file>.lock`, so
-//! the CLI can rotate or disable a key while a proxy serves from the same file; the proxy
-//! notices within its reload interval ([`Keystore::reload_if_changed`]).
+//! the CLI can rotate or disable a key while a proxy serves from the same file. Lookups re-check
+//! the file's identity (one `stat`, about a microsecond) — by default on every lookup, or at most
+//! once per configured interval — and reload it if it changed, so a key disabled by
+//! `keyhold keys disable` is refused by a running proxy from its next request on.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyhold_core::aead::{Aes256GcmKey, NONCE_LEN, TAG_LEN};
 use keyhold_core::kdf::{self, COMMITMENT_LEN};
@@ -151,19 +153,22 @@ struct Fingerprint {
     inode: u64,
 }
 
-/// An open keystore. Cheap to share (`Arc`); reads never touch the disk.
+/// Default for [`Keystore::set_check_interval`].
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::ZERO;
+
+/// An open keystore. Cheap to share (`Arc`); lookups touch the disk only to `stat` the file,
+/// at most once per check interval.
 pub struct Keystore {
     path: PathBuf,
     root: RootKey,
     state: RwLock<Arc<State>>,
     fingerprint: Mutex<Option<Fingerprint>>,
+    check: Mutex<(Instant, Duration)>,
 }
 
 impl core::fmt::Debug for Keystore {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Keystore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Keystore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -177,11 +182,9 @@ impl Keystore {
         let store = Self {
             path,
             root,
-            state: RwLock::new(Arc::new(State {
-                format: 1,
-                keys: BTreeMap::new(),
-            })),
+            state: RwLock::new(Arc::new(State { format: 1, keys: BTreeMap::new() })),
             fingerprint: Mutex::new(None),
+            check: Mutex::new((Instant::now(), DEFAULT_CHECK_INTERVAL)),
         };
         store.modify(|_| Ok(()))?;
         Ok(store)
@@ -196,22 +199,40 @@ impl Keystore {
             root,
             state: RwLock::new(Arc::new(state)),
             fingerprint: Mutex::new(Some(fingerprint)),
+            check: Mutex::new((Instant::now(), DEFAULT_CHECK_INTERVAL)),
         })
     }
 
     /// Opens the keystore, creating an empty one if the file does not exist.
     pub fn open_or_create(path: impl Into<PathBuf>, root: RootKey) -> Result<Self, KeystoreError> {
         let path = path.into();
-        if path.exists() {
-            Self::open(path, root)
-        } else {
-            Self::create(path, root)
-        }
+        if path.exists() { Self::open(path, root) } else { Self::create(path, root) }
     }
 
     /// The keystore file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How often lookups re-check the file for changes made by other processes
+    /// (`Duration::ZERO`: on every lookup).
+    pub fn set_check_interval(&self, every: Duration) {
+        lock(&self.check).1 = every;
+    }
+
+    /// Reloads the file if the check interval has passed and another process changed it. A
+    /// failed reload keeps the last good state (and is logged).
+    fn refresh_if_stale(&self) {
+        {
+            let mut check = lock(&self.check);
+            if !check.1.is_zero() && check.0.elapsed() < check.1 {
+                return;
+            }
+            check.0 = Instant::now();
+        }
+        if let Err(e) = self.reload_if_changed() {
+            tracing::warn!(path = %self.path.display(), error = %e, "keystore reload failed; keeping the previous keys");
+        }
     }
 
     /// Re-reads the file if another process changed it. Returns whether it did.
@@ -230,11 +251,7 @@ impl Keystore {
     /// Every key, by name.
     pub fn list(&self) -> Vec<KeyInfo> {
         let state = read(&self.state);
-        state
-            .keys
-            .iter()
-            .map(|(name, key)| key.info(name))
-            .collect()
+        state.keys.iter().map(|(name, key)| key.info(name)).collect()
     }
 
     /// One key's public facts.
@@ -256,19 +273,14 @@ impl Keystore {
                 StoredKey {
                     enabled: true,
                     current_version: 1,
-                    versions: vec![StoredVersion {
-                        version: 1,
-                        material,
-                        created_at: now,
-                    }],
+                    versions: vec![StoredVersion { version: 1, material, created_at: now }],
                     created_at: now,
                     updated_at: now,
                 },
             );
             Ok(())
         })?;
-        self.info(name)
-            .ok_or_else(|| KeystoreError::UnknownKey(name.to_owned()))
+        self.info(name).ok_or_else(|| KeystoreError::UnknownKey(name.to_owned()))
     }
 
     /// Adds a new version and makes it current; older versions still unwrap.
@@ -278,26 +290,15 @@ impl Keystore {
                 .keys
                 .get_mut(name)
                 .ok_or_else(|| KeystoreError::UnknownKey(name.to_owned()))?;
-            let next = key
-                .versions
-                .iter()
-                .map(|v| v.version)
-                .max()
-                .unwrap_or(0)
-                .saturating_add(1);
+            let next = key.versions.iter().map(|v| v.version).max().unwrap_or(0).saturating_add(1);
             let now = now();
             let material = MasterKeyMaterial::generate().map_err(|_| KeystoreError::Crypto)?;
-            key.versions.push(StoredVersion {
-                version: next,
-                material,
-                created_at: now,
-            });
+            key.versions.push(StoredVersion { version: next, material, created_at: now });
             key.current_version = next;
             key.updated_at = now;
             Ok(())
         })?;
-        self.info(name)
-            .ok_or_else(|| KeystoreError::UnknownKey(name.to_owned()))
+        self.info(name).ok_or_else(|| KeystoreError::UnknownKey(name.to_owned()))
     }
 
     /// Enables or disables a key. A disabled key neither wraps nor unwraps.
@@ -311,11 +312,11 @@ impl Keystore {
             key.updated_at = now();
             Ok(())
         })?;
-        self.info(name)
-            .ok_or_else(|| KeystoreError::UnknownKey(name.to_owned()))
+        self.info(name).ok_or_else(|| KeystoreError::UnknownKey(name.to_owned()))
     }
 
     pub(crate) fn lookup(&self, name: &str, version: Option<u32>) -> Lookup {
+        self.refresh_if_stale();
         let state = read(&self.state);
         let Some(key) = state.keys.get(name) else {
             return Lookup::UnknownKey;
@@ -325,10 +326,9 @@ impl Keystore {
         }
         let wanted = version.unwrap_or(key.current_version);
         match key.versions.iter().find(|v| v.version == wanted) {
-            Some(v) => Lookup::Found(KeyVersion {
-                version: v.version,
-                material: v.material.clone(),
-            }),
+            Some(v) => {
+                Lookup::Found(KeyVersion { version: v.version, material: v.material.clone() })
+            }
             None => Lookup::UnknownVersion,
         }
     }
@@ -344,22 +344,13 @@ impl Keystore {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|source| KeystoreError::Io {
-                path: lock_path.clone(),
-                source,
-            })?;
-        lock_file.lock().map_err(|source| KeystoreError::Io {
-            path: lock_path.clone(),
-            source,
-        })?;
+            .map_err(|source| KeystoreError::Io { path: lock_path.clone(), source })?;
+        lock_file.lock().map_err(|source| KeystoreError::Io { path: lock_path.clone(), source })?;
 
         let mut state = if self.path.exists() {
             read_state(&self.path, &self.root)?.0
         } else {
-            State {
-                format: 1,
-                keys: BTreeMap::new(),
-            }
+            State { format: 1, keys: BTreeMap::new() }
         };
         change(&mut state)?;
         write_state(&self.path, &self.root, &state)?;
@@ -374,37 +365,22 @@ impl Keystore {
 fn validate_name(name: &str) -> Result<(), KeystoreError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(KeystoreError::InvalidName(name.to_owned()))
-    }
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok { Ok(()) } else { Err(KeystoreError::InvalidName(name.to_owned())) }
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn fingerprint(path: &Path) -> Result<Fingerprint, KeystoreError> {
-    let meta = fs::metadata(path).map_err(|source| KeystoreError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta =
+        fs::metadata(path).map_err(|source| KeystoreError::Io { path: path.to_owned(), source })?;
     #[cfg(unix)]
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    Ok(Fingerprint {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode,
-    })
+    Ok(Fingerprint { modified: meta.modified().ok(), len: meta.len(), inode })
 }
 
 fn keys(root: &RootKey) -> Result<kdf::DerivedKeys, KeystoreError> {
@@ -413,10 +389,8 @@ fn keys(root: &RootKey) -> Result<kdf::DerivedKeys, KeystoreError> {
 
 fn read_state(path: &Path, root: &RootKey) -> Result<(State, Fingerprint), KeystoreError> {
     let before = fingerprint(path)?;
-    let bytes = fs::read(path).map_err(|source| KeystoreError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes =
+        fs::read(path).map_err(|source| KeystoreError::Io { path: path.to_owned(), source })?;
     let state = decrypt_state(&bytes, root)?;
     Ok((state, before))
 }
@@ -431,12 +405,8 @@ fn decrypt_state(bytes: &[u8], root: &RootKey) -> Result<State, KeystoreError> {
         return Err(KeystoreError::WrongRootKey);
     }
     let rest = bytes.get(HEADER_LEN..).ok_or(KeystoreError::Corrupt)?;
-    let (iv, rest) = rest
-        .split_first_chunk::<NONCE_LEN>()
-        .ok_or(KeystoreError::Corrupt)?;
-    let (ciphertext, tag) = rest
-        .split_last_chunk::<TAG_LEN>()
-        .ok_or(KeystoreError::Corrupt)?;
+    let (iv, rest) = rest.split_first_chunk::<NONCE_LEN>().ok_or(KeystoreError::Corrupt)?;
+    let (ciphertext, tag) = rest.split_last_chunk::<TAG_LEN>().ok_or(KeystoreError::Corrupt)?;
     let aead = Aes256GcmKey::new(&derived.encryption_key).map_err(|_| KeystoreError::Crypto)?;
     let mut plaintext = Zeroizing::new(vec![0u8; ciphertext.len()]);
     aead.open_to(iv, header, ciphertext, tag, &mut plaintext)
@@ -460,23 +430,15 @@ fn write_state(path: &Path, root: &RootKey, state: &State) -> Result<(), Keystor
     let (header, body) = out.split_at_mut(start);
     let aad = header.get(..HEADER_LEN).ok_or(KeystoreError::Crypto)?;
     let body = body.get_mut(..).ok_or(KeystoreError::Crypto)?;
-    let tag = aead
-        .seal_in_place(&iv, aad, body)
-        .map_err(|_| KeystoreError::Crypto)?;
+    let tag = aead.seal_in_place(&iv, aad, body).map_err(|_| KeystoreError::Crypto)?;
     out.extend_from_slice(&tag);
     write_atomically(path, &out)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KeystoreError> {
-    let io = |source| KeystoreError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let io = |source| KeystoreError::Io { path: path.to_owned(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     {
         let mut options = fs::OpenOptions::new();
@@ -501,13 +463,10 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Keystore
 /// Reads the root key from a file (standard base64), or else from `KEYHOLD_ROOT_KEY`.
 pub fn load_root_key(file: Option<&Path>) -> Result<RootKey, KeystoreError> {
     if let Some(path) = file {
-        let text =
-            Zeroizing::new(
-                fs::read_to_string(path).map_err(|source| KeystoreError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?,
-            );
+        let text = Zeroizing::new(
+            fs::read_to_string(path)
+                .map_err(|source| KeystoreError::Io { path: path.to_owned(), source })?,
+        );
         return RootKey::from_base64(&text)
             .map_err(|e| KeystoreError::RootKey(format!("{}: {e}", path.display())));
     }
@@ -525,10 +484,7 @@ pub fn load_root_key(file: Option<&Path>) -> Result<RootKey, KeystoreError> {
 
 /// Writes a new random root key to `path` (mode 0600). Fails if the file exists.
 pub fn generate_root_key_file(path: &Path) -> Result<RootKey, KeystoreError> {
-    let io = |source| KeystoreError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| KeystoreError::Io { path: path.to_owned(), source };
     let key = RootKey::generate().map_err(|_| KeystoreError::Crypto)?;
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -553,8 +509,7 @@ fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -603,20 +558,14 @@ mod tests {
         let ks = Keystore::create(&path, root.clone()).unwrap();
         let info = ks.create_key("tenant-a").unwrap();
         assert_eq!((info.current_version, info.enabled), (1, true));
-        assert!(matches!(
-            ks.create_key("tenant-a"),
-            Err(KeystoreError::KeyExists(_))
-        ));
+        assert!(matches!(ks.create_key("tenant-a"), Err(KeystoreError::KeyExists(_))));
         assert_eq!(ks.rotate_key("tenant-a").unwrap().versions, vec![1, 2]);
         assert!(!ks.set_enabled("tenant-a", false).unwrap().enabled);
 
         let reopened = Keystore::open(&path, root).unwrap();
         let info = reopened.info("tenant-a").unwrap();
         assert_eq!((info.current_version, info.enabled), (2, false));
-        assert!(matches!(
-            reopened.lookup("tenant-a", None),
-            Lookup::Disabled
-        ));
+        assert!(matches!(reopened.lookup("tenant-a", None), Lookup::Disabled));
         assert!(matches!(reopened.lookup("nope", None), Lookup::UnknownKey));
     }
 
@@ -634,15 +583,9 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert!(matches!(
-            Keystore::open(&path, ks.root.clone()),
-            Err(KeystoreError::Corrupt)
-        ));
+        assert!(matches!(Keystore::open(&path, ks.root.clone()), Err(KeystoreError::Corrupt)));
         fs::write(&path, b"KHK").unwrap();
-        assert!(matches!(
-            Keystore::open(&path, ks.root.clone()),
-            Err(KeystoreError::Corrupt)
-        ));
+        assert!(matches!(Keystore::open(&path, ks.root.clone()), Err(KeystoreError::Corrupt)));
     }
 
     #[test]
@@ -650,9 +593,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ks = store(&dir);
         ks.create_key("k").unwrap();
-        let Lookup::Found(v) = ks.lookup("k", None) else {
-            panic!()
-        };
+        let Lookup::Found(v) = ks.lookup("k", None) else { panic!() };
         let bytes = fs::read(ks.path()).unwrap();
         let material = v.material.expose_secret();
         assert!(!bytes.windows(32).any(|w| w == material));
@@ -678,10 +619,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ks = store(&dir);
         for bad in ["", "has space", "slash/", &"x".repeat(129)] {
-            assert!(
-                matches!(ks.create_key(bad), Err(KeystoreError::InvalidName(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(ks.create_key(bad), Err(KeystoreError::InvalidName(_))), "{bad:?}");
         }
         assert!(ks.create_key("tenant-1.key:v_2").is_ok());
     }
@@ -696,15 +634,9 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(
-                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
         fs::write(&path, "short").unwrap();
-        assert!(matches!(
-            load_root_key(Some(&path)),
-            Err(KeystoreError::RootKey(_))
-        ));
+        assert!(matches!(load_root_key(Some(&path)), Err(KeystoreError::RootKey(_))));
     }
 }

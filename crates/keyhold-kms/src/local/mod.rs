@@ -29,7 +29,8 @@ use keyhold_core::secret::{Dek, KEY_LEN};
 
 use keystore::Lookup;
 pub use keystore::{
-    KeyInfo, Keystore, KeystoreError, ROOT_KEY_ENV, generate_root_key_file, load_root_key,
+    DEFAULT_CHECK_INTERVAL, KeyInfo, Keystore, KeystoreError, ROOT_KEY_ENV, generate_root_key_file,
+    load_root_key,
 };
 
 use crate::{KeyContext, Kms, KmsError};
@@ -52,10 +53,7 @@ impl LocalKms {
     /// The key `key_name` of `keystore`. The key need not exist yet; operations on a missing
     /// key fail with [`KmsError::ConfigurationInvalid`].
     pub fn new(keystore: Arc<Keystore>, key_name: impl Into<String>) -> Self {
-        Self {
-            keystore,
-            key_name: key_name.into(),
-        }
+        Self { keystore, key_name: key_name.into() }
     }
 
     /// The key's name.
@@ -75,10 +73,9 @@ impl LocalKms {
     fn lookup(&self, version: Option<u32>) -> Result<keystore::KeyVersion, KmsError> {
         match self.keystore.lookup(&self.key_name, version) {
             Lookup::Found(v) => Ok(v),
-            Lookup::Disabled => Err(KmsError::KeyDisabled(format!(
-                "local key {:?} is disabled",
-                self.key_name
-            ))),
+            Lookup::Disabled => {
+                Err(KmsError::KeyDisabled(format!("local key {:?} is disabled", self.key_name)))
+            }
             Lookup::UnknownKey => Err(KmsError::ConfigurationInvalid(format!(
                 "local key {:?} does not exist",
                 self.key_name
@@ -105,9 +102,7 @@ impl LocalKms {
             .map_err(|_| KmsError::WrapFailed("cipher setup failed".into()))?;
         let mut aad = Vec::with_capacity(self.key_name.len() + 8 + 64);
         aad.extend_from_slice(
-            &u32::try_from(self.key_name.len())
-                .unwrap_or(u32::MAX)
-                .to_be_bytes(),
+            &u32::try_from(self.key_name.len()).unwrap_or(u32::MAX).to_be_bytes(),
         );
         aad.extend_from_slice(self.key_name.as_bytes());
         aad.extend_from_slice(&version.version.to_be_bytes());
@@ -134,9 +129,7 @@ impl Kms for LocalKms {
         out.extend_from_slice(&salt);
         let start = out.len();
         out.resize(start + KEY_LEN, 0);
-        let body = out
-            .get_mut(start..)
-            .ok_or_else(|| KmsError::WrapFailed("buffer".into()))?;
+        let body = out.get_mut(start..).ok_or_else(|| KmsError::WrapFailed("buffer".into()))?;
         let tag = aead
             .seal_to(&ZERO_NONCE, &aad, dek.expose_secret(), body)
             .map_err(|_| KmsError::WrapFailed("encryption failed".into()))?;
@@ -153,20 +146,15 @@ impl Kms for LocalKms {
             .get(8..8 + SALT_LEN)
             .and_then(|s| s.try_into().ok())
             .ok_or(KmsError::InvalidCiphertext)?;
-        let body = wrapped
-            .get(8 + SALT_LEN..)
-            .ok_or(KmsError::InvalidCiphertext)?;
-        let (ciphertext, tag) = body
-            .split_last_chunk::<TAG_LEN>()
-            .ok_or(KmsError::InvalidCiphertext)?;
+        let body = wrapped.get(8 + SALT_LEN..).ok_or(KmsError::InvalidCiphertext)?;
+        let (ciphertext, tag) =
+            body.split_last_chunk::<TAG_LEN>().ok_or(KmsError::InvalidCiphertext)?;
         let version = self.lookup(Some(key_version))?;
         let (aead, aad) = self.cipher(&version, salt, context)?;
         let mut dek = [0u8; KEY_LEN];
         let opened = aead.open_to(&ZERO_NONCE, &aad, ciphertext, tag, &mut dek);
         // The array is moved into a wiped-on-drop key; the stack copy is cleared here.
-        let result = opened
-            .map(|()| Dek::from_bytes(dek))
-            .map_err(|_| KmsError::InvalidCiphertext);
+        let result = opened.map(|()| Dek::from_bytes(dek)).map_err(|_| KmsError::InvalidCiphertext);
         zeroize::Zeroize::zeroize(&mut dek);
         result
     }
@@ -208,10 +196,7 @@ mod tests {
     async fn missing_key_is_a_configuration_error() {
         let (_d, ks, _) = kms();
         let missing = LocalKms::new(ks, "nope");
-        let err = missing
-            .generate(&KeyContext::new("t", 1))
-            .await
-            .unwrap_err();
+        let err = missing.generate(&KeyContext::new("t", 1)).await.unwrap_err();
         assert!(matches!(err, KmsError::ConfigurationInvalid(_)));
         assert!(missing.health().await.is_err());
     }
@@ -223,9 +208,6 @@ mod tests {
         let other = LocalKms::new(Arc::clone(&ks), "other");
         let ctx = KeyContext::new("t", 1);
         let wrapped = kms.generate(&ctx).await.unwrap().wrapped;
-        assert_eq!(
-            other.unwrap(&wrapped, &ctx).await.unwrap_err(),
-            KmsError::InvalidCiphertext
-        );
+        assert_eq!(other.unwrap(&wrapped, &ctx).await.unwrap_err(), KmsError::InvalidCiphertext);
     }
 }

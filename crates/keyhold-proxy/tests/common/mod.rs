@@ -43,17 +43,8 @@ impl TestProxy {
         let state = AppState::from_config(&config).unwrap();
         state.health.set_ready(true);
         let router = api::router(state.clone(), true);
-        let api_key = std::fs::read_to_string(&data.api_key_path)
-            .unwrap()
-            .trim()
-            .to_owned();
-        Self {
-            dir,
-            config,
-            state,
-            router,
-            api_key,
-        }
+        let api_key = std::fs::read_to_string(&data.api_key_path).unwrap().trim().to_owned();
+        Self { dir, config, state, router, api_key }
     }
 
     pub fn keystore(&self) -> Arc<Keystore> {
@@ -130,7 +121,5 @@ pub fn meta(tenant: &str) -> Value {
 }
 
 pub fn code(body: &Value) -> i64 {
-    body["code"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no code in {body}"))
+    body["code"].as_i64().unwrap_or_else(|| panic!("no code in {body}"))
 }

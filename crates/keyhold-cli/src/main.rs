@@ -1,0 +1,105 @@
+//! `keyhold`: the all-in-one proxy, file encryption and local key management.
+
+#![forbid(unsafe_code)]
+
+mod crypt;
+mod keys;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Keyhold: customer-managed keys for every tenant of a SaaS application.
+#[derive(Debug, Parser)]
+#[command(name = "keyhold", version, about, long_about = None)]
+struct Cli {
+    /// Log format for server commands.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KEYHOLD_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything on embedded defaults: a proxy with a vendor-held keystore and a demo tenant.
+    ///
+    /// On first run creates DIR with a root key, a keystore, the tenant `demo-tenant` with its own
+    /// key, an API key (DIR/api-key) and a configuration (DIR/keyhold.toml); later runs reuse them.
+    Up {
+        /// Where state lives.
+        #[arg(long, default_value = ".keyhold", env = "KEYHOLD_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address to serve the proxy on (first run only; then edit DIR/keyhold.toml).
+        #[arg(long, default_value = "127.0.0.1:32804")]
+        listen: String,
+    },
+    /// Run the Tenant Security Proxy from a configuration file.
+    Proxy {
+        /// The configuration file (TOML; see docs/configuration.md).
+        #[arg(long, short, env = "KEYHOLD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Encrypt a file for a tenant through a running proxy.
+    Encrypt(crypt::EncryptArgs),
+    /// Decrypt a file made by `keyhold encrypt` (its tenant and EDEK are in its header).
+    Decrypt(crypt::DecryptArgs),
+    /// Manage the vendor-held master keys of a local keystore.
+    Keys(keys::KeysArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up { data_dir, listen } => {
+                init_logging(cli.log_format);
+                serve::up(&data_dir, &listen).await
+            }
+            Command::Proxy { config } => {
+                init_logging(cli.log_format);
+                serve::proxy(&config).await
+            }
+            Command::Encrypt(args) => crypt::encrypt(args).await,
+            Command::Decrypt(args) => crypt::decrypt(args).await,
+            Command::Keys(args) => keys::run(args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KEYHOLD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,h2=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,200 @@
+//! The `keyhold` binary: `up`, `encrypt`, `decrypt`, `keys`, `proxy`, as a user runs them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyhold");
+
+/// A `keyhold up` child process, killed on drop.
+struct Up {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn up(dir: &Path) -> Up {
+    let mut child = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("KEYHOLD_API_KEY")
+        .env_remove("KEYHOLD_DATA_DIR")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(url) = line.trim().strip_prefix("proxy     ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url =
+        rx.recv_timeout(Duration::from_secs(30)).expect("keyhold up printed no proxy address");
+    Up { child, url }
+}
+
+fn keyhold(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).args(args).current_dir(dir).env_remove("KEYHOLD_API_KEY").output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn up_then_encrypt_decrypt_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = up(dir.path());
+    let url = server.url.as_str();
+    for name in ["keyhold.toml", "root.key", "keystore", "api-key"] {
+        assert!(dir.path().join(".keyhold").join(name).exists(), "{name} missing");
+    }
+    std::fs::write(dir.path().join("secret.txt"), b"the tenant's data").unwrap();
+
+    let out = keyhold(
+        dir.path(),
+        &[
+            "encrypt",
+            "--proxy",
+            url,
+            "--tenant",
+            "demo-tenant",
+            "--in",
+            "secret.txt",
+            "--out",
+            "secret.khf",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = keyhold(
+        dir.path(),
+        &["decrypt", "--proxy", url, "--in", "secret.khf", "--out", "plain.txt"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dir.path().join("plain.txt")).unwrap(), b"the tenant's data");
+
+    // The tenant's key is disabled: decryption is refused with the wire code, no output written.
+    let out = keyhold(dir.path(), &["keys", "disable", "demo-tenant"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = keyhold(
+        dir.path(),
+        &["decrypt", "--proxy", url, "--in", "secret.khf", "--out", "denied.txt"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("KMS_AUTHORIZATION_FAILED (206)"), "{}", stderr(&out));
+    assert!(!dir.path().join("denied.txt").exists());
+
+    let out = keyhold(dir.path(), &["keys", "enable", "demo-tenant"]);
+    assert!(out.status.success());
+    let out = keyhold(dir.path(), &["keys", "rotate", "demo-tenant"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1,2"), "{out:?}");
+    let out = keyhold(
+        dir.path(),
+        &[
+            "decrypt",
+            "--proxy",
+            url,
+            "--in",
+            "secret.khf",
+            "--out",
+            "again.txt",
+            "--tenant",
+            "demo-tenant",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Wrong tenant asked for, wrong file, no proxy.
+    let out = keyhold(
+        dir.path(),
+        &["decrypt", "--proxy", url, "--in", "secret.khf", "--out", "x", "--tenant", "other"],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("belongs to tenant"),
+        "{}",
+        stderr(&out)
+    );
+    let out = keyhold(dir.path(), &["decrypt", "--proxy", url, "--in", "secret.txt", "--out", "x"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("not a Keyhold encrypted file"),
+        "{}",
+        stderr(&out)
+    );
+    let out = keyhold(
+        dir.path(),
+        &[
+            "encrypt",
+            "--proxy",
+            "http://127.0.0.1:9",
+            "--tenant",
+            "demo-tenant",
+            "--in",
+            "secret.txt",
+            "--out",
+            "x",
+        ],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("could not reach the proxy"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("x").exists());
+}
+
+#[test]
+fn a_second_up_reuses_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_key = {
+        let _server = up(dir.path());
+        std::fs::read_to_string(dir.path().join(".keyhold/api-key")).unwrap()
+    };
+    let server = up(dir.path());
+    assert_eq!(std::fs::read_to_string(dir.path().join(".keyhold/api-key")).unwrap(), first_key);
+    // The API answers with the key made on the first run.
+    let client = reqwest::blocking::Client::new();
+    let response = client
+        .post(format!("{}/api/1/document/wrap", server.url))
+        .header("authorization", format!("cmk {}", first_key.trim()))
+        .body(r#"{"tenantId":"demo-tenant","iclFields":{"requestingId":"t"}}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[test]
+fn proxy_with_a_bad_config_fails_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\napi_key = \"short\"\n").unwrap();
+    let out = keyhold(dir.path(), &["proxy", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("at least 16 characters"), "{}", stderr(&out));
+    let out = keyhold(dir.path(), &["proxy", "--config", "missing.toml"]);
+    assert!(!out.status.success() && stderr(&out).contains("cannot read"), "{}", stderr(&out));
+}
+
+#[test]
+fn keys_json_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    drop(up(dir.path()));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let out = keyhold(dir.path(), &["keys", "--json", "list"]);
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys[0]["name"], "demo-tenant");
+    assert_eq!(keys[0]["enabled"], true);
+    let out = keyhold(dir.path(), &["keys", "create", "bad name"]);
+    assert!(!out.status.success() && stderr(&out).contains("invalid key name"));
+}
