@@ -113,11 +113,7 @@ pub async fn decrypt(args: DecryptArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("{} is not a Keyhold encrypted file", args.input.display()))?;
     if let Some(expected) = args.tenant.as_ref().filter(|t| **t != info.tenant_id) {
-        bail!(
-            "{} belongs to tenant {:?}, not {expected:?}",
-            args.input.display(),
-            info.tenant_id
-        );
+        bail!("{} belongs to tenant {:?}, not {expected:?}", args.input.display(), info.tenant_id);
     }
     let client = args.proxy.client()?;
     let meta = args.proxy.metadata(&info.tenant_id);

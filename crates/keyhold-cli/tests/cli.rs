@@ -163,14 +163,18 @@ fn a_second_up_reuses_the_data_dir() {
     let server = up(dir.path());
     assert_eq!(std::fs::read_to_string(dir.path().join(".keyhold/api-key")).unwrap(), first_key);
     // The API answers with the key made on the first run.
-    let client = reqwest::blocking::Client::new();
-    let response = client
-        .post(format!("{}/api/1/document/wrap", server.url))
-        .header("authorization", format!("cmk {}", first_key.trim()))
-        .body(r#"{"tenantId":"demo-tenant","iclFields":{"requestingId":"t"}}"#)
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/api/1/document/wrap", server.url))
+            .header("authorization", format!("cmk {}", first_key.trim()))
+            .body(r#"{"tenantId":"demo-tenant","iclFields":{"requestingId":"t"}}"#)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
 }
 
 #[test]

@@ -45,7 +45,7 @@ macro_rules! error_codes {
 
 error_codes! {
     /// The client could not reach the proxy (never sent by the proxy).
-    UnableToMakeRequest = 0, "UNABLE_TO_MAKE_REQUEST", "Request to the Tenant Security Proxy could not be made.";
+    UnableToMakeRequest = 0, "UNABLE_TO_MAKE_REQUEST", "Request to Tenant Security Proxy could not be made";
     /// An unexpected proxy failure.
     UnknownError = 100, "UNKNOWN_ERROR", "Unknown request error occurred.";
     /// Missing or wrong API key.
@@ -75,7 +75,7 @@ error_codes! {
     /// The KMS account has a problem (billing, quota, suspended).
     KmsAccountIssue = 210, "KMS_ACCOUNT_ISSUE", "Request to KMS failed because of an issue with the KMS account.";
     /// A security event was rejected.
-    SecurityEventRejected = 301, "SECURITY_EVENT_REJECTED", "Tenant Security Proxy could not accept the security event.";
+    SecurityEventRejected = 301, "SECURITY_EVENT_REJECTED", "Tenant Security Proxy could not accept the security event";
     /// A client-side error: the encrypted document is not valid (never sent by the proxy).
     InvalidEncryptedDocument = 900, "INVALID_ENCRYPTED_DOCUMENT", "Provided encrypted document was invalid.";
     /// A client-side error: encryption failed (never sent by the proxy).

@@ -65,13 +65,17 @@ pub struct IclFields {
 #[serde(rename_all = "camelCase")]
 pub struct RequestMetadata {
     /// The tenant whose key is used.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tenant_id: String,
     /// The standard audit fields.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub icl_fields: IclFields,
     /// Free-form string fields, passed through to the audit trail.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub custom_fields: BTreeMap<String, String>,
 }
 
@@ -155,6 +159,16 @@ impl RequestMetadata {
     }
 }
 
+/// Reads JSON `null` as the type's default: IronCore's clients send `null` for absent optional
+/// values (PHP and alloy for `iclFields` members, Go for `customFields`).
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// Checks that a tenant id is 1 to 1024 bytes.
 pub fn validate_tenant_id(tenant_id: &str) -> Result<(), MetadataError> {
     if tenant_id.is_empty() || tenant_id.len() > MAX_TENANT_ID_LEN {
@@ -188,6 +202,18 @@ mod tests {
         let back: RequestMetadata = serde_json::from_value(json).unwrap();
         assert_eq!(back, m);
         assert!(m.validate().is_ok());
+    }
+
+    #[test]
+    fn nulls_read_as_absent() {
+        let m: RequestMetadata = serde_json::from_str(
+            r#"{"tenantId":"t","iclFields":{"requestingId":"u","dataLabel":null,"sourceIp":null},"customFields":null}"#,
+        )
+        .unwrap();
+        assert_eq!(m, RequestMetadata::new("t", "u"));
+        let m: RequestMetadata =
+            serde_json::from_str(r#"{"tenantId":"t","iclFields":null}"#).unwrap();
+        assert_eq!(m.validate(), Err(MetadataError::MissingRequestingId));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::ErrorCode;
-use crate::metadata::{IclFields, RequestMetadata};
+use crate::metadata::{IclFields, RequestMetadata, null_as_default};
 use crate::secret::Dek;
 
 /// Route of the wrap call, relative to the proxy's base URL.
@@ -36,13 +36,13 @@ macro_rules! with_metadata {
         #[serde(rename_all = "camelCase")]
         pub struct $name {
             /// The tenant whose key is used.
-            #[serde(default)]
+            #[serde(default, deserialize_with = "null_as_default")]
             pub tenant_id: String,
             /// The standard audit fields.
-            #[serde(default)]
+            #[serde(default, deserialize_with = "null_as_default")]
             pub icl_fields: IclFields,
             /// Free-form audit fields.
-            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
             pub custom_fields: BTreeMap<String, String>,
             $( $(#[$fdoc])* pub $field: $ty, )*
         }
@@ -81,7 +81,7 @@ with_metadata! {
     /// `POST /api/1/document/unwrap`: the DEK inside an EDEK.
     pub struct UnwrapRequest {
         /// The EDEK, standard base64.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "null_as_default")]
         pub encrypted_document_key: String,
     }
 }
@@ -90,7 +90,7 @@ with_metadata! {
     /// `POST /api/1/document/batch-wrap`: one new DEK and EDEK per document id.
     pub struct BatchWrapRequest {
         /// The ids the caller will use to match keys to documents.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "null_as_default")]
         pub document_ids: Vec<String>,
     }
 }
@@ -99,7 +99,7 @@ with_metadata! {
     /// `POST /api/1/document/batch-unwrap`: the DEK of each EDEK, by document id.
     pub struct BatchUnwrapRequest {
         /// Document id → EDEK (standard base64).
-        #[serde(default)]
+        #[serde(default, deserialize_with = "null_as_default")]
         pub edeks: HashMap<String, String>,
     }
 }
@@ -109,10 +109,10 @@ with_metadata! {
     /// different) tenant's primary KMS configuration.
     pub struct RekeyRequest {
         /// The EDEK, standard base64.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "null_as_default")]
         pub encrypted_document_key: String,
         /// The tenant the new EDEK is for.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "null_as_default")]
         pub new_tenant_id: String,
     }
 }
@@ -133,7 +133,7 @@ with_metadata! {
     /// `POST /api/1/document/report-operations`: how often a client used keys it cached.
     pub struct ReportOperationsRequest {
         /// EDEK (standard base64) → counts.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "null_as_default")]
         pub operations: HashMap<String, OperationCounts>,
     }
 }
@@ -253,6 +253,16 @@ mod tests {
         let (meta, (edek,)) = req.split_metadata();
         assert_eq!(meta.icl_fields.requesting_id.as_deref(), Some("u"));
         assert_eq!(edek, "AAAA");
+    }
+
+    #[test]
+    fn clients_null_fields_are_accepted() {
+        // Go's client sends "customFields": null; PHP and alloy send null iclFields members.
+        let req: BatchUnwrapRequest = serde_json::from_str(
+            r#"{"tenantId":"t","iclFields":{"requestingId":"u","objectId":null},"customFields":null,"edeks":null}"#,
+        )
+        .unwrap();
+        assert!(req.custom_fields.is_empty() && req.edeks.is_empty());
     }
 
     #[test]

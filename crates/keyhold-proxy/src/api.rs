@@ -24,6 +24,44 @@ use crate::auth::require_api_key;
 use crate::error::ServiceError;
 use crate::metrics::{ClientLabels, HttpLabels, RouteLabels, TenantLabels};
 
+/// The service the proxy serves: [`router`] behind a path normalizer (some clients build
+/// `http://host//api/1/...` from a base URL with a trailing slash).
+pub type App = tower::util::MapRequest<Router, fn(Request) -> Request>;
+
+/// The proxy's HTTP service.
+pub fn app(state: AppState, serve_metrics: bool) -> App {
+    tower::ServiceExt::map_request(
+        router(state, serve_metrics),
+        collapse_slashes as fn(Request) -> Request,
+    )
+}
+
+/// Rewrites runs of `/` in the path to one `/`.
+fn collapse_slashes(mut request: Request) -> Request {
+    let path = request.uri().path();
+    if !path.contains("//") {
+        return request;
+    }
+    let mut collapsed = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && collapsed.ends_with('/')) {
+            collapsed.push(c);
+        }
+    }
+    if let Some(query) = request.uri().query() {
+        collapsed.push('?');
+        collapsed.push_str(query);
+    }
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(pq) = collapsed.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}
+
 /// The proxy's router: the TSP API (authenticated) plus health and metrics.
 pub fn router(state: AppState, serve_metrics: bool) -> Router {
     let api = Router::new()
@@ -153,10 +191,16 @@ async fn rekey(
     Ok(secret_json(&key))
 }
 
+/// The success body of calls that return nothing: the JSON literal `null`, which every IronCore
+/// client accepts (PHP compares the raw body with `null`; alloy, Node and Go parse it as JSON).
+fn null_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], "null").into_response()
+}
+
 async fn security_event(
     State(state): State<AppState>,
     TspJson(req): TspJson<SecurityEventRequest>,
-) -> Result<StatusCode, ServiceError> {
+) -> Result<Response, ServiceError> {
     let (meta, (timestamp_millis, top_level_event)) = req.split_metadata();
     let meta = validated(meta)?;
     let event =
@@ -193,13 +237,13 @@ async fn security_event(
         request_id = fields.request_id.as_deref().unwrap_or_default(),
         "security event"
     );
-    Ok(StatusCode::OK)
+    Ok(null_json())
 }
 
 async fn report_operations(
     State(state): State<AppState>,
     TspJson(req): TspJson<ReportOperationsRequest>,
-) -> Result<StatusCode, ServiceError> {
+) -> Result<Response, ServiceError> {
     let (meta, (operations,)) = req.split_metadata();
     let meta = validated(meta)?;
     if state.service.registry().tenant(&meta.tenant_id).is_none() {
@@ -217,7 +261,7 @@ async fn report_operations(
         requesting_id = meta.icl_fields.requesting_id.as_deref().unwrap_or_default(),
         "cached key use reported"
     );
-    Ok(StatusCode::OK)
+    Ok(null_json())
 }
 
 async fn health(State(state): State<AppState>) -> Response {

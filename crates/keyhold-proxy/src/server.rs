@@ -105,16 +105,19 @@ impl Proxy {
             })
         });
 
-        let router = api::router(state.clone(), admin.is_none());
+        let app = api::app(state.clone(), admin.is_none());
         state.health.set_ready(true);
         state.metrics.ready.set(1);
         tracing::info!(%api_addr, tenants = state.service.registry().len(), "Keyhold proxy ready");
         let mut stop = stop_rx;
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let served = axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
         if let Some(admin) = admin {
             let _ = admin.await;
         }

@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
@@ -22,7 +21,7 @@ pub struct TestProxy {
     pub dir: tempfile::TempDir,
     pub config: ProxyConfig,
     pub state: AppState,
-    pub router: Router,
+    pub router: api::App,
     pub api_key: String,
 }
 
@@ -42,7 +41,7 @@ impl TestProxy {
         let config = ProxyConfig::load(&data.config_path).unwrap();
         let state = AppState::from_config(&config).unwrap();
         state.health.set_ready(true);
-        let router = api::router(state.clone(), true);
+        let router = api::app(state.clone(), true);
         let api_key = std::fs::read_to_string(&data.api_key_path).unwrap().trim().to_owned();
         Self { dir, config, state, router, api_key }
     }
@@ -84,6 +83,24 @@ impl TestProxy {
                 .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
         };
         (status, value)
+    }
+
+    /// Posts with the API key and returns the status, the content type and the raw body.
+    pub async fn post_text(&self, route: &str, body: &str) -> (StatusCode, String, String) {
+        let request = Request::post(route)
+            .header("content-type", "application/json")
+            .header("authorization", format!("cmk {}", self.api_key))
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = tower::ServiceExt::oneshot(self.router.clone(), request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, content_type, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     pub async fn post(&self, route: &str, body: Value) -> (StatusCode, Value) {
