@@ -92,8 +92,8 @@ pub fn init_data_dir(
     let keystore = Keystore::create(&keystore_path, root)?;
 
     let api_key_bytes: [u8; 32] = random_array().map_err(|_| BootstrapError::Random)?;
-    let api_key =
-        Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(api_key_bytes));
+    // Standard base64: IronCore's alloy SDK refuses API keys that are not base64 of >= 12 bytes.
+    let api_key = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(api_key_bytes));
     write_private(&api_key_path, format!("{}\n", api_key.as_str()).as_bytes())
         .map_err(io(&api_key_path))?;
 
