@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use keyhold_core::document::{DocumentError, DocumentKey, parse_field};
+use keyhold_core::ironcore;
 use keyhold_core::metadata::RequestMetadata;
 use keyhold_core::secret::Dek;
 use keyhold_core::wire::ErrorBody;
@@ -25,6 +26,18 @@ pub struct EncryptedDocument {
     pub fields: BTreeMap<String, Vec<u8>>,
 }
 
+/// The layout encrypted fields are written in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FieldFormat {
+    /// Keyhold's format (default): tenant, version and field name bound as associated data,
+    /// key commitment. See `docs/formats.md`.
+    #[default]
+    Keyhold,
+    /// IronCore's v3 layout, for data that IronCore's client SDKs must also read.
+    IronCoreV3,
+}
+
 /// Successes and per-item failures of a batch call.
 #[derive(Debug)]
 pub struct BatchResult<T> {
@@ -45,7 +58,27 @@ fn encrypt_fields(
     tenant_id: &str,
     document: &Document,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
+    encrypt_fields_as(dek, tenant_id, document, FieldFormat::Keyhold)
+}
+
+fn encrypt_fields_as(
+    dek: &Dek,
+    tenant_id: &str,
+    document: &Document,
+    format: FieldFormat,
+) -> Result<BTreeMap<String, Vec<u8>>> {
     let encrypt_error = |source| Error::Document { operation: "encrypt", source };
+    if format == FieldFormat::IronCoreV3 {
+        return document
+            .iter()
+            .map(|(name, value)| {
+                Ok((
+                    name.clone(),
+                    ironcore::encrypt_v3(dek, tenant_id, value).map_err(encrypt_error)?,
+                ))
+            })
+            .collect();
+    }
     let key = DocumentKey::new(dek, tenant_id).map_err(encrypt_error)?;
     document
         .iter()
@@ -55,6 +88,7 @@ fn encrypt_fields(
         .collect()
 }
 
+/// Decrypts each field in whichever layout it was written: Keyhold's, or IronCore's v3.
 fn decrypt_fields(
     dek: &Dek,
     tenant_id: &str,
@@ -65,7 +99,12 @@ fn decrypt_fields(
     fields
         .iter()
         .map(|(name, value)| {
-            Ok((name.clone(), key.decrypt_field(name, value).map_err(decrypt_error)?))
+            let plain = if ironcore::is_v3(value) {
+                ironcore::decrypt_v3(dek, Some(tenant_id), value)
+            } else {
+                key.decrypt_field(name, value)
+            };
+            Ok((name.clone(), plain.map_err(decrypt_error)?))
         })
         .collect()
 }
@@ -76,9 +115,13 @@ fn precheck(document: &EncryptedDocument, tenant_id: &str) -> Result<()> {
         return Err(Error::InvalidArgument("the encrypted document has no EDEK".into()));
     }
     for value in document.fields.values() {
-        let header = parse_field(value)
-            .map_err(|source| Error::Document { operation: "decrypt", source })?;
-        if header.tenant_id != tenant_id {
+        let decrypt_error = |source| Error::Document { operation: "decrypt", source };
+        let header_tenant = if ironcore::is_v3(value) {
+            ironcore::parse_v3(value).map_err(decrypt_error)?.tenant_id
+        } else {
+            Some(parse_field(value).map_err(decrypt_error)?.tenant_id.to_owned())
+        };
+        if header_tenant.is_some_and(|t| t != tenant_id) {
             return Err(Error::Document {
                 operation: "decrypt",
                 source: DocumentError::TenantMismatch,
@@ -102,6 +145,19 @@ impl Client {
     ) -> Result<EncryptedDocument> {
         let key = self.wrap_key(meta).await?;
         let fields = encrypt_fields(&key.dek, &meta.tenant_id, document)?;
+        Ok(EncryptedDocument { edek: Edek::from(key.edek), fields })
+    }
+
+    /// Encrypts `document` in the given field layout (e.g. [`FieldFormat::IronCoreV3`] for data
+    /// that IronCore's client SDKs must read too). [`decrypt`](Self::decrypt) reads both.
+    pub async fn encrypt_with_format(
+        &self,
+        document: &Document,
+        meta: &RequestMetadata,
+        format: FieldFormat,
+    ) -> Result<EncryptedDocument> {
+        let key = self.wrap_key(meta).await?;
+        let fields = encrypt_fields_as(&key.dek, &meta.tenant_id, document, format)?;
         Ok(EncryptedDocument { edek: Edek::from(key.edek), fields })
     }
 

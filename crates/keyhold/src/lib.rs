@@ -29,6 +29,9 @@
 //! | [`Client::rekey_edek`] | one; the data is not touched |
 //! | [`Client::encrypt_stream`], [`Client::encrypt_file`] and their `decrypt_` pairs | one; constant memory |
 //!
+//! [`Client::decrypt`] also reads fields written by IronCore's client SDKs (their "v3" layout), and
+//! [`Client::encrypt_with_format`] can write that layout for data IronCore's SDKs must read.
+//!
 //! Every error carries the wire code ([`Error::code`]) of `docs/tsp-api.md`.
 
 #![forbid(unsafe_code)]
@@ -42,7 +45,7 @@ mod file;
 use base64::Engine as _;
 
 pub use client::{API_KEY_ENV, Client, ClientBuilder, PROXY_URL_ENV};
-pub use document::{BatchResult, Document, EncryptedDocument};
+pub use document::{BatchResult, Document, EncryptedDocument, FieldFormat};
 pub use error::{Error, Result};
 pub use file::{StreamInfo, read_stream_info};
 pub use keyhold_core::ErrorCode;
