@@ -112,10 +112,10 @@ pub fn decrypt_v3(
     bytes: &[u8],
 ) -> Result<Vec<u8>, DocumentError> {
     let field = parse_v3(bytes)?;
-    if let (Some(expected), Some(found)) = (expected_tenant, field.tenant_id.as_deref()) {
-        if expected != found {
-            return Err(DocumentError::TenantMismatch);
-        }
+    if let (Some(expected), Some(found)) = (expected_tenant, field.tenant_id.as_deref())
+        && expected != found
+    {
+        return Err(DocumentError::TenantMismatch);
     }
     let key = Aes256GcmKey::new(dek.expose_secret()).map_err(|_| DocumentError::DecryptFailed)?;
     if let (Some(tenant), false) = (&field.tenant_id, field.sig.is_empty()) {
