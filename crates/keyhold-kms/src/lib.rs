@@ -1,7 +1,7 @@
 //! # keyhold-kms
 //!
 //! Adapters to the key management systems that hold tenants' master keys. Every backend
-//! implements one trait, [`Kms`], and passes one [`conformance`] suite; the proxy never knows
+//! implements one trait, [`Kms`], and passes one conformance suite (the `conformance` module, behind the feature of that name); the proxy never knows
 //! which backend it talks to.
 //!
 //! A master key never leaves its KMS. The proxy asks the KMS to *wrap* (encrypt) a fresh data

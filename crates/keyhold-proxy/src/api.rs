@@ -105,9 +105,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for TspJson<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.max_body_bytes;
-        let body = axum::body::to_bytes(request.into_body(), limit)
-            .await
-            .map_err(|_| ServiceError::BodyTooLarge(limit))?;
+        let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ServiceError::BodyTooLarge(limit)
+            } else {
+                ServiceError::InvalidRequest("the request body could not be read".into())
+            }
+        })?;
         serde_json::from_slice(&body)
             .map(TspJson)
             .map_err(|e| ServiceError::InvalidRequest(format!("invalid request body: {e}")))
