@@ -93,6 +93,25 @@ macro_rules! secret_key {
                 self.0.zeroize();
             }
         }
+
+        /// Serialized as standard base64 (the intermediate text is wiped).
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_base64())
+            }
+        }
+
+        /// Read from standard base64 of exactly [`KEY_LEN`] bytes (the intermediate text is wiped).
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let mut text: std::borrow::Cow<'de, str> = serde::Deserialize::deserialize(d)?;
+                let key = Self::from_base64(&text).map_err(serde::de::Error::custom);
+                if let std::borrow::Cow::Owned(owned) = &mut text {
+                    owned.zeroize();
+                }
+                key
+            }
+        }
     };
 }
 

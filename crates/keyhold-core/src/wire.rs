@@ -57,6 +57,17 @@ macro_rules! with_metadata {
                 }
             }
 
+            /// A request with `meta`'s metadata and the given fields of its own.
+            #[allow(clippy::too_many_arguments)]
+            pub fn from_metadata(meta: &RequestMetadata, $($field: $ty),*) -> Self {
+                Self {
+                    tenant_id: meta.tenant_id.clone(),
+                    icl_fields: meta.icl_fields.clone(),
+                    custom_fields: meta.custom_fields.clone(),
+                    $($field,)*
+                }
+            }
+
             /// Moves the metadata out, leaving the request's own fields.
             pub fn split_metadata(self) -> (RequestMetadata, ($($ty,)*)) {
                 (
@@ -153,7 +164,6 @@ pub struct OperationCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedKey {
     /// The data key, standard base64 on the wire.
-    #[serde(with = "dek_base64")]
     pub dek: Dek,
     /// The EDEK, standard base64.
     pub edek: String,
@@ -163,7 +173,6 @@ pub struct WrappedKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnwrappedKey {
     /// The data key, standard base64 on the wire.
-    #[serde(with = "dek_base64")]
     pub dek: Dek,
 }
 
@@ -213,31 +222,6 @@ pub struct BatchUnwrapResponse {
     /// Document id → error, for each id that failed.
     #[serde(default)]
     pub failures: HashMap<String, ErrorBody>,
-}
-
-/// (De)serializes a [`Dek`] as standard base64, wiping the intermediate text.
-pub mod dek_base64 {
-    use std::borrow::Cow;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-    use zeroize::Zeroize;
-
-    use crate::secret::Dek;
-
-    /// Writes the DEK as base64.
-    pub fn serialize<S: Serializer>(dek: &Dek, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&dek.to_base64())
-    }
-
-    /// Reads a base64 DEK of exactly 32 bytes.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Dek, D::Error> {
-        let mut text: Cow<'de, str> = Cow::deserialize(d)?;
-        let dek = Dek::from_base64(&text).map_err(serde::de::Error::custom);
-        if let Cow::Owned(owned) = &mut text {
-            owned.zeroize();
-        }
-        dek
-    }
 }
 
 #[cfg(test)]

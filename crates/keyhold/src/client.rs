@@ -135,23 +135,14 @@ impl Client {
     /// A new data key and its EDEK for `meta.tenant_id`.
     pub async fn wrap_key(&self, meta: &RequestMetadata) -> Result<WrappedKey> {
         check(meta)?;
-        let body = WrapRequest {
-            tenant_id: meta.tenant_id.clone(),
-            icl_fields: meta.icl_fields.clone(),
-            custom_fields: meta.custom_fields.clone(),
-        };
+        let body = WrapRequest::from_metadata(meta);
         self.post(wire::ROUTE_WRAP, &body).await
     }
 
     /// The data key inside `edek`.
     pub async fn unwrap_key(&self, edek: &Edek, meta: &RequestMetadata) -> Result<Dek> {
         check(meta)?;
-        let body = UnwrapRequest {
-            tenant_id: meta.tenant_id.clone(),
-            icl_fields: meta.icl_fields.clone(),
-            custom_fields: meta.custom_fields.clone(),
-            encrypted_document_key: edek.as_str().to_owned(),
-        };
+        let body = UnwrapRequest::from_metadata(meta, edek.as_str().to_owned());
         let key: UnwrappedKey = self.post(wire::ROUTE_UNWRAP, &body).await?;
         Ok(key.dek)
     }
@@ -163,12 +154,7 @@ impl Client {
         meta: &RequestMetadata,
     ) -> Result<BatchWrapResponse> {
         check(meta)?;
-        let body = BatchWrapRequest {
-            tenant_id: meta.tenant_id.clone(),
-            icl_fields: meta.icl_fields.clone(),
-            custom_fields: meta.custom_fields.clone(),
-            document_ids: ids,
-        };
+        let body = BatchWrapRequest::from_metadata(meta, ids);
         self.post(wire::ROUTE_BATCH_WRAP, &body).await
     }
 
@@ -179,12 +165,7 @@ impl Client {
         meta: &RequestMetadata,
     ) -> Result<BatchUnwrapResponse> {
         check(meta)?;
-        let body = BatchUnwrapRequest {
-            tenant_id: meta.tenant_id.clone(),
-            icl_fields: meta.icl_fields.clone(),
-            custom_fields: meta.custom_fields.clone(),
-            edeks,
-        };
+        let body = BatchUnwrapRequest::from_metadata(meta, edeks);
         self.post(wire::ROUTE_BATCH_UNWRAP, &body).await
     }
 
@@ -197,13 +178,8 @@ impl Client {
         meta: &RequestMetadata,
     ) -> Result<Edek> {
         check(meta)?;
-        let body = RekeyRequest {
-            tenant_id: meta.tenant_id.clone(),
-            icl_fields: meta.icl_fields.clone(),
-            custom_fields: meta.custom_fields.clone(),
-            encrypted_document_key: edek.as_str().to_owned(),
-            new_tenant_id: new_tenant_id.to_owned(),
-        };
+        let body =
+            RekeyRequest::from_metadata(meta, edek.as_str().to_owned(), new_tenant_id.to_owned());
         let key: WrappedKey = self.post(wire::ROUTE_REKEY, &body).await?;
         Ok(Edek::from(key.edek))
     }
@@ -216,15 +192,8 @@ impl Client {
         meta: &RequestMetadata,
     ) -> Result<()> {
         check(meta)?;
-        let mut icl_fields = meta.icl_fields.clone();
-        icl_fields.event = Some(event.to_owned());
-        let body = SecurityEventRequest {
-            tenant_id: meta.tenant_id.clone(),
-            icl_fields,
-            custom_fields: meta.custom_fields.clone(),
-            timestamp_millis,
-            event: None,
-        };
+        let mut body = SecurityEventRequest::from_metadata(meta, timestamp_millis, None);
+        body.icl_fields.event = Some(event.to_owned());
         self.send(wire::ROUTE_SECURITY_EVENT, &body).await.map(|_| ())
     }
 

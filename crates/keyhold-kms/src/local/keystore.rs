@@ -97,7 +97,6 @@ pub struct KeyInfo {
 #[derive(Serialize, Deserialize)]
 struct StoredVersion {
     version: u32,
-    #[serde(with = "material_base64")]
     material: MasterKeyMaterial,
     created_at: u64,
 }
@@ -514,32 +513,6 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-mod material_base64 {
-    use std::borrow::Cow;
-
-    use keyhold_core::secret::MasterKeyMaterial;
-    use serde::{Deserialize, Deserializer, Serializer};
-    use zeroize::Zeroize;
-
-    pub(super) fn serialize<S: Serializer>(
-        key: &MasterKeyMaterial,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&key.to_base64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<MasterKeyMaterial, D::Error> {
-        let mut text: Cow<'de, str> = Cow::deserialize(d)?;
-        let key = MasterKeyMaterial::from_base64(&text).map_err(serde::de::Error::custom);
-        if let Cow::Owned(owned) = &mut text {
-            owned.zeroize();
-        }
-        key
-    }
 }
 
 #[cfg(test)]
