@@ -1,6 +1,7 @@
 //! `keyhold keys`: the vendor-held master keys of a local keystore. A running proxy picks up
-//! changes within its reload interval (1 s by default).
+//! changes on its next request (or within `keystore_check_interval`, when one is set).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -9,16 +10,16 @@ use keyhold_kms::local::{KeyInfo, Keystore, load_root_key};
 #[derive(Debug, clap::Args)]
 pub struct KeysArgs {
     /// The data directory of `keyhold up` (its `keystore` and `root.key`).
-    #[arg(long, default_value = ".keyhold", env = "KEYHOLD_DATA_DIR")]
+    #[arg(long, global = true, default_value = ".keyhold", env = "KEYHOLD_DATA_DIR")]
     data_dir: PathBuf,
     /// The keystore file (overrides DATA_DIR/keystore).
-    #[arg(long)]
+    #[arg(long, global = true)]
     keystore: Option<PathBuf>,
     /// The root key file (overrides DATA_DIR/root.key; else $KEYHOLD_ROOT_KEY).
-    #[arg(long)]
+    #[arg(long, global = true)]
     root_key_file: Option<PathBuf>,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     action: Action,
@@ -73,20 +74,30 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
 }
 
 fn print(keys: &[KeyInfo], json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(keys)?);
-        return Ok(());
+    match write_keys(&mut std::io::stdout().lock(), keys, json) {
+        // `keyhold keys list | head`: the reader left; that is not our failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
     }
-    println!("{:<32} {:<9} {:>8}  versions", "name", "state", "current");
+}
+
+fn write_keys(out: &mut impl Write, keys: &[KeyInfo], json: bool) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, keys)?;
+        writeln!(out)?;
+        return out.flush();
+    }
+    writeln!(out, "{:<32} {:<9} {:>8}  versions", "name", "state", "current")?;
     for key in keys {
         let versions: Vec<String> = key.versions.iter().map(u32::to_string).collect();
-        println!(
+        writeln!(
+            out,
             "{:<32} {:<9} {:>8}  {}",
             key.name,
             if key.enabled { "enabled" } else { "disabled" },
             key.current_version,
             versions.join(",")
-        );
+        )?;
     }
-    Ok(())
+    out.flush()
 }

@@ -1,7 +1,7 @@
 //! The EDEK envelope: which KMS configuration wrapped a data key, and the wrapped key itself.
 //!
 //! The messages keep the field numbers of IronCore's `EncryptedDeks`/`EncryptedDek` protobuf so
-//! tools can read EDEKs of either proxy (see `docs/edek.md`):
+//! tools can read EDEKs of either proxy (see `docs/formats.md`, section 6):
 //!
 //! ```proto
 //! message EncryptedDeks { repeated EncryptedDek encryptedDeks = 1; }

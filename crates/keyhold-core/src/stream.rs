@@ -51,8 +51,9 @@ pub const DEFAULT_SEGMENT_SIZE: u32 = 64 * 1024;
 pub const MIN_SEGMENT_SIZE: u32 = 16;
 /// Largest segment size accepted (bounds the decryptor's memory).
 pub const MAX_SEGMENT_SIZE: u32 = 16 * 1024 * 1024;
-/// Largest EDEK a header may carry.
-pub const MAX_EDEK_LEN: usize = 64 * 1024;
+/// Largest EDEK a header may carry: the EDEK envelope's own limit, so every header we accept
+/// carries an EDEK the envelope parser accepts too.
+pub const MAX_EDEK_LEN: usize = crate::edek::MAX_EDEK_LEN;
 
 const SALT_LEN: usize = 32;
 const LABEL: &[u8] = b"keyhold/stream/v1";

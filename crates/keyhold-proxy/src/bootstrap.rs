@@ -40,6 +40,17 @@ pub enum BootstrapError {
     /// The keystore could not be created.
     #[error(transparent)]
     Keystore(#[from] KeystoreError),
+    /// The directory holds keys but no configuration; refusing keeps those keys.
+    #[error(
+        "{file} exists but {dir}/keyhold.toml does not: restore the configuration, or move the \
+         directory away to start afresh (its keys may protect data; they are not overwritten)"
+    )]
+    KeysWithoutConfig {
+        /// The data directory.
+        dir: PathBuf,
+        /// The key file found.
+        file: PathBuf,
+    },
     /// No randomness.
     #[error("the operating system's random number generator failed")]
     Random,
@@ -82,11 +93,18 @@ pub fn init_data_dir(
     }
     let root_path = dir.join("root.key");
     let keystore_path = dir.join("keystore");
-    // A half-finished earlier run may have left these; start them over.
-    for stale in [&root_path, &keystore_path, &api_key_path] {
-        if stale.exists() {
-            fs::remove_file(stale).map_err(io(stale))?;
+    // Keys without a configuration: a half-finished first run, or a configuration deleted by
+    // hand. Either way the keys may protect data, so never overwrite them.
+    for key_file in [&root_path, &keystore_path] {
+        if key_file.exists() {
+            return Err(BootstrapError::KeysWithoutConfig {
+                dir: dir.to_owned(),
+                file: key_file.clone(),
+            });
         }
+    }
+    if api_key_path.exists() {
+        fs::remove_file(&api_key_path).map_err(io(&api_key_path))?;
     }
     let root = generate_root_key_file(&root_path)?;
     let keystore = Keystore::create(&keystore_path, root)?;
@@ -152,5 +170,20 @@ mod tests {
         let again = init_data_dir(&data, &["demo-tenant"], "127.0.0.1:0").unwrap();
         assert!(!again.created);
         assert_eq!(fs::read_to_string(&again.api_key_path).unwrap(), key);
+    }
+
+    #[test]
+    fn keys_without_a_configuration_are_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        init_data_dir(&data, &["demo-tenant"], "127.0.0.1:0").unwrap();
+        let keystore_before = fs::read(data.join("keystore")).unwrap();
+        fs::remove_file(data.join(CONFIG_FILE)).unwrap();
+
+        let err = init_data_dir(&data, &["demo-tenant"], "127.0.0.1:0").unwrap_err();
+        assert!(matches!(err, BootstrapError::KeysWithoutConfig { .. }), "{err}");
+        assert!(err.to_string().contains("move the directory away"), "{err}");
+        assert_eq!(fs::read(data.join("keystore")).unwrap(), keystore_before);
+        assert!(data.join("root.key").exists());
     }
 }

@@ -261,7 +261,7 @@ impl ProxyConfig {
             if let Some(key) = key {
                 if key.len() < MIN_API_KEY_LEN {
                     return Err(ConfigError::Invalid(format!(
-                        "the {name} must be at least {MIN_API_KEY_LEN} characters"
+                        "the {name} must be at least {MIN_API_KEY_LEN} bytes"
                     )));
                 }
                 keys.push(key);

@@ -11,7 +11,8 @@
 //! root key ([`KeystoreError::WrongRootKey`]) apart from a damaged file
 //! ([`KeystoreError::Corrupt`]).
 //!
-//! Writes are atomic (temporary file, fsync, rename) under an advisory lock on `<file>.lock`, so
+//! Writes are atomic (temporary file, fsync, rename) under an advisory lock on a sibling
+//! file with the extension `.lock` (`keystore.khk` → `keystore.lock`), so
 //! the CLI can rotate or disable a key while a proxy serves from the same file. Lookups re-check
 //! the file's identity (one `stat`, about a microsecond) — by default on every lookup, or at most
 //! once per configured interval — and reload it if it changed, so a key disabled by

@@ -14,7 +14,7 @@
 //! Each wrap derives a one-time key `K = HKDF-SHA256(salt, master key version,
 //! "keyhold/local-kms/v1/wrap\0" ‖ key name)` and uses AES-256-GCM with an all-zero nonce (safe
 //! because K is used once), with associated data
-//! `key name ‖ key version ‖` [`KeyContext::associated_data`]. Fresh keys per wrap lift the
+//! `u32be(len(key name)) ‖ key name ‖ u32be(key version) ‖` [`KeyContext::associated_data`]. Fresh keys per wrap lift the
 //! 2³² random-nonce limit a single AES-GCM key would have.
 
 mod keystore;
