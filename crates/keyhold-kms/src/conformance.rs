@@ -38,6 +38,25 @@ pub trait Harness: Send + Sync {
     }
 }
 
+/// The value of `name`, an address or credential of a test server that `scripts/test` started
+/// (`scripts/services/*.sh`). Unset, the test fails and says how to get the server, unless
+/// `KEYHOLD_SKIP_SERVICES=1` asks to skip tests that need servers: then `None`, and the caller
+/// returns after printing that it skipped.
+pub fn service_env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var("KEYHOLD_SKIP_SERVICES").as_deref() == Ok("1") => {
+            eprintln!("SKIPPED: {name} is not set and KEYHOLD_SKIP_SERVICES=1");
+            None
+        }
+        _ => panic!(
+            "{name} is not set: this test needs a real server. Run scripts/test (it installs and \
+             starts every test server), or `source scripts/dev-services` first; \
+             KEYHOLD_SKIP_SERVICES=1 skips such tests"
+        ),
+    }
+}
+
 /// Which checks ran and which were skipped.
 #[derive(Debug, Default)]
 pub struct Report {

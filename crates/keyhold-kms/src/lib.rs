@@ -12,15 +12,39 @@
 //!
 //! | backend | feature | module |
 //! |---|---|---|
-//! | vendor-held keys in an encrypted keystore file | `local` | [`local`] |
+//! | vendor-held keys in an encrypted keystore file | `local` | `local` |
+//! | AWS KMS | `aws` | `aws` |
+//! | HashiCorp Vault / OpenBao Transit | `vault` | `vault` |
+//! | PKCS#11 HSMs | `pkcs11` | `pkcs11` |
+//! | KMIP servers | `kmip` | `kmip` |
+//! | Google Cloud KMS | `gcp` | `gcp` |
+//! | Azure Key Vault / Managed HSM | `azure` | `azure` |
+//!
+//! The proxy wraps every backend in [`resilience::ResilientKms`] (per-attempt timeout, bounded
+//! retries with jitter for transient errors, circuit breaker).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod context;
 mod error;
+pub mod resilience;
+mod secret_source;
+
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
+#[cfg(feature = "gcp")]
+pub mod gcp;
+#[cfg(feature = "kmip")]
+pub mod kmip;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -30,6 +54,25 @@ use keyhold_core::secret::Dek;
 
 pub use context::KeyContext;
 pub use error::KmsError;
+pub use secret_source::SecretSource;
+
+/// What every remote backend's constructor needs besides its own configuration.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Relative paths in the configuration (credential files, CA certificates) are relative to
+    /// this directory: the configuration file's.
+    pub base_dir: std::path::PathBuf,
+    /// The longest one request to the KMS may take, connection included. The proxy's
+    /// [`resilience::ResilientKms`] enforces it too; backends set it on their clients so that
+    /// sockets are not left waiting.
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self { base_dir: ".".into(), request_timeout: std::time::Duration::from_secs(5) }
+    }
+}
 
 /// A fresh data key and its wrapped form.
 #[derive(Debug)]
