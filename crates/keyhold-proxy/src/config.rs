@@ -96,9 +96,24 @@ pub struct ProxyConfig {
     /// How many KMS calls of one batch run at once.
     #[serde(default = "default_batch_concurrency")]
     pub batch_concurrency: usize,
-    /// Longest a single KMS call may take before it counts as unreachable, in milliseconds.
+    /// Longest a KMS operation may take in all (every attempt and backoff), in milliseconds;
+    /// after it the request fails as "unreachable" (208).
     #[serde(default = "default_kms_timeout_ms")]
     pub kms_timeout_ms: u64,
+    /// Longest one attempt (one request to a remote KMS) may take, in milliseconds (at most
+    /// `kms_timeout_ms`).
+    #[serde(default = "default_kms_attempt_timeout_ms")]
+    pub kms_attempt_timeout_ms: u64,
+    /// Retries of a remote KMS call after a transient failure (unreachable, throttled).
+    #[serde(default = "default_kms_retries")]
+    pub kms_retries: u32,
+    /// Consecutive "unreachable" answers after which a KMS configuration's circuit opens and its
+    /// requests fail at once (0: never).
+    #[serde(default = "default_kms_breaker_failures")]
+    pub kms_breaker_failures: u32,
+    /// How long an open circuit stays open before one probe request is let through, in ms.
+    #[serde(default = "default_kms_breaker_cooldown_ms")]
+    pub kms_breaker_cooldown_ms: u64,
     /// The vendor-held keystore, for KMS configurations of type `local`.
     #[serde(default)]
     pub local_keystore: Option<LocalKeystoreConfig>,
@@ -171,6 +186,24 @@ pub enum KmsSettings {
         /// The key's name in the keystore.
         key: String,
     },
+    /// AWS KMS (docs/kms/aws.md).
+    #[cfg(feature = "aws")]
+    Aws(keyhold_kms::aws::AwsConfig),
+    /// HashiCorp Vault / OpenBao Transit (docs/kms/vault.md).
+    #[cfg(feature = "vault")]
+    Vault(keyhold_kms::vault::VaultConfig),
+    /// A PKCS#11 HSM (docs/kms/pkcs11.md).
+    #[cfg(feature = "pkcs11")]
+    Pkcs11(keyhold_kms::pkcs11::Pkcs11Config),
+    /// A KMIP server (docs/kms/kmip.md).
+    #[cfg(feature = "kmip")]
+    Kmip(keyhold_kms::kmip::KmipConfig),
+    /// Google Cloud KMS (docs/kms/gcp.md).
+    #[cfg(feature = "gcp")]
+    Gcp(keyhold_kms::gcp::GcpConfig),
+    /// Azure Key Vault / Managed HSM (docs/kms/azure.md).
+    #[cfg(feature = "azure")]
+    Azure(keyhold_kms::azure::AzureConfig),
 }
 
 fn default_listen() -> SocketAddr {
@@ -187,6 +220,18 @@ fn default_batch_concurrency() -> usize {
 }
 fn default_kms_timeout_ms() -> u64 {
     10_000
+}
+fn default_kms_attempt_timeout_ms() -> u64 {
+    3_000
+}
+fn default_kms_retries() -> u32 {
+    2
+}
+fn default_kms_breaker_failures() -> u32 {
+    5
+}
+fn default_kms_breaker_cooldown_ms() -> u64 {
+    5_000
 }
 fn default_reload_ms() -> u64 {
     0
@@ -280,6 +325,26 @@ impl ProxyConfig {
         Duration::from_millis(self.kms_timeout_ms)
     }
 
+    /// Timeouts and retries of remote KMS calls.
+    pub fn kms_retry_policy(&self) -> keyhold_kms::resilience::RetryPolicy {
+        keyhold_kms::resilience::RetryPolicy {
+            // An attempt never outlives the whole operation's deadline.
+            attempt_timeout: Duration::from_millis(
+                self.kms_attempt_timeout_ms.min(self.kms_timeout_ms),
+            ),
+            max_retries: self.kms_retries,
+            ..keyhold_kms::resilience::RetryPolicy::default()
+        }
+    }
+
+    /// When a remote KMS configuration's circuit opens.
+    pub fn kms_breaker_policy(&self) -> keyhold_kms::resilience::BreakerPolicy {
+        keyhold_kms::resilience::BreakerPolicy {
+            failure_threshold: self.kms_breaker_failures,
+            cooldown: Duration::from_millis(self.kms_breaker_cooldown_ms),
+        }
+    }
+
     /// Checks everything that can be checked without touching a KMS.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
@@ -290,6 +355,12 @@ impl ProxyConfig {
             return invalid(
                 "max_batch_size, batch_concurrency and kms_timeout_ms must be positive".into(),
             );
+        }
+        if self.kms_attempt_timeout_ms == 0 {
+            return invalid("kms_attempt_timeout_ms must be positive".into());
+        }
+        if self.kms_retries > 10 {
+            return invalid("kms_retries must be at most 10".into());
         }
         self.api_keys()?;
         let mut tenant_ids = HashSet::new();
@@ -322,14 +393,12 @@ impl ProxyConfig {
                         config.id, tenant.id
                     ));
                 }
-                match &config.kms {
-                    KmsSettings::Local { .. } if self.local_keystore.is_none() => {
-                        return invalid(format!(
-                            "tenant {:?} uses a local key but there is no [local_keystore] section",
-                            tenant.id
-                        ));
-                    }
-                    KmsSettings::Local { .. } => {}
+                if matches!(config.kms, KmsSettings::Local { .. }) && self.local_keystore.is_none()
+                {
+                    return invalid(format!(
+                        "tenant {:?} uses a local key but there is no [local_keystore] section",
+                        tenant.id
+                    ));
                 }
             }
         }
@@ -360,6 +429,34 @@ mod tests {
         type = "local"
         key = "a-old"
     "#;
+
+    #[cfg(feature = "vault")]
+    #[test]
+    fn remote_kms_settings_parse_and_typos_are_refused() {
+        let entry = |extra: &str| {
+            format!(
+                r#"
+                api_key = "0123456789abcdef0123"
+                [[tenants]]
+                id = "t"
+                [[tenants.kms_configs]]
+                id = 1
+                status = "primary"
+                type = "vault"
+                address = "http://127.0.0.1:8200"
+                key = "k"
+                token = {{ env = "VAULT_TOKEN" }}
+                {extra}
+                "#
+            )
+        };
+        let config = ProxyConfig::from_toml(&entry("")).unwrap();
+        assert!(matches!(config.tenants[0].kms_configs[0].kms, KmsSettings::Vault(_)));
+        let err = ProxyConfig::from_toml(&entry(r#"namespcae = "x""#)).unwrap_err();
+        assert!(err.to_string().contains("namespcae"), "{err}");
+        let err = ProxyConfig::from_toml(&entry("").replace("vault", "vualt")).unwrap_err();
+        assert!(err.to_string().contains("vualt"), "{err}");
+    }
 
     #[test]
     fn parses_and_validates() {

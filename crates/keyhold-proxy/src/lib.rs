@@ -77,8 +77,8 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state from a validated configuration (opens the keystore, builds backends).
-    pub fn from_config(config: &ProxyConfig) -> Result<Self, ProxyError> {
-        let registry = Arc::new(registry::TenantRegistry::from_config(config)?);
+    pub async fn from_config(config: &ProxyConfig) -> Result<Self, ProxyError> {
+        let registry = Arc::new(registry::TenantRegistry::from_config(config).await?);
         let metrics = Arc::new(metrics::Metrics::new());
         metrics.tenants.set(i64::try_from(registry.len()).unwrap_or(i64::MAX));
         let service = Arc::new(service::KeyService::new(

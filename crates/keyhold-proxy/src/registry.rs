@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use keyhold_kms::Kms;
 use keyhold_kms::local::{Keystore, KeystoreError, LocalKms, load_root_key};
+use keyhold_kms::resilience::ResilientKms;
+use keyhold_kms::{ConnectOptions, Kms};
 
 use crate::config::{KmsConfigStatus, KmsSettings, ProxyConfig};
 
@@ -15,6 +16,16 @@ pub enum RegistryError {
     /// The local keystore could not be opened.
     #[error("local keystore: {0}")]
     Keystore(#[from] KeystoreError),
+    /// A remote KMS configuration cannot be used (bad settings, unreadable credentials).
+    #[error("tenant {tenant:?}: KMS configuration {config_id}: {source}")]
+    Kms {
+        /// The tenant.
+        tenant: String,
+        /// The configuration.
+        config_id: i32,
+        /// Why.
+        source: keyhold_kms::KmsError,
+    },
     /// A configuration names a local key that does not exist.
     #[error(
         "tenant {tenant:?}: KMS configuration {config_id} names local key {key:?}, which is not in the keystore (create it with `keyhold keys create`)"
@@ -79,7 +90,8 @@ pub struct TenantRegistry {
 
 impl TenantRegistry {
     /// Builds the registry: opens the keystore and makes a backend per KMS configuration.
-    pub fn from_config(config: &ProxyConfig) -> Result<Self, RegistryError> {
+    /// Remote backends are wrapped in [`ResilientKms`] (timeouts, retries, circuit breaker).
+    pub async fn from_config(config: &ProxyConfig) -> Result<Self, RegistryError> {
         let keystore = match &config.local_keystore {
             Some(ks) => {
                 let root =
@@ -91,10 +103,22 @@ impl TenantRegistry {
             }
             None => None,
         };
+        let options = ConnectOptions {
+            base_dir: config.base_dir.clone(),
+            request_timeout: config.kms_retry_policy().attempt_timeout,
+        };
+        let resilient = |kms: Arc<dyn Kms>| -> Arc<dyn Kms> {
+            Arc::new(ResilientKms::new(kms, config.kms_retry_policy(), config.kms_breaker_policy()))
+        };
         let mut tenants = HashMap::new();
         for tenant in &config.tenants {
             let mut configs = Vec::new();
             for entry in &tenant.kms_configs {
+                let remote_error = |source| RegistryError::Kms {
+                    tenant: tenant.id.clone(),
+                    config_id: entry.id,
+                    source,
+                };
                 let kms: Arc<dyn Kms> = match (&entry.kms, &keystore) {
                     (KmsSettings::Local { key }, Some(ks)) => {
                         if ks.info(key).is_none() {
@@ -113,6 +137,42 @@ impl TenantRegistry {
                             key: key.clone(),
                         });
                     }
+                    #[cfg(feature = "aws")]
+                    (KmsSettings::Aws(settings), _) => resilient(Arc::new(
+                        keyhold_kms::aws::AwsKms::connect(settings, &options)
+                            .await
+                            .map_err(remote_error)?,
+                    )),
+                    #[cfg(feature = "vault")]
+                    (KmsSettings::Vault(settings), _) => resilient(Arc::new(
+                        keyhold_kms::vault::VaultKms::connect(settings, &options)
+                            .await
+                            .map_err(remote_error)?,
+                    )),
+                    #[cfg(feature = "pkcs11")]
+                    (KmsSettings::Pkcs11(settings), _) => resilient(Arc::new(
+                        keyhold_kms::pkcs11::Pkcs11Kms::connect(settings, &options)
+                            .await
+                            .map_err(remote_error)?,
+                    )),
+                    #[cfg(feature = "kmip")]
+                    (KmsSettings::Kmip(settings), _) => resilient(Arc::new(
+                        keyhold_kms::kmip::KmipKms::connect(settings, &options)
+                            .await
+                            .map_err(remote_error)?,
+                    )),
+                    #[cfg(feature = "gcp")]
+                    (KmsSettings::Gcp(settings), _) => resilient(Arc::new(
+                        keyhold_kms::gcp::GcpKms::connect(settings, &options)
+                            .await
+                            .map_err(remote_error)?,
+                    )),
+                    #[cfg(feature = "azure")]
+                    (KmsSettings::Azure(settings), _) => resilient(Arc::new(
+                        keyhold_kms::azure::AzureKms::connect(settings, &options)
+                            .await
+                            .map_err(remote_error)?,
+                    )),
                 };
                 configs.push(KmsConfig { id: entry.id, status: entry.status, kms });
             }

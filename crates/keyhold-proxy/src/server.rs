@@ -41,7 +41,7 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the state and binds the listeners (port 0 picks a free port).
     pub async fn bind(config: &ProxyConfig) -> Result<Self, ProxyError> {
-        let state = AppState::from_config(config)?;
+        let state = AppState::from_config(config).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ProxyError::Listen { addr: config.listen, source })?;

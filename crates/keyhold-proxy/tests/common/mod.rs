@@ -39,7 +39,7 @@ impl TestProxy {
         edit(&mut text);
         std::fs::write(&data.config_path, &text).unwrap();
         let config = ProxyConfig::load(&data.config_path).unwrap();
-        let state = AppState::from_config(&config).unwrap();
+        let state = futures::executor::block_on(AppState::from_config(&config)).unwrap();
         state.health.set_ready(true);
         let router = api::app(state.clone(), true);
         let api_key = std::fs::read_to_string(&data.api_key_path).unwrap().trim().to_owned();
