@@ -430,6 +430,18 @@ mod tests {
         key = "a-old"
     "#;
 
+    /// The configuration shown in README.md is a valid one.
+    #[cfg(feature = "aws")]
+    #[test]
+    fn the_readme_configuration_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").unwrap() + "```toml\n".len();
+        let end = start + readme[start..].find("```").unwrap();
+        let config = ProxyConfig::from_toml(&readme[start..end]).unwrap();
+        assert_eq!(config.tenants.len(), 2);
+        assert!(matches!(config.tenants[1].kms_configs[0].kms, KmsSettings::Aws(_)));
+    }
+
     #[cfg(feature = "vault")]
     #[test]
     fn remote_kms_settings_parse_and_typos_are_refused() {
