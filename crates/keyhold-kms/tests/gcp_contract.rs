@@ -1,0 +1,809 @@
+//! The `gcp` backend, contract-tested: no real Cloud KMS runs here.
+//!
+//! - **drongo** (PyPI `drongo` 0.8.0, started by `scripts/services/gcp.sh`) serves the Cloud KMS
+//!   REST paths with an in-memory key store. It does NO cryptography: its "ciphertext" is
+//!   base64 of a JSON object holding the key name, the plaintext and the AAD, and decrypt checks
+//!   that key name and AAD match. It has no key versions, no key states, and it checks no
+//!   tokens. So it shows that our requests have the documented paths and JSON fields, that a
+//!   round trip works, that the AAD we send on decrypt is the one we sent on encrypt, and that
+//!   our CRC32C agrees with Google's `google-crc32c` (drongo computes `ciphertextCrc32c` and
+//!   `plaintextCrc32c` with it). It cannot show that a tampered ciphertext is refused, nor any
+//!   key state.
+//! - A **recording proxy** in this test sits between the backend and drongo: it records every
+//!   request (to check the exact JSON shapes against the REST reference), answers 401 to tokens
+//!   the token endpoint below did not issue (drongo would accept anything), and can answer with
+//!   an error in Google's documented JSON shape instead of forwarding (error mapping).
+//! - A **token endpoint** in this test does what Google's does to a JWT-bearer grant: it
+//!   verifies the RS256 signature with the service account's public key and checks `iss`,
+//!   `scope`, `aud`, `iat`, `exp`, then issues a token.
+#![cfg(feature = "gcp")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common_cloud;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use keyhold_core::secret::Dek;
+use keyhold_kms::conformance::{self, Harness, service_env};
+use keyhold_kms::gcp::{GcpConfig, GcpKms};
+use keyhold_kms::{ConnectOptions, KeyContext, Kms, KmsError, SecretSource};
+use serde_json::{Value, json};
+
+use common_cloud::{
+    Recorded, b64, closed_port, random_hex, respond, respond_json, unb64, unix_now,
+};
+
+const SCOPE: &str = "https://www.googleapis.com/auth/cloudkms";
+const CLIENT_EMAIL: &str = "keyhold-proxy@keyhold-test.iam.gserviceaccount.com";
+const PRIVATE_KEY_ID: &str = "5a1e0b7c9d2f4e6a8b0c1d2e3f405162";
+const PROJECT: &str = "keyhold-test";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+// --- the service account's key (a throwaway RSA key made by the test)
+
+struct AccountKey {
+    pem: String,
+    public_key: Vec<u8>,
+}
+
+fn new_account_key() -> AccountKey {
+    let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let der: Pkcs8V1Der<'static> = pair.as_der().unwrap();
+    let body = b64(der.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    AccountKey { pem, public_key: pair.public_key().as_ref().to_vec() }
+}
+
+fn account_key() -> &'static AccountKey {
+    static KEY: OnceLock<AccountKey> = OnceLock::new();
+    KEY.get_or_init(new_account_key)
+}
+
+/// A service-account JSON key file as Google issues them (fields we and Google's libraries read).
+fn service_account_json(key: &AccountKey, token_uri: &str) -> String {
+    json!({
+        "type": "service_account",
+        "project_id": PROJECT,
+        "private_key_id": PRIVATE_KEY_ID,
+        "private_key": key.pem,
+        "client_email": CLIENT_EMAIL,
+        "client_id": "100000000000000000001",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": token_uri,
+    })
+    .to_string()
+}
+
+// --- the token endpoint
+
+struct TokenServer {
+    url: OnceLock<String>,
+    public_key: Vec<u8>,
+    expires_in: AtomicU64,
+    issued: Mutex<Vec<String>>,
+    rejected: Mutex<Vec<String>>,
+}
+
+impl TokenServer {
+    async fn start(public_key: Vec<u8>) -> Arc<Self> {
+        let server = Arc::new(Self {
+            url: OnceLock::new(),
+            public_key,
+            expires_in: AtomicU64::new(3599),
+            issued: Mutex::new(Vec::new()),
+            rejected: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new().fallback(token_endpoint).with_state(Arc::clone(&server));
+        let addr = common_cloud::serve(app).await;
+        server.url.set(format!("http://{addr}/token")).unwrap();
+        server
+    }
+
+    fn url(&self) -> &str {
+        self.url.get().unwrap()
+    }
+
+    fn issued(&self) -> Vec<String> {
+        self.issued.lock().unwrap().clone()
+    }
+
+    /// What Google's token endpoint checks of a JWT-bearer grant
+    /// (https://developers.google.com/identity/protocols/oauth2/service-account#authorizingrequests).
+    fn check(&self, request: &Recorded) -> Result<(), String> {
+        if request.method != "POST" || request.path != "/token" {
+            return Err(format!("{} {}", request.method, request.path));
+        }
+        if request.header("content-type") != Some("application/x-www-form-urlencoded") {
+            return Err(format!("content-type {:?}", request.header("content-type")));
+        }
+        let form = common_cloud::form_decode(&request.body);
+        let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        if field("grant_type").as_deref() != Some(JWT_BEARER) {
+            return Err(format!("grant_type {:?}", field("grant_type")));
+        }
+        if form.len() != 2 {
+            return Err(format!("unexpected form fields {form:?}"));
+        }
+        let assertion = field("assertion").ok_or("no assertion")?;
+        let parts: Vec<&str> = assertion.split('.').collect();
+        let [header, claims, signature] = parts.as_slice() else {
+            return Err("the assertion is not a JWS compact serialization".into());
+        };
+        let decode = |part: &str| common_cloud::unb64url(part).ok_or("not base64url");
+        let signing_input = format!("{header}.{claims}");
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &self.public_key)
+            .verify(signing_input.as_bytes(), &decode(signature)?)
+            .map_err(|_| "Invalid JWT Signature.".to_owned())?;
+        let header: Value = serde_json::from_slice(&decode(header)?).map_err(|e| e.to_string())?;
+        if header != json!({"alg": "RS256", "typ": "JWT", "kid": PRIVATE_KEY_ID}) {
+            return Err(format!("header {header}"));
+        }
+        let claims: Value = serde_json::from_slice(&decode(claims)?).map_err(|e| e.to_string())?;
+        let now = unix_now();
+        let iat = claims["iat"].as_u64().ok_or("no iat")?;
+        let exp = claims["exp"].as_u64().ok_or("no exp")?;
+        if claims["iss"] != CLIENT_EMAIL
+            || claims["scope"] != SCOPE
+            || claims["aud"] != self.url()
+            || iat + 60 < now
+            || iat > now + 60
+            || exp != iat + 3600
+            || claims.as_object().unwrap().len() != 5
+        {
+            return Err(format!("claims {claims}"));
+        }
+        Ok(())
+    }
+}
+
+async fn token_endpoint(State(server): State<Arc<TokenServer>>, request: Request) -> Response {
+    let request = Recorded::read(request).await;
+    match server.check(&request) {
+        Ok(()) => {
+            let mut issued = server.issued.lock().unwrap();
+            let token = format!("ya29.keyhold-test-{}-{}", issued.len() + 1, random_hex(8));
+            issued.push(token.clone());
+            respond_json(
+                200,
+                &json!({
+                    "access_token": token,
+                    "expires_in": server.expires_in.load(Ordering::SeqCst),
+                    "token_type": "Bearer",
+                }),
+            )
+        }
+        Err(why) => {
+            server.rejected.lock().unwrap().push(why.clone());
+            respond_json(400, &json!({"error": "invalid_grant", "error_description": why}))
+        }
+    }
+}
+
+// --- the recording proxy in front of drongo
+
+struct Proxy {
+    drongo: String,
+    tokens: Arc<TokenServer>,
+    http: reqwest::Client,
+    revoked: Mutex<HashSet<String>>,
+    reject_all: AtomicBool,
+    canned: Mutex<VecDeque<(u16, Value)>>,
+    records: Mutex<Vec<Recorded>>,
+}
+
+impl Proxy {
+    fn records(&self) -> Vec<Recorded> {
+        self.records.lock().unwrap().clone()
+    }
+
+    fn answer_next(&self, status: u16, body: Value) {
+        self.canned.lock().unwrap().push_back((status, body));
+    }
+}
+
+/// Google's error envelope (https://cloud.google.com/apis/design/errors#http_mapping).
+fn google_error(code: u16, status: &str, message: &str, reason: Option<&str>) -> Value {
+    let details: Vec<Value> = reason
+        .map(|r| {
+            json!({
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": r,
+                "domain": "googleapis.com",
+                "metadata": {"service": "cloudkms.googleapis.com", "consumer": "projects/123"}
+            })
+        })
+        .into_iter()
+        .collect();
+    json!({"error": {"code": code, "message": message, "status": status, "details": details}})
+}
+
+async fn proxy(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    let request = Recorded::read(request).await;
+    proxy.records.lock().unwrap().push(request.clone());
+    let authorized = !proxy.reject_all.load(Ordering::SeqCst)
+        && request.bearer().is_some_and(|token| {
+            proxy.tokens.issued.lock().unwrap().iter().any(|t| t == token)
+                && !proxy.revoked.lock().unwrap().contains(token)
+        });
+    if !authorized {
+        return respond_json(
+            401,
+            &google_error(
+                401,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, \
+                 login cookie or other valid authentication credential.",
+                Some("ACCESS_TOKEN_EXPIRED"),
+            ),
+        );
+    }
+    if let Some((status, body)) = proxy.canned.lock().unwrap().pop_front() {
+        return respond_json(status, &body);
+    }
+    let url = match &request.query {
+        Some(q) => format!("{}{}?{q}", proxy.drongo, request.path),
+        None => format!("{}{}", proxy.drongo, request.path),
+    };
+    let mut forward =
+        proxy.http.request(reqwest::Method::from_bytes(request.method.as_bytes()).unwrap(), url);
+    if !request.body.is_empty() {
+        forward = forward.header("content-type", "application/json").body(request.body.clone());
+    }
+    let answer = forward.send().await.expect("drongo answers");
+    let status = answer.status().as_u16();
+    respond(status, "application/json", answer.bytes().await.unwrap())
+}
+
+// --- one test's world: token endpoint, proxy, a key ring of its own in drongo
+
+struct Env {
+    dir: tempfile::TempDir,
+    drongo: String,
+    ring: String,
+    tokens: Arc<TokenServer>,
+    proxy: Arc<Proxy>,
+    proxy_url: String,
+}
+
+impl Env {
+    /// `None` when drongo is not running and KEYHOLD_SKIP_SERVICES=1.
+    async fn start() -> Option<Self> {
+        let drongo = service_env("KEYHOLD_TEST_DRONGO_URL")?;
+        let tokens = TokenServer::start(account_key().public_key.clone()).await;
+        let proxy = Arc::new(Proxy {
+            drongo: drongo.trim_end_matches('/').to_owned(),
+            tokens: Arc::clone(&tokens),
+            http: reqwest::Client::new(),
+            revoked: Mutex::new(HashSet::new()),
+            reject_all: AtomicBool::new(false),
+            canned: Mutex::new(VecDeque::new()),
+            records: Mutex::new(Vec::new()),
+        });
+        let addr = common_cloud::serve(
+            axum::Router::new().fallback(self::proxy).with_state(Arc::clone(&proxy)),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sa.json"),
+            service_account_json(account_key(), tokens.url()),
+        )
+        .unwrap();
+        // drongo keeps its state while it runs: a key ring of our own keeps tests (and re-runs)
+        // apart.
+        let ring = format!("ring-{}", random_hex(6));
+        let env = Self {
+            dir,
+            drongo: proxy.drongo.clone(),
+            ring,
+            tokens,
+            proxy,
+            proxy_url: format!("http://{addr}"),
+        };
+        let created = reqwest::Client::new()
+            .post(format!(
+                "{}/v1/projects/{PROJECT}/locations/global/keyRings?keyRingId={}",
+                env.drongo, env.ring
+            ))
+            .send()
+            .await
+            .expect("drongo answers");
+        assert!(created.status().is_success(), "create key ring: {}", created.status());
+        Some(env)
+    }
+
+    /// Creates a symmetric ENCRYPT_DECRYPT key in drongo (directly, not through the proxy).
+    async fn create_key(&self, id: &str) -> String {
+        let ring = format!("projects/{PROJECT}/locations/global/keyRings/{}", self.ring);
+        let created = reqwest::Client::new()
+            .post(format!("{}/v1/{ring}/cryptoKeys?cryptoKeyId={id}", self.drongo))
+            .json(&json!({"purpose": "ENCRYPT_DECRYPT"}))
+            .send()
+            .await
+            .expect("drongo answers");
+        assert!(created.status().is_success(), "create key: {}", created.status());
+        format!("{ring}/cryptoKeys/{id}")
+    }
+
+    fn config(&self, key_name: &str) -> GcpConfig {
+        GcpConfig {
+            key_name: key_name.to_owned(),
+            credentials_file: SecretSource::File { file: "sa.json".into() },
+            endpoint: Some(self.proxy_url.clone()),
+            // The token URI comes from the key file, as in production.
+            token_uri: None,
+        }
+    }
+
+    fn options(&self, timeout: Duration) -> ConnectOptions {
+        ConnectOptions { base_dir: self.dir.path().to_owned(), request_timeout: timeout }
+    }
+
+    async fn kms(&self, key_name: &str) -> GcpKms {
+        GcpKms::connect(&self.config(key_name), &self.options(Duration::from_secs(5)))
+            .await
+            .unwrap()
+    }
+}
+
+fn sorted_keys(body: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = body.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+fn ctx() -> KeyContext<'static> {
+    KeyContext::new("tenant-a", 7)
+}
+
+// --- the conformance suite, as far as drongo can carry it
+
+struct GcpHarness {
+    kms: Arc<GcpKms>,
+    unreachable: Arc<GcpKms>,
+}
+
+#[async_trait]
+impl Harness for GcpHarness {
+    fn name(&self) -> &str {
+        "gcp (drongo)"
+    }
+    fn kms(&self) -> Arc<dyn Kms> {
+        self.kms.clone()
+    }
+    async fn disable_key(&self) -> Option<()> {
+        None // drongo has no key versions and no key states
+    }
+    async fn enable_key(&self) -> Option<()> {
+        None
+    }
+    async fn rotate_key(&self) -> Option<()> {
+        None // drongo's keys have one version, forever
+    }
+    fn key_version_of(&self, _wrapped: &[u8]) -> Option<u32> {
+        None // Cloud KMS ciphertexts are opaque
+    }
+    fn unreachable_kms(&self) -> Option<Arc<dyn Kms>> {
+        Some(self.unreachable.clone())
+    }
+    fn unreachable_deadline(&self) -> Duration {
+        Duration::from_secs(4)
+    }
+}
+
+#[tokio::test]
+async fn conformance_checks_drongo_can_carry() {
+    let Some(env) = Env::start().await else { return };
+    let key = env.create_key("conformance").await;
+    let kms = Arc::new(env.kms(&key).await);
+    let mut closed = env.config(&key);
+    closed.endpoint = Some(format!("http://127.0.0.1:{}", closed_port()));
+    let unreachable =
+        Arc::new(GcpKms::connect(&closed, &env.options(Duration::from_secs(2))).await.unwrap());
+    let h = GcpHarness { kms, unreachable };
+
+    // Not `run_all`: its tampered-ciphertext check would only exercise drongo's reversible
+    // base64-of-JSON "ciphertext" (flipping a bit inside its plaintext field could even "decrypt"),
+    // not Cloud KMS's authenticated encryption. It is not run, and not counted.
+    let mut passed = Vec::new();
+    let mut skipped = Vec::new();
+    conformance::round_trip(&h).await;
+    passed.push("round_trip");
+    conformance::wrap_existing_key(&h).await;
+    passed.push("wrap_existing_key");
+    // drongo compares the AAD given to decrypt with the one given to encrypt: this shows that we
+    // send the context both times (the binding itself is Cloud KMS's AES-GCM, not shown here).
+    conformance::wrong_context_is_refused(&h).await;
+    passed.push("wrong_context_is_refused");
+    for (name, ran) in [
+        ("disabled_key_is_denied", conformance::disabled_key_is_denied(&h).await),
+        ("rotation_keeps_old_keys", conformance::rotation_keeps_old_keys(&h).await),
+        ("unreachable_is_reported", conformance::unreachable_is_reported(&h).await),
+    ] {
+        if ran { passed.push(name) } else { skipped.push(name) }
+    }
+    assert_eq!(
+        passed,
+        ["round_trip", "wrap_existing_key", "wrong_context_is_refused", "unreachable_is_reported"]
+    );
+    assert_eq!(skipped, ["disabled_key_is_denied", "rotation_keeps_old_keys"]);
+    assert!(env.tokens.rejected.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn requests_have_the_documented_shapes() {
+    let Some(env) = Env::start().await else { return };
+    let key = env.create_key("shapes").await;
+    let kms = env.kms(&key).await;
+    let dek = Dek::generate().unwrap();
+    let wrapped = kms.wrap(&dek, &ctx()).await.unwrap();
+    assert_eq!(kms.unwrap(&wrapped, &ctx()).await.unwrap(), dek);
+    kms.health().await.unwrap();
+
+    let records = env.proxy.records();
+    assert_eq!(records.len(), 3, "{records:#?}");
+    let tokens = env.tokens.issued();
+    assert_eq!(tokens.len(), 1, "one token serves all three calls");
+    for r in &records {
+        assert_eq!(r.bearer(), Some(tokens[0].as_str()), "{} {}", r.method, r.path);
+        assert_eq!(r.query, None);
+    }
+    let aad = ctx().associated_data();
+    let crc = |bytes: &[u8]| Value::String(crc32c::crc32c(bytes).to_string());
+
+    // POST https://cloudkms.googleapis.com/v1/{name=projects/*/locations/*/keyRings/*/cryptoKeys/**}:encrypt
+    let encrypt = &records[0];
+    assert_eq!(
+        (encrypt.method.as_str(), encrypt.path.clone()),
+        ("POST", format!("/v1/{key}:encrypt"))
+    );
+    assert_eq!(encrypt.header("content-type"), Some("application/json"));
+    let body = encrypt.json();
+    assert_eq!(
+        sorted_keys(&body),
+        [
+            "additionalAuthenticatedData",
+            "additionalAuthenticatedDataCrc32c",
+            "plaintext",
+            "plaintextCrc32c"
+        ]
+    );
+    assert_eq!(unb64(body["plaintext"].as_str().unwrap()), dek.expose_secret());
+    assert_eq!(unb64(body["additionalAuthenticatedData"].as_str().unwrap()), aad);
+    assert_eq!(body["plaintextCrc32c"], crc(dek.expose_secret()));
+    assert_eq!(body["additionalAuthenticatedDataCrc32c"], crc(&aad));
+
+    // POST https://cloudkms.googleapis.com/v1/{name=projects/*/locations/*/keyRings/*/cryptoKeys/*}:decrypt
+    let decrypt = &records[1];
+    assert_eq!(
+        (decrypt.method.as_str(), decrypt.path.clone()),
+        ("POST", format!("/v1/{key}:decrypt"))
+    );
+    assert_eq!(decrypt.header("content-type"), Some("application/json"));
+    let body = decrypt.json();
+    assert_eq!(
+        sorted_keys(&body),
+        [
+            "additionalAuthenticatedData",
+            "additionalAuthenticatedDataCrc32c",
+            "ciphertext",
+            "ciphertextCrc32c"
+        ]
+    );
+    assert_eq!(unb64(body["ciphertext"].as_str().unwrap()), wrapped);
+    assert_eq!(unb64(body["additionalAuthenticatedData"].as_str().unwrap()), aad);
+    assert_eq!(body["ciphertextCrc32c"], crc(&wrapped));
+    assert_eq!(body["additionalAuthenticatedDataCrc32c"], crc(&aad));
+
+    // GET https://cloudkms.googleapis.com/v1/{name=projects/*/locations/*/keyRings/*/cryptoKeys/*}
+    let get = &records[2];
+    assert_eq!((get.method.as_str(), get.path.clone()), ("GET", format!("/v1/{key}")));
+    assert!(get.body.is_empty());
+}
+
+#[tokio::test]
+async fn the_token_is_cached_and_fetched_again_before_it_expires() {
+    let Some(env) = Env::start().await else { return };
+    let key = env.create_key("cache").await;
+    // A 2-second token is refreshed after half its life.
+    env.tokens.expires_in.store(2, Ordering::SeqCst);
+    let kms = env.kms(&key).await;
+    for _ in 0..3 {
+        kms.health().await.unwrap();
+    }
+    assert_eq!(env.tokens.issued().len(), 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    kms.health().await.unwrap();
+    let tokens = env.tokens.issued();
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(env.proxy.records().last().unwrap().bearer(), Some(tokens[1].as_str()));
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_replaced_once() {
+    let Some(env) = Env::start().await else { return };
+    let key = env.create_key("revoked").await;
+    let kms = env.kms(&key).await;
+    kms.health().await.unwrap();
+    let first = env.tokens.issued()[0].clone();
+    env.proxy.revoked.lock().unwrap().insert(first.clone());
+
+    let wrapped = kms.generate(&ctx()).await.unwrap().wrapped;
+    let tokens = env.tokens.issued();
+    assert_eq!(tokens.len(), 2);
+    let records = env.proxy.records();
+    let encrypts: Vec<_> = records.iter().filter(|r| r.path.ends_with(":encrypt")).collect();
+    assert_eq!(encrypts.len(), 2, "one 401, one retry");
+    assert_eq!(encrypts[0].bearer(), Some(first.as_str()));
+    assert_eq!(encrypts[1].bearer(), Some(tokens[1].as_str()));
+    assert_eq!(encrypts[0].body, encrypts[1].body, "the retry sends the same request");
+    kms.unwrap(&wrapped, &ctx()).await.unwrap();
+    assert_eq!(env.tokens.issued().len(), 2, "the new token is cached");
+}
+
+#[tokio::test]
+async fn a_token_refused_twice_is_access_denied() {
+    let Some(env) = Env::start().await else { return };
+    let key = env.create_key("denied").await;
+    let kms = env.kms(&key).await;
+    env.proxy.reject_all.store(true, Ordering::SeqCst);
+    let err = kms.generate(&ctx()).await.unwrap_err();
+    assert!(matches!(err, KmsError::AccessDenied(_)), "{err:?}");
+    assert_eq!(env.proxy.records().len(), 2, "exactly one retry");
+    assert_eq!(env.tokens.issued().len(), 2, "exactly one refresh");
+}
+
+#[tokio::test]
+async fn a_jwt_signed_with_another_key_is_refused() {
+    let Some(env) = Env::start().await else { return };
+    let key = env.create_key("wrong-signer").await;
+    std::fs::write(
+        env.dir.path().join("other.json"),
+        service_account_json(&new_account_key(), env.tokens.url()),
+    )
+    .unwrap();
+    let mut config = env.config(&key);
+    config.credentials_file = SecretSource::File { file: "other.json".into() };
+    let kms = GcpKms::connect(&config, &env.options(Duration::from_secs(5))).await.unwrap();
+    let err = kms.health().await.unwrap_err();
+    assert!(
+        matches!(&err, KmsError::AccessDenied(m) if m.contains("invalid_grant") && m.contains("Signature")),
+        "{err:?}"
+    );
+    assert_eq!(env.tokens.rejected.lock().unwrap().as_slice(), ["Invalid JWT Signature."]);
+    assert!(env.proxy.records().is_empty(), "no KMS request without a token");
+}
+
+#[tokio::test]
+async fn documented_error_answers_map_to_their_variants() {
+    let Some(env) = Env::start().await else { return };
+    let key = env.create_key("errors").await;
+    let kms = env.kms(&key).await;
+    let wrapped = kms.generate(&ctx()).await.unwrap().wrapped;
+    let dek = Dek::generate().unwrap();
+    let version = format!("{key}/cryptoKeyVersions/1");
+
+    let disabled = google_error(
+        400,
+        "FAILED_PRECONDITION",
+        &format!("{version} is not enabled, current state is: DISABLED."),
+        None,
+    );
+    env.proxy.answer_next(400, disabled.clone());
+    assert!(matches!(kms.wrap(&dek, &ctx()).await, Err(KmsError::KeyDisabled(_))));
+    env.proxy.answer_next(400, disabled);
+    assert!(matches!(kms.unwrap(&wrapped, &ctx()).await, Err(KmsError::KeyDisabled(_))));
+    env.proxy.answer_next(
+        400,
+        google_error(
+            400,
+            "FAILED_PRECONDITION",
+            &format!("{version} is not enabled, current state is: DESTROYED."),
+            None,
+        ),
+    );
+    assert!(matches!(kms.unwrap(&wrapped, &ctx()).await, Err(KmsError::KeyDisabled(_))));
+
+    env.proxy.answer_next(
+        403,
+        google_error(
+            403,
+            "PERMISSION_DENIED",
+            &format!("Permission 'cloudkms.cryptoKeyVersions.useToEncrypt' denied on resource '{key}' (or it may not exist)."),
+            Some("IAM_PERMISSION_DENIED"),
+        ),
+    );
+    assert!(matches!(kms.wrap(&dek, &ctx()).await, Err(KmsError::AccessDenied(_))));
+
+    env.proxy.answer_next(
+        403,
+        google_error(
+            403,
+            "PERMISSION_DENIED",
+            "This API method requires billing to be enabled. Please enable billing on project #123.",
+            Some("BILLING_DISABLED"),
+        ),
+    );
+    assert!(matches!(kms.wrap(&dek, &ctx()).await, Err(KmsError::AccountIssue(_))));
+
+    env.proxy.answer_next(
+        429,
+        google_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Quota exceeded for quota metric 'Cryptographic requests'.",
+            Some("RATE_LIMIT_EXCEEDED"),
+        ),
+    );
+    assert_eq!(kms.unwrap(&wrapped, &ctx()).await.unwrap_err(), KmsError::Throttled);
+
+    env.proxy.answer_next(
+        503,
+        google_error(503, "UNAVAILABLE", "The service is currently unavailable.", None),
+    );
+    assert!(matches!(kms.wrap(&dek, &ctx()).await, Err(KmsError::Unreachable(_))));
+
+    env.proxy.answer_next(
+        200,
+        json!({"name": key, "purpose": "ENCRYPT_DECRYPT", "primary": {"name": version, "state": "DISABLED"}}),
+    );
+    assert!(matches!(kms.health().await, Err(KmsError::KeyDisabled(_))));
+    env.proxy.answer_next(200, json!({"name": key, "purpose": "ENCRYPT_DECRYPT"}));
+    assert!(matches!(kms.health().await, Err(KmsError::KeyDisabled(_))));
+    env.proxy.answer_next(
+        200,
+        json!({"name": key, "purpose": "ASYMMETRIC_DECRYPT", "primary": {"name": version, "state": "ENABLED"}}),
+    );
+    assert!(matches!(kms.health().await, Err(KmsError::ConfigurationInvalid(_))));
+
+    // After all that, the key still works.
+    assert!(kms.unwrap(&wrapped, &ctx()).await.is_ok());
+}
+
+#[tokio::test]
+async fn integrity_fields_of_answers_are_verified() {
+    let Some(env) = Env::start().await else { return };
+    let key = env.create_key("integrity").await;
+    let kms = env.kms(&key).await;
+    let dek = Dek::generate().unwrap();
+    let version = format!("{key}/cryptoKeyVersions/1");
+    let ciphertext = b"opaque ciphertext".as_slice();
+    let good_crc = crc32c::crc32c(ciphertext).to_string();
+    let encrypt_answer = |crc: &str, verified: bool, name: &str| {
+        json!({
+            "name": name,
+            "ciphertext": b64(ciphertext),
+            "ciphertextCrc32c": crc,
+            "verifiedPlaintextCrc32c": verified,
+            "verifiedAdditionalAuthenticatedDataCrc32c": true,
+            "protectionLevel": "SOFTWARE",
+        })
+    };
+    // The documented answer, for reference: accepted.
+    env.proxy.answer_next(200, encrypt_answer(&good_crc, true, &version));
+    assert_eq!(kms.wrap(&dek, &ctx()).await.unwrap(), ciphertext);
+    for (answer, why) in [
+        (encrypt_answer("12345", true, &version), "ciphertext CRC mismatch"),
+        (encrypt_answer(&good_crc, false, &version), "plaintext CRC not verified"),
+        (
+            encrypt_answer(
+                &good_crc,
+                true,
+                "projects/x/locations/global/keyRings/r/cryptoKeys/other/cryptoKeyVersions/1",
+            ),
+            "another key",
+        ),
+    ] {
+        env.proxy.answer_next(200, answer);
+        let result = kms.wrap(&dek, &ctx()).await;
+        assert!(matches!(result, Err(KmsError::WrapFailed(_))), "{why}: {result:?}");
+    }
+    let plaintext = dek.expose_secret();
+    env.proxy.answer_next(
+        200,
+        json!({"plaintext": b64(plaintext), "plaintextCrc32c": (crc32c::crc32c(plaintext) ^ 1).to_string(), "usedPrimary": true}),
+    );
+    assert!(matches!(kms.unwrap(ciphertext, &ctx()).await, Err(KmsError::UnwrapFailed(_))));
+    env.proxy.answer_next(
+        200,
+        json!({"plaintext": b64(plaintext), "plaintextCrc32c": crc32c::crc32c(plaintext).to_string(), "usedPrimary": true}),
+    );
+    assert_eq!(kms.unwrap(ciphertext, &ctx()).await.unwrap(), dek);
+}
+
+#[tokio::test]
+async fn another_keys_ciphertext_and_a_missing_key() {
+    let Some(env) = Env::start().await else { return };
+    let a = env.create_key("key-a").await;
+    let b = env.create_key("key-b").await;
+    let kms_a = env.kms(&a).await;
+    let kms_b = env.kms(&b).await;
+    let wrapped = kms_a.generate(&ctx()).await.unwrap().wrapped;
+    // drongo: 400 INVALID_ARGUMENT "Decryption failed: ciphertext is not for this key".
+    assert_eq!(kms_b.unwrap(&wrapped, &ctx()).await.unwrap_err(), KmsError::InvalidCiphertext);
+    // Empty input is refused without asking.
+    let before = env.proxy.records().len();
+    assert_eq!(kms_a.unwrap(&[], &ctx()).await.unwrap_err(), KmsError::InvalidCiphertext);
+    assert_eq!(env.proxy.records().len(), before);
+
+    let missing = env
+        .kms(&format!("projects/{PROJECT}/locations/global/keyRings/{}/cryptoKeys/nope", env.ring))
+        .await;
+    assert!(matches!(missing.generate(&ctx()).await, Err(KmsError::ConfigurationInvalid(_))));
+    assert!(matches!(missing.health().await, Err(KmsError::ConfigurationInvalid(_))));
+}
+
+/// Needs no server: `connect` validates without contacting anyone.
+#[tokio::test]
+async fn the_configuration_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sa.json"),
+        service_account_json(account_key(), "https://oauth2.googleapis.com/token"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("user.json"),
+        json!({"type": "authorized_user", "client_id": "x"}).to_string(),
+    )
+    .unwrap();
+    let options =
+        ConnectOptions { base_dir: dir.path().to_owned(), request_timeout: Duration::from_secs(1) };
+    let good = GcpConfig {
+        key_name: "projects/p/locations/global/keyRings/r/cryptoKeys/k".into(),
+        credentials_file: SecretSource::File { file: "sa.json".into() },
+        endpoint: None,
+        token_uri: None,
+    };
+    let kms = GcpKms::connect(&good, &options).await.unwrap();
+    assert_eq!(kms.kind(), "gcp");
+    let printed = format!("{kms:?}");
+    assert!(printed.contains(CLIENT_EMAIL) && !printed.contains("PRIVATE KEY"), "{printed}");
+
+    let bad = |f: &dyn Fn(&mut GcpConfig)| {
+        let mut c = good.clone();
+        f(&mut c);
+        c
+    };
+    for (config, why) in [
+        (
+            bad(&|c| {
+                c.key_name =
+                    "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1".into()
+            }),
+            "a version",
+        ),
+        (bad(&|c| c.key_name = "p/r/k".into()), "not a key name"),
+        (bad(&|c| c.endpoint = Some("http://kms.example.com".into())), "plain http off loopback"),
+        (bad(&|c| c.token_uri = Some("ftp://x".into())), "not http"),
+        (
+            bad(&|c| c.credentials_file = SecretSource::File { file: "missing.json".into() }),
+            "no file",
+        ),
+        (
+            bad(&|c| c.credentials_file = SecretSource::File { file: "user.json".into() }),
+            "not a service account",
+        ),
+        (
+            bad(&|c| c.credentials_file = SecretSource::Inline("sa.json".to_owned().into())),
+            "a path given inline",
+        ),
+    ] {
+        let result = GcpKms::connect(&config, &options).await;
+        assert!(matches!(result, Err(KmsError::ConfigurationInvalid(_))), "{why}: {result:?}");
+    }
+}
