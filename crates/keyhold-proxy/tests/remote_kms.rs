@@ -1,6 +1,7 @@
 //! One proxy, tenants on different real KMSs: one on AWS KMS (LocalStack), one on OpenBao
 //! Transit, one whose KMS is down. Needs the servers `scripts/test` starts.
 #![cfg(all(feature = "aws", feature = "vault"))]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
