@@ -266,7 +266,15 @@ impl DocumentKey {
         encrypted: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), DocumentError> {
-        let parsed = parse_field(encrypted)?;
+        let parsed = match parse_field(encrypted) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                // The promise is "on failure `out` is empty": a reused buffer must not keep the
+                // previous field's plaintext beside an error.
+                out.clear();
+                return Err(e);
+            }
+        };
         self.decrypt_parsed_into(field_name, &parsed, out)
     }
 
@@ -451,6 +459,18 @@ mod tests {
         }
         assert!(DocumentKey::new(&Dek::generate().unwrap(), "").is_err());
         assert!(DocumentKey::new(&Dek::generate().unwrap(), &"x".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn a_malformed_field_leaves_the_reused_buffer_empty() {
+        // Found by the `document_field` fuzz target.
+        let key = DocumentKey::new(&Dek::from_bytes([7; 32]), "tenant").unwrap();
+        let mut out = b"previous field's plaintext".to_vec();
+        for bad in [&b""[..], b"KHD", b"KHD\x09 not a version"] {
+            out.extend_from_slice(b"stale");
+            assert!(key.decrypt_field_into("f", bad, &mut out).is_err());
+            assert!(out.is_empty(), "{bad:?} left {out:?}");
+        }
     }
 
     #[test]

@@ -117,7 +117,13 @@ impl EncryptedDeks {
             return Err(EdekError::Incomplete);
         }
         for entry in &self.encrypted_deks {
-            if entry.kms_config_id == 0 || entry.encrypted_dek_data.is_empty() {
+            // Ids are positive (docs/formats.md §6.5). Refusing negatives also keeps every
+            // accepted envelope re-encodable within the limit: protobuf writes a negative int32
+            // in 10 bytes however few the input used.
+            if entry.kms_config_id < 1
+                || entry.leased_key_id < 0
+                || entry.encrypted_dek_data.is_empty()
+            {
                 return Err(EdekError::Incomplete);
             }
         }
@@ -134,6 +140,21 @@ impl EncryptedDeks {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn negative_ids_are_refused_so_what_parses_re_encodes_within_the_limit() {
+        // Found by the `edek` fuzz target: -1 written in a 5-byte varint re-encodes in 10 bytes.
+        let short_negative =
+            [0x0a, 0x0b, 0x0a, 0x03, 0x01, 0x02, 0x03, 0x10, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert_eq!(EncryptedDeks::from_bytes(&short_negative), Err(EdekError::Incomplete));
+        for (config, leased) in [(-1, 0), (7, -1), (i32::MIN, 0)] {
+            let mut edek = sample();
+            edek.encrypted_deks[0].kms_config_id = config;
+            edek.encrypted_deks[0].leased_key_id = leased;
+            let bytes = prost::Message::encode_to_vec(&edek);
+            assert_eq!(EncryptedDeks::from_bytes(&bytes), Err(EdekError::Incomplete));
+        }
+    }
 
     fn sample() -> EncryptedDeks {
         EncryptedDeks::single(EncryptedDek {
