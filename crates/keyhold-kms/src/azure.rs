@@ -80,23 +80,20 @@
 //! carrying a data key and unwrapped answers are kept in `Zeroizing` buffers; the copies the HTTP
 //! stack (reqwest/hyper) makes of bodies are not wiped.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::{URL_SAFE_NO_PAD, URL_SAFE_NO_PAD_INDIFFERENT};
 use keyhold_core::secret::{Dek, KEY_LEN, constant_time_eq};
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::oauth::{BearerClient, TokenGrant, excerpt, http_base};
 use crate::{ConnectOptions, KeyContext, Kms, KmsError, SecretSource};
 
 const API_VERSION: &str = "7.4";
-/// Refresh a cached access token this long before it expires (at most half its lifetime).
-const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// What is wrapped: the data key and the SHA-256 of the context.
 const PLAIN_LEN: usize = KEY_LEN + 32;
 /// AES key wrap adds one 8-byte block.
@@ -104,7 +101,6 @@ const A256KW_LEN: usize = PLAIN_LEN + 8;
 /// RSA-OAEP ciphertexts are as long as the modulus: 2048 to 8192 bits here.
 const RSA_LEN: core::ops::RangeInclusive<usize> = 256..=1024;
 const MAX_KID_LEN: usize = 1024;
-const MESSAGE_EXCERPT: usize = 300;
 
 /// One Key Vault or Managed HSM key, as written in a `[[tenants.kms_configs]]` entry with
 /// `type = "azure"`.
@@ -193,8 +189,7 @@ pub struct AzureKms {
     key: KeyId,
     base: String,
     algorithm: AzureAlgorithm,
-    http: reqwest::Client,
-    tokens: TokenSource,
+    client: BearerClient<ClientCredentials>,
 }
 
 impl core::fmt::Debug for AzureKms {
@@ -203,8 +198,8 @@ impl core::fmt::Debug for AzureKms {
             .field("key_id", &self.key.to_string())
             .field("base", &self.base)
             .field("algorithm", &self.algorithm)
-            .field("client_id", &self.tokens.client_id)
-            .field("token_url", &self.tokens.token_url)
+            .field("client_id", &self.client.grant().client_id)
+            .field("token_url", &self.client.token_url())
             .finish_non_exhaustive()
     }
 }
@@ -242,25 +237,13 @@ impl AzureKms {
             "authority_host",
         )?;
         let client_secret = config.client_secret.load(&options.base_dir)?;
-        let http = reqwest::Client::builder()
-            .timeout(options.request_timeout)
-            .connect_timeout(options.request_timeout)
-            // A redirect would carry the bearer token elsewhere; Key Vault does not redirect.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
         let scope = format!("https://{}/.default", key.cloud.suffix);
+        let grant = ClientCredentials { client_id: config.client_id.clone(), client_secret, scope };
+        let token_url = format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id);
         Ok(Self {
             base,
             algorithm,
-            http,
-            tokens: TokenSource {
-                token_url: format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id),
-                client_id: config.client_id.clone(),
-                client_secret,
-                scope,
-                cached: tokio::sync::Mutex::new(None),
-            },
+            client: BearerClient::new(options.request_timeout, token_url, grant)?,
             key,
         })
     }
@@ -289,7 +272,7 @@ impl AzureKms {
         url
     }
 
-    /// Sends one authorized request; on a 401 fetches a new token and tries once more.
+    /// Sends one authorized request (a fresh token and one more try after a 401).
     async fn call(
         &self,
         op: Op,
@@ -297,31 +280,7 @@ impl AzureKms {
         url: &str,
         body: Option<&[u8]>,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        let mut refreshed = false;
-        loop {
-            let token = self.tokens.token(&self.http).await?;
-            let mut request = self
-                .http
-                .request(method.clone(), url)
-                .bearer_auth(token.as_str())
-                .header(ACCEPT, "application/json");
-            if let Some(body) = body {
-                request = request.header(CONTENT_TYPE, "application/json").body(body.to_vec());
-            }
-            let response = request.send().await.map_err(transport_error)?;
-            let status = response.status();
-            if status == StatusCode::UNAUTHORIZED && !refreshed {
-                // Expired or revoked before we expected: one fresh token, then one more try.
-                self.tokens.invalidate(&token).await;
-                refreshed = true;
-                continue;
-            }
-            let bytes = Zeroizing::new(response.bytes().await.map_err(transport_error)?.to_vec());
-            if status.is_success() {
-                return Ok(bytes);
-            }
-            return Err(map_error(op, status.as_u16(), &bytes));
-        }
+        self.client.send(method, url, body, |status, body| map_error(op, status, body)).await
     }
 
     /// The `kid` of an answer or a wrapped key, if it names a version of the configured key in
@@ -685,53 +644,15 @@ fn safe_id(id: &str) -> bool {
 
 // --- tokens
 
-struct TokenSource {
-    token_url: String,
+/// Entra ID's client-credentials grant (a client id and its secret).
+struct ClientCredentials {
     client_id: String,
     client_secret: Zeroizing<String>,
     scope: String,
-    cached: tokio::sync::Mutex<Option<CachedToken>>,
 }
 
-struct CachedToken {
-    value: Zeroizing<String>,
-    refresh_at: Instant,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: Zeroizing<String>,
-    #[serde(default)]
-    token_type: Option<String>,
-    #[serde(default)]
-    expires_in: Option<Value>,
-}
-
-impl TokenSource {
-    /// The current access token, fetched when there is none or it is about to expire. Callers
-    /// wait on one fetch rather than each starting their own.
-    async fn token(&self, http: &reqwest::Client) -> Result<Zeroizing<String>, KmsError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(token) = cached.as_ref()
-            && Instant::now() < token.refresh_at
-        {
-            return Ok(token.value.clone());
-        }
-        let fresh = self.fetch(http).await?;
-        let value = fresh.value.clone();
-        *cached = Some(fresh);
-        Ok(value)
-    }
-
-    /// Forgets `used` if it is still the cached token (another caller may have replaced it).
-    async fn invalidate(&self, used: &str) {
-        let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|t| t.value.as_str() == used) {
-            *cached = None;
-        }
-    }
-
-    async fn fetch(&self, http: &reqwest::Client) -> Result<CachedToken, KmsError> {
+impl TokenGrant for ClientCredentials {
+    fn token_request_form(&self) -> Result<Zeroizing<String>, KmsError> {
         // "First case: Access token request with a shared secret":
         //   POST /{tenant}/oauth2/v2.0/token, Content-Type: application/x-www-form-urlencoded
         //   client_id=...&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default&client_secret=...&grant_type=client_credentials
@@ -753,35 +674,7 @@ impl TokenSource {
             form.push('=');
             form_encode_into(value, &mut form);
         }
-        let started = Instant::now();
-        let response = http
-            .post(&self.token_url)
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, "application/json")
-            .body(form.as_bytes().to_vec())
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        let bytes = Zeroizing::new(response.bytes().await.map_err(transport_error)?.to_vec());
-        if !status.is_success() {
-            return Err(oauth_error(status.as_u16(), &bytes));
-        }
-        // Successful response: { "token_type": "Bearer", "expires_in": 3599, "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik1uQ19WWmNBVGZNNXBP..." }
-        let token: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
-            KmsError::Unreachable("the token endpoint's answer is not a token response".into())
-        })?;
-        if token.token_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
-            || token.access_token.is_empty()
-        {
-            return Err(KmsError::AccessDenied(
-                "the token endpoint gave no bearer access token".into(),
-            ));
-        }
-        let lifetime =
-            Duration::from_secs(token.expires_in.as_ref().and_then(json_u64).unwrap_or(300));
-        let margin = TOKEN_REFRESH_MARGIN.min(lifetime / 2);
-        Ok(CachedToken { value: token.access_token, refresh_at: started + lifetime - margin })
+        Ok(form)
     }
 }
 
@@ -881,99 +774,6 @@ fn map_error(op: Op, status: u16, body: &[u8]) -> KmsError {
     }
 }
 
-/// A token endpoint's error (RFC 6749 §5.2; Entra ID adds `error_codes`, `trace_id`, …).
-fn oauth_error(http_status: u16, body: &[u8]) -> KmsError {
-    #[derive(Deserialize)]
-    struct OAuthError {
-        #[serde(default)]
-        error: String,
-        #[serde(default)]
-        error_description: Option<String>,
-    }
-    if http_status == 429 {
-        return KmsError::Throttled;
-    }
-    if http_status >= 500 {
-        return KmsError::Unreachable(format!("the token endpoint answered HTTP {http_status}"));
-    }
-    let parsed = serde_json::from_slice::<OAuthError>(body).ok();
-    let code = parsed.as_ref().map(|e| e.error.as_str()).unwrap_or_default();
-    // Entra's descriptions are multi-line with trace ids; the first line says what is wrong.
-    let description = parsed
-        .as_ref()
-        .and_then(|e| e.error_description.as_deref())
-        .and_then(|d| d.lines().next())
-        .map(excerpt)
-        .unwrap_or_default();
-    let message = format!(
-        "token endpoint: {} {description}",
-        if code.is_empty() { format!("HTTP {http_status}") } else { code.to_owned() },
-    );
-    match code {
-        "invalid_request" | "invalid_scope" | "unsupported_grant_type" => {
-            KmsError::ConfigurationInvalid(message)
-        }
-        _ => KmsError::AccessDenied(message),
-    }
-}
-
-/// A failure to get an answer at all: refused, reset, timed out, TLS.
-fn transport_error(error: reqwest::Error) -> KmsError {
-    let mut message = if error.is_timeout() { "timed out".to_owned() } else { error.to_string() };
-    let mut source = std::error::Error::source(&error);
-    while let Some(inner) = source {
-        message = format!("{message}: {inner}");
-        source = inner.source();
-    }
-    KmsError::Unreachable(excerpt(&message))
-}
-
-// --- small helpers
-
-/// An endpoint URL without a trailing slash: `https://…`, or `http://` to a loopback address
-/// (tests, local proxies) so that secrets and tokens never cross a network in the clear.
-fn http_base(url: &str, field: &str) -> Result<String, KmsError> {
-    let invalid = |why: &str| KmsError::ConfigurationInvalid(format!("{field} {url:?}: {why}"));
-    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-    let Some(host) = parsed.host_str() else {
-        return Err(invalid("no host"));
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match parsed.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => return Err(invalid("plain http is only allowed to a loopback address")),
-        _ => return Err(invalid("not an https URL")),
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid("credentials in the URL"));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(invalid("a query or fragment"));
-    }
-    Ok(parsed.as_str().trim_end_matches('/').to_owned())
-}
-
-fn json_u64(value: &Value) -> Option<u64> {
-    match value {
-        Value::String(s) => s.parse().ok(),
-        Value::Number(n) => n.as_u64(),
-        _ => None,
-    }
-}
-
-fn excerpt(text: &str) -> String {
-    match text.char_indices().nth(MESSAGE_EXCERPT) {
-        Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or_default()),
-        None => text.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1044,20 +844,6 @@ mod tests {
         assert!(matches!(map_error(Op::Wrap, 409, &deleting), KmsError::KeyDisabled(_)));
         assert!(matches!(map_error(Op::Wrap, 418, b""), KmsError::WrapFailed(_)));
         assert!(matches!(map_error(Op::Unwrap, 418, b""), KmsError::UnwrapFailed(_)));
-    }
-
-    #[test]
-    fn token_endpoint_errors() {
-        let secret = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: 0\r\nCorrelation ID: 1","error_codes":[7000215]}"#;
-        let err = oauth_error(401, secret);
-        assert!(
-            matches!(&err, KmsError::AccessDenied(m) if m.contains("AADSTS7000215") && !m.contains("Trace")),
-            "{err:?}"
-        );
-        let tenant = br#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found."}"#;
-        assert!(matches!(oauth_error(400, tenant), KmsError::ConfigurationInvalid(_)));
-        assert_eq!(oauth_error(429, b""), KmsError::Throttled);
-        assert!(matches!(oauth_error(502, b""), KmsError::Unreachable(_)));
     }
 
     #[test]

@@ -59,19 +59,19 @@
 //! bodies carrying a data key and decrypted answers are kept in `Zeroizing` buffers. The copies
 //! the HTTP stack (reqwest/hyper) makes of request and response bodies are not wiped.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT, URL_SAFE_NO_PAD};
 use keyhold_core::secret::{Dek, KEY_LEN};
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::oauth::{BearerClient, TokenGrant, excerpt, http_base, json_u64};
 use crate::{ConnectOptions, KeyContext, Kms, KmsError, SecretSource};
 
 const DEFAULT_ENDPOINT: &str = "https://cloudkms.googleapis.com";
@@ -81,11 +81,8 @@ const SCOPE: &str = "https://www.googleapis.com/auth/cloudkms";
 /// How long a signed JWT assertion is valid (Google's maximum: one hour).
 const JWT_LIFETIME_SECS: u64 = 3600;
 /// Refresh a cached access token this long before it expires (at most half its lifetime).
-const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// Cloud KMS ciphertexts of a 32-byte key are far smaller; anything above this is not ours.
 const MAX_CIPHERTEXT_LEN: usize = 64 * 1024;
-/// Longest excerpt of a KMS error message kept in a [`KmsError`].
-const MESSAGE_EXCERPT: usize = 300;
 
 /// One Cloud KMS key, as written in a `[[tenants.kms_configs]]` entry with `type = "gcp"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -112,8 +109,7 @@ pub struct GcpConfig {
 pub struct GcpKms {
     key_name: String,
     endpoint: String,
-    http: reqwest::Client,
-    tokens: TokenSource,
+    client: BearerClient<JwtGrant>,
 }
 
 impl core::fmt::Debug for GcpKms {
@@ -121,8 +117,8 @@ impl core::fmt::Debug for GcpKms {
         f.debug_struct("GcpKms")
             .field("key_name", &self.key_name)
             .field("endpoint", &self.endpoint)
-            .field("client_email", &self.tokens.client_email)
-            .field("token_uri", &self.tokens.token_uri)
+            .field("client_email", &self.client.grant().client_email)
+            .field("token_uri", &self.client.token_url())
             .finish_non_exhaustive()
     }
 }
@@ -144,26 +140,16 @@ impl GcpKms {
                 .unwrap_or(DEFAULT_TOKEN_URI),
             "token_uri",
         )?;
-        let http = reqwest::Client::builder()
-            .timeout(options.request_timeout)
-            .connect_timeout(options.request_timeout)
-            // A redirect would carry the bearer token elsewhere; Cloud KMS does not redirect.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                KmsError::ConfigurationInvalid(format!("cannot build the HTTP client: {e}"))
-            })?;
+        let grant = JwtGrant {
+            client_email: account.client_email,
+            private_key_id: account.private_key_id,
+            key: account.key,
+            token_uri: token_uri.clone(),
+        };
         Ok(Self {
             key_name: config.key_name.clone(),
             endpoint,
-            http,
-            tokens: TokenSource {
-                client_email: account.client_email,
-                private_key_id: account.private_key_id,
-                key: account.key,
-                token_uri,
-                cached: tokio::sync::Mutex::new(None),
-            },
+            client: BearerClient::new(options.request_timeout, token_uri, grant)?,
         })
     }
 
@@ -180,31 +166,7 @@ impl GcpKms {
         url: &str,
         body: Option<&[u8]>,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        let mut refreshed = false;
-        loop {
-            let token = self.tokens.token(&self.http).await?;
-            let mut request = self
-                .http
-                .request(method.clone(), url)
-                .bearer_auth(token.as_str())
-                .header(ACCEPT, "application/json");
-            if let Some(body) = body {
-                request = request.header(CONTENT_TYPE, "application/json").body(body.to_vec());
-            }
-            let response = request.send().await.map_err(transport_error)?;
-            let status = response.status();
-            if status == StatusCode::UNAUTHORIZED && !refreshed {
-                // Expired or revoked before we expected: one fresh token, then one more try.
-                self.tokens.invalidate(&token).await;
-                refreshed = true;
-                continue;
-            }
-            let bytes = Zeroizing::new(response.bytes().await.map_err(transport_error)?.to_vec());
-            if status.is_success() {
-                return Ok(bytes);
-            }
-            return Err(map_error(op, status.as_u16(), &bytes));
-        }
+        self.client.send(method, url, body, |status, body| map_error(op, status, body)).await
     }
 
     fn url(&self, suffix: &str) -> String {
@@ -492,17 +454,12 @@ fn pem_pkcs8(pem: &str) -> Option<Zeroizing<Vec<u8>>> {
 }
 
 /// Signs JWT assertions and keeps the current access token.
-struct TokenSource {
+/// Google's service-account grant: a JWT signed with the account's key (RFC 7523).
+struct JwtGrant {
     client_email: String,
     private_key_id: Option<String>,
     key: RsaKeyPair,
     token_uri: String,
-    cached: tokio::sync::Mutex<Option<CachedToken>>,
-}
-
-struct CachedToken {
-    value: Zeroizing<String>,
-    refresh_at: Instant,
 }
 
 #[derive(Serialize)]
@@ -522,39 +479,7 @@ struct JwtClaims<'a> {
     exp: u64,
 }
 
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: Zeroizing<String>,
-    #[serde(default)]
-    token_type: Option<String>,
-    #[serde(default)]
-    expires_in: Option<Value>,
-}
-
-impl TokenSource {
-    /// The current access token, fetched when there is none or it is about to expire. Callers
-    /// wait on one fetch rather than each starting their own.
-    async fn token(&self, http: &reqwest::Client) -> Result<Zeroizing<String>, KmsError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(token) = cached.as_ref()
-            && Instant::now() < token.refresh_at
-        {
-            return Ok(token.value.clone());
-        }
-        let fresh = self.fetch(http).await?;
-        let value = fresh.value.clone();
-        *cached = Some(fresh);
-        Ok(value)
-    }
-
-    /// Forgets `used` if it is still the cached token (another caller may have replaced it).
-    async fn invalidate(&self, used: &str) {
-        let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|t| t.value.as_str() == used) {
-            *cached = None;
-        }
-    }
-
+impl JwtGrant {
     /// The signed JWT: `base64url(header) . base64url(claims) . base64url(RS256 signature)`.
     fn assertion(&self, now: u64) -> Result<Zeroizing<String>, KmsError> {
         let failed = |what: &str| KmsError::ConfigurationInvalid(format!("cannot sign: {what}"));
@@ -589,8 +514,10 @@ impl TokenSource {
         URL_SAFE_NO_PAD.encode_string(&signature, &mut jwt);
         Ok(jwt)
     }
+}
 
-    async fn fetch(&self, http: &reqwest::Client) -> Result<CachedToken, KmsError> {
+impl TokenGrant for JwtGrant {
+    fn token_request_form(&self) -> Result<Zeroizing<String>, KmsError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| KmsError::ConfigurationInvalid("the system clock is before 1970".into()))?
@@ -605,35 +532,7 @@ impl TokenSource {
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=",
         );
         form.push_str(&assertion);
-        let started = Instant::now();
-        let response = http
-            .post(&self.token_uri)
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, "application/json")
-            .body(form.as_bytes().to_vec())
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        let bytes = Zeroizing::new(response.bytes().await.map_err(transport_error)?.to_vec());
-        if !status.is_success() {
-            return Err(oauth_error(status.as_u16(), &bytes));
-        }
-        // Answer: { "access_token": "...", "expires_in": 3599, "token_type": "Bearer" }
-        let token: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
-            KmsError::Unreachable("the token endpoint's answer is not a token response".into())
-        })?;
-        if token.token_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
-            || token.access_token.is_empty()
-        {
-            return Err(KmsError::AccessDenied(
-                "the token endpoint gave no bearer access token".into(),
-            ));
-        }
-        let lifetime =
-            Duration::from_secs(token.expires_in.as_ref().and_then(json_u64).unwrap_or(300));
-        let margin = TOKEN_REFRESH_MARGIN.min(lifetime / 2);
-        Ok(CachedToken { value: token.access_token, refresh_at: started + lifetime - margin })
+        Ok(form)
     }
 }
 
@@ -742,51 +641,6 @@ fn names_key_state(lower: &str) -> bool {
     about_a_version && unusable
 }
 
-/// A token endpoint's error (RFC 6749 §5.2: `{"error": "...", "error_description": "..."}`).
-fn oauth_error(http_status: u16, body: &[u8]) -> KmsError {
-    #[derive(Deserialize)]
-    struct OAuthError {
-        #[serde(default)]
-        error: String,
-        #[serde(default)]
-        error_description: Option<String>,
-    }
-    if http_status == 429 {
-        return KmsError::Throttled;
-    }
-    if http_status >= 500 {
-        return KmsError::Unreachable(format!("the token endpoint answered HTTP {http_status}"));
-    }
-    let parsed = serde_json::from_slice::<OAuthError>(body).ok();
-    let code = parsed.as_ref().map(|e| e.error.as_str()).unwrap_or_default();
-    let message = format!(
-        "token endpoint: {} {}",
-        if code.is_empty() { format!("HTTP {http_status}") } else { code.to_owned() },
-        parsed
-            .as_ref()
-            .and_then(|e| e.error_description.as_deref())
-            .map(excerpt)
-            .unwrap_or_default()
-    );
-    match code {
-        "invalid_request" | "invalid_scope" | "unsupported_grant_type" => {
-            KmsError::ConfigurationInvalid(message)
-        }
-        _ => KmsError::AccessDenied(message),
-    }
-}
-
-/// A failure to get an answer at all: refused, reset, timed out, TLS.
-fn transport_error(error: reqwest::Error) -> KmsError {
-    let mut message = if error.is_timeout() { "timed out".to_owned() } else { error.to_string() };
-    let mut source = std::error::Error::source(&error);
-    while let Some(inner) = source {
-        message = format!("{message}: {inner}");
-        source = inner.source();
-    }
-    KmsError::Unreachable(excerpt(&message))
-}
-
 // --- small helpers
 
 /// Validates `projects/P/locations/L/keyRings/R/cryptoKeys/K`: the literal collection names and
@@ -829,35 +683,6 @@ fn validate_key_name(name: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
-/// An endpoint URL without a trailing slash: `https://…`, or `http://` to a loopback address
-/// (tests, local proxies) so that tokens never cross a network in the clear.
-fn http_base(url: &str, field: &str) -> Result<String, KmsError> {
-    let invalid = |why: &str| KmsError::ConfigurationInvalid(format!("{field} {url:?}: {why}"));
-    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-    let Some(host) = parsed.host_str() else {
-        return Err(invalid("no host"));
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match parsed.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => return Err(invalid("plain http is only allowed to a loopback address")),
-        _ => return Err(invalid("not an https URL")),
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid("credentials in the URL"));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(invalid("a query or fragment"));
-    }
-    Ok(parsed.as_str().trim_end_matches('/').to_owned())
-}
-
 /// Standard base64 of a secret, in a wiped-on-drop string.
 fn base64_secret(bytes: &[u8]) -> Zeroizing<String> {
     let mut out = Zeroizing::new(String::with_capacity(bytes.len().div_ceil(3) * 4));
@@ -872,22 +697,6 @@ fn json_secret<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, String> {
     serde_json::to_writer(&mut *out, value)
         .map_err(|e| format!("cannot encode the request: {e}"))?;
     Ok(out)
-}
-
-/// An int64 as the JSON mapping writes it (a string) or as a number.
-fn json_u64(value: &Value) -> Option<u64> {
-    match value {
-        Value::String(s) => s.parse().ok(),
-        Value::Number(n) => n.as_u64(),
-        _ => None,
-    }
-}
-
-fn excerpt(text: &str) -> String {
-    match text.char_indices().nth(MESSAGE_EXCERPT) {
-        Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or_default()),
-        None => text.to_owned(),
-    }
 }
 
 #[cfg(test)]
@@ -995,22 +804,6 @@ mod tests {
         assert_eq!(map_error(Op::Health, 429, b""), KmsError::Throttled);
         assert!(matches!(map_error(Op::Wrap, 409, b""), KmsError::WrapFailed(_)));
         assert!(matches!(map_error(Op::Unwrap, 409, b""), KmsError::UnwrapFailed(_)));
-    }
-
-    #[test]
-    fn token_endpoint_errors() {
-        let body = br#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#;
-        let err = oauth_error(400, body);
-        assert!(
-            matches!(&err, KmsError::AccessDenied(m) if m.contains("Invalid JWT Signature")),
-            "{err:?}"
-        );
-        assert!(matches!(
-            oauth_error(400, br#"{"error":"invalid_scope"}"#),
-            KmsError::ConfigurationInvalid(_)
-        ));
-        assert_eq!(oauth_error(429, b""), KmsError::Throttled);
-        assert!(matches!(oauth_error(503, b""), KmsError::Unreachable(_)));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub mod gcp;
 pub mod kmip;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(any(feature = "gcp", feature = "azure"))]
+mod oauth;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 #[cfg(feature = "vault")]
