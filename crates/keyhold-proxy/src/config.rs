@@ -430,6 +430,45 @@ mod tests {
         key = "a-old"
     "#;
 
+    /// Every configuration block of docs/kms/*.md parses, as the type its page is about.
+    #[cfg(all(
+        feature = "aws",
+        feature = "vault",
+        feature = "pkcs11",
+        feature = "kmip",
+        feature = "gcp",
+        feature = "azure"
+    ))]
+    #[test]
+    fn the_kms_pages_configuration_blocks_parse() {
+        let pages = [
+            ("aws", include_str!("../../../docs/kms/aws.md")),
+            ("vault", include_str!("../../../docs/kms/vault.md")),
+            ("pkcs11", include_str!("../../../docs/kms/pkcs11.md")),
+            ("kmip", include_str!("../../../docs/kms/kmip.md")),
+            ("gcp", include_str!("../../../docs/kms/gcp.md")),
+            ("azure", include_str!("../../../docs/kms/azure.md")),
+        ];
+        for (kind, page) in pages {
+            let blocks: Vec<&str> = page
+                .split("```toml\n")
+                .skip(1)
+                .filter_map(|rest| rest.split("```").next())
+                .filter(|block| block.contains("[[tenants.kms_configs]]"))
+                .collect();
+            assert!(!blocks.is_empty(), "docs/kms/{kind}.md has no configuration block");
+            for block in blocks {
+                let tenant =
+                    if block.contains("[[tenants]]") { "" } else { "[[tenants]]\nid = \"t\"\n" };
+                let text = format!("api_key = \"0123456789abcdef0123\"\n{tenant}{block}");
+                let config = ProxyConfig::from_toml(&text)
+                    .unwrap_or_else(|e| panic!("docs/kms/{kind}.md block does not parse: {e}"));
+                let parsed = format!("{:?}", config.tenants[0].kms_configs[0].kms);
+                assert!(parsed.to_lowercase().starts_with(kind), "{kind}: {parsed}");
+            }
+        }
+    }
+
     /// The configuration shown in README.md is a valid one.
     #[cfg(feature = "aws")]
     #[test]
