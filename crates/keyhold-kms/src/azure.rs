@@ -272,17 +272,6 @@ impl AzureKms {
         url
     }
 
-    /// Sends one authorized request (a fresh token and one more try after a 401).
-    async fn call(
-        &self,
-        op: Op,
-        method: Method,
-        url: &str,
-        body: Option<&[u8]>,
-    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        self.client.send(method, url, body, |status, body| map_error(op, status, body)).await
-    }
-
     /// The `kid` of an answer or a wrapped key, if it names a version of the configured key in
     /// the configured vault.
     fn own_version(&self, kid: &str) -> Result<String, String> {
@@ -317,7 +306,7 @@ impl Kms for AzureKms {
         )
         .map_err(|e| KmsError::WrapFailed(format!("cannot encode the request: {e}")))?;
         let url = self.url(self.key.version.as_deref(), Some("wrapkey"));
-        let answer = self.call(Op::Wrap, Method::POST, &url, Some(&body)).await?;
+        let answer = self.client.send(Op::Wrap, Method::POST, &url, Some(&body), map_error).await?;
         // KeyOperationResult: 200 { "kid": "https://myvault.vault.azure.net/keys/sdktestkey/0698c2156c1a4e1da5b6bab6f6422fd6",
         //                            "value": "khwIe26NuAZazS7upywDBpGRm..." }
         let parsed: KeyOperationResult = serde_json::from_slice(&answer).map_err(|e| {
@@ -371,7 +360,7 @@ impl Kms for AzureKms {
             serde_json::to_vec(&KeyOperationsParameters { alg: algorithm.jwa(), value: &encoded })
                 .map_err(|e| KmsError::UnwrapFailed(format!("cannot encode the request: {e}")))?;
         let url = self.url(Some(&version), Some("unwrapkey"));
-        let answer = match self.call(Op::Unwrap, Method::POST, &url, Some(&body)).await {
+        let answer = match self.client.send(Op::Unwrap, Method::POST, &url, Some(&body), map_error).await {
             Ok(answer) => answer,
             Err(KmsError::ConfigurationInvalid(why)) => {
                 // 404: the key, or only the version the wrapped key names, is missing. If the
@@ -450,7 +439,7 @@ impl AzureKms {
     ///                         "recoveryLevel": "Recoverable+Purgeable" }, "tags": {...} }
     async fn get_key(&self) -> Result<KeyBundle, KmsError> {
         let url = self.url(self.key.version.as_deref(), None);
-        let answer = self.call(Op::Health, Method::GET, &url, None).await?;
+        let answer = self.client.send(Op::Health, Method::GET, &url, None, map_error).await?;
         serde_json::from_slice(&answer).map_err(|e| {
             KmsError::ConfigurationInvalid(format!("the key answer is not a KeyBundle: {e}"))
         })

@@ -80,7 +80,6 @@ const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 const SCOPE: &str = "https://www.googleapis.com/auth/cloudkms";
 /// How long a signed JWT assertion is valid (Google's maximum: one hour).
 const JWT_LIFETIME_SECS: u64 = 3600;
-/// Refresh a cached access token this long before it expires (at most half its lifetime).
 /// Cloud KMS ciphertexts of a 32-byte key are far smaller; anything above this is not ours.
 const MAX_CIPHERTEXT_LEN: usize = 64 * 1024;
 
@@ -158,17 +157,6 @@ impl GcpKms {
         &self.key_name
     }
 
-    /// Sends one authorized request; on a 401 fetches a new token and tries once more.
-    async fn call(
-        &self,
-        op: Op,
-        method: Method,
-        url: &str,
-        body: Option<&[u8]>,
-    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        self.client.send(method, url, body, |status, body| map_error(op, status, body)).await
-    }
-
     fn url(&self, suffix: &str) -> String {
         format!("{}/v1/{}{}", self.endpoint, self.key_name, suffix)
     }
@@ -194,7 +182,7 @@ impl Kms for GcpKms {
             additional_authenticated_data_crc32c: crc32c::crc32c(&aad).to_string(),
         })
         .map_err(KmsError::WrapFailed)?;
-        let answer = self.call(Op::Wrap, Method::POST, &self.url(":encrypt"), Some(&body)).await?;
+        let answer = self.client.send(Op::Wrap, Method::POST, &self.url(":encrypt"), Some(&body), map_error).await?;
         // EncryptResponse: { "name": string, "ciphertext": string (bytes), "ciphertextCrc32c":
         //   string (int64 format), "verifiedPlaintextCrc32c": boolean,
         //   "verifiedAdditionalAuthenticatedDataCrc32c": boolean, "protectionLevel": enum, ... }
@@ -257,7 +245,7 @@ impl Kms for GcpKms {
         })
         .map_err(|e| KmsError::UnwrapFailed(format!("cannot encode the request: {e}")))?;
         let answer =
-            self.call(Op::Unwrap, Method::POST, &self.url(":decrypt"), Some(&body)).await?;
+            self.client.send(Op::Unwrap, Method::POST, &self.url(":decrypt"), Some(&body), map_error).await?;
         // DecryptResponse: { "plaintext": string (bytes), "plaintextCrc32c": string (int64
         //   format), "usedPrimary": boolean, "protectionLevel": enum }
         let parsed: DecryptResponse = serde_json::from_slice(&answer).map_err(|_| {
@@ -293,7 +281,7 @@ impl Kms for GcpKms {
         // answers a CryptoKey: { "name": string, "primary": { "name": string, "state": enum
         //   (ENABLED, DISABLED, DESTROYED, DESTROY_SCHEDULED, PENDING_GENERATION, ...), ... },
         //   "purpose": enum (ENCRYPT_DECRYPT, ...), ... }
-        let answer = self.call(Op::Health, Method::GET, &self.url(""), None).await?;
+        let answer = self.client.send(Op::Health, Method::GET, &self.url(""), None, map_error).await?;
         let key: CryptoKey = serde_json::from_slice(&answer).map_err(|e| {
             KmsError::ConfigurationInvalid(format!("the key answer is not a CryptoKey: {e}"))
         })?;
@@ -453,7 +441,6 @@ fn pem_pkcs8(pem: &str) -> Option<Zeroizing<Vec<u8>>> {
     Some(der)
 }
 
-/// Signs JWT assertions and keeps the current access token.
 /// Google's service-account grant: a JWT signed with the account's key (RFC 7523).
 struct JwtGrant {
     client_email: String,

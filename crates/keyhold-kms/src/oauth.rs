@@ -76,14 +76,16 @@ impl<G: TokenGrant> BearerClient<G> {
         &self.token_url
     }
 
-    /// Sends one authorized request; on a 401 fetches a new token and tries once more. An
-    /// answer other than 2xx becomes `map_error(status, body)`.
-    pub(crate) async fn send(
+    /// Sends one authorized request for the backend's operation `op`; on a 401 fetches a new
+    /// token and tries once more. An answer other than 2xx becomes the backend's
+    /// `map_error(op, status, body)`.
+    pub(crate) async fn send<Op>(
         &self,
+        op: Op,
         method: Method,
         url: &str,
         body: Option<&[u8]>,
-        map_error: impl Fn(u16, &[u8]) -> KmsError,
+        map_error: impl FnOnce(Op, u16, &[u8]) -> KmsError,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let mut refreshed = false;
         loop {
@@ -108,7 +110,7 @@ impl<G: TokenGrant> BearerClient<G> {
             if status.is_success() {
                 return Ok(bytes);
             }
-            return Err(map_error(status.as_u16(), &bytes));
+            return Err(map_error(op, status.as_u16(), &bytes));
         }
     }
 
