@@ -360,21 +360,22 @@ impl Kms for AzureKms {
             serde_json::to_vec(&KeyOperationsParameters { alg: algorithm.jwa(), value: &encoded })
                 .map_err(|e| KmsError::UnwrapFailed(format!("cannot encode the request: {e}")))?;
         let url = self.url(Some(&version), Some("unwrapkey"));
-        let answer = match self.client.send(Op::Unwrap, Method::POST, &url, Some(&body), map_error).await {
-            Ok(answer) => answer,
-            Err(KmsError::ConfigurationInvalid(why)) => {
-                // 404: the key, or only the version the wrapped key names, is missing. If the
-                // configured key answers, the wrapped key is what is wrong.
-                return match self.get_key().await {
-                    Ok(_) => Err(KmsError::InvalidCiphertext),
-                    Err(KmsError::ConfigurationInvalid(_)) => {
-                        Err(KmsError::ConfigurationInvalid(why))
-                    }
-                    Err(other) => Err(other),
-                };
-            }
-            Err(other) => return Err(other),
-        };
+        let answer =
+            match self.client.send(Op::Unwrap, Method::POST, &url, Some(&body), map_error).await {
+                Ok(answer) => answer,
+                Err(KmsError::ConfigurationInvalid(why)) => {
+                    // 404: the key, or only the version the wrapped key names, is missing. If the
+                    // configured key answers, the wrapped key is what is wrong.
+                    return match self.get_key().await {
+                        Ok(_) => Err(KmsError::InvalidCiphertext),
+                        Err(KmsError::ConfigurationInvalid(_)) => {
+                            Err(KmsError::ConfigurationInvalid(why))
+                        }
+                        Err(other) => Err(other),
+                    };
+                }
+                Err(other) => return Err(other),
+            };
         let parsed: UnwrapResult = serde_json::from_slice(&answer).map_err(|_| {
             KmsError::UnwrapFailed("the unwrapkey answer is not a KeyOperationResult".into())
         })?;

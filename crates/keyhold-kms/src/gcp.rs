@@ -182,7 +182,10 @@ impl Kms for GcpKms {
             additional_authenticated_data_crc32c: crc32c::crc32c(&aad).to_string(),
         })
         .map_err(KmsError::WrapFailed)?;
-        let answer = self.client.send(Op::Wrap, Method::POST, &self.url(":encrypt"), Some(&body), map_error).await?;
+        let answer = self
+            .client
+            .send(Op::Wrap, Method::POST, &self.url(":encrypt"), Some(&body), map_error)
+            .await?;
         // EncryptResponse: { "name": string, "ciphertext": string (bytes), "ciphertextCrc32c":
         //   string (int64 format), "verifiedPlaintextCrc32c": boolean,
         //   "verifiedAdditionalAuthenticatedDataCrc32c": boolean, "protectionLevel": enum, ... }
@@ -244,8 +247,10 @@ impl Kms for GcpKms {
             additional_authenticated_data_crc32c: crc32c::crc32c(&aad).to_string(),
         })
         .map_err(|e| KmsError::UnwrapFailed(format!("cannot encode the request: {e}")))?;
-        let answer =
-            self.client.send(Op::Unwrap, Method::POST, &self.url(":decrypt"), Some(&body), map_error).await?;
+        let answer = self
+            .client
+            .send(Op::Unwrap, Method::POST, &self.url(":decrypt"), Some(&body), map_error)
+            .await?;
         // DecryptResponse: { "plaintext": string (bytes), "plaintextCrc32c": string (int64
         //   format), "usedPrimary": boolean, "protectionLevel": enum }
         let parsed: DecryptResponse = serde_json::from_slice(&answer).map_err(|_| {
@@ -281,7 +286,8 @@ impl Kms for GcpKms {
         // answers a CryptoKey: { "name": string, "primary": { "name": string, "state": enum
         //   (ENABLED, DISABLED, DESTROYED, DESTROY_SCHEDULED, PENDING_GENERATION, ...), ... },
         //   "purpose": enum (ENCRYPT_DECRYPT, ...), ... }
-        let answer = self.client.send(Op::Health, Method::GET, &self.url(""), None, map_error).await?;
+        let answer =
+            self.client.send(Op::Health, Method::GET, &self.url(""), None, map_error).await?;
         let key: CryptoKey = serde_json::from_slice(&answer).map_err(|e| {
             KmsError::ConfigurationInvalid(format!("the key answer is not a CryptoKey: {e}"))
         })?;
