@@ -83,6 +83,10 @@ use zeroize::Zeroizing;
 
 use crate::{ConnectOptions, GeneratedKey, KeyContext, Kms, KmsError, SecretSource};
 
+mod auth;
+
+use auth::AppRole;
+
 /// How long a successful key check (exists, derived, usable) is trusted before the key is read
 /// again. Within this window a key deleted and re-created by someone allowed to create keys
 /// would go unnoticed; the tenant's policy (no `create`) is what rules that out.
@@ -223,22 +227,6 @@ enum Auth {
     AppRole(AppRole),
 }
 
-struct AppRole {
-    mount: String,
-    role_id: String,
-    secret_id: Zeroizing<String>,
-    cached: tokio::sync::Mutex<Option<CachedToken>>,
-}
-
-struct CachedToken {
-    token: Zeroizing<String>,
-    /// When to renew (two thirds of the TTL); `None`: the token does not expire.
-    refresh_at: Option<Instant>,
-    /// When the token expires; `None`: never.
-    expires_at: Option<Instant>,
-    renewable: bool,
-}
-
 /// What was being done, for error messages and for how an answer is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -298,29 +286,9 @@ struct CiphertextRequest<'a> {
     context: &'a str,
 }
 
-#[derive(Serialize)]
-struct LoginRequest<'a> {
-    role_id: &'a str,
-    secret_id: &'a str,
-}
-
 #[derive(Deserialize)]
 struct Envelope<T> {
     data: Option<T>,
-}
-
-#[derive(Deserialize)]
-struct AuthEnvelope {
-    auth: Option<AuthData>,
-}
-
-#[derive(Deserialize)]
-struct AuthData {
-    client_token: Zeroizing<String>,
-    #[serde(default)]
-    lease_duration: u64,
-    #[serde(default)]
-    renewable: bool,
 }
 
 #[derive(Deserialize)]
@@ -414,12 +382,11 @@ impl VaultKms {
                 if approle.role_id.trim().is_empty() {
                     return Err(invalid("approle.role_id is empty".into()));
                 }
-                Auth::AppRole(AppRole {
+                Auth::AppRole(AppRole::new(
                     mount,
-                    role_id: approle.role_id.trim().to_owned(),
-                    secret_id: approle.secret_id.load(&options.base_dir)?,
-                    cached: tokio::sync::Mutex::new(None),
-                })
+                    approle.role_id.trim().to_owned(),
+                    approle.secret_id.load(&options.base_dir)?,
+                ))
             }
             (Some(_), Some(_)) => {
                 return Err(invalid("give either `token` or `approle`, not both".into()));
@@ -765,116 +732,6 @@ impl Transport {
             buffer.extend_from_slice(&chunk);
         }
         Ok(Answer { status, body: buffer })
-    }
-}
-
-impl AppRole {
-    /// The client token: cached, renewed after two thirds of its TTL, or a fresh login.
-    async fn token(&self, transport: &Transport) -> Result<Zeroizing<String>, KmsError> {
-        let mut cached = self.cached.lock().await;
-        let now = Instant::now();
-        if let Some(current) = cached.as_ref() {
-            if current.refresh_at.is_none_or(|at| now < at) {
-                return Ok(current.token.clone());
-            }
-            let still_valid = current.expires_at.is_none_or(|at| now < at);
-            if current.renewable && still_valid {
-                match self.renew(transport, current).await {
-                    Ok(Some(renewed)) => {
-                        let token = renewed.token.clone();
-                        *cached = Some(renewed);
-                        return Ok(token);
-                    }
-                    // Vault did not answer: the token is still good for a while; the next
-                    // call tries again.
-                    Err(_) => return Ok(current.token.clone()),
-                    Ok(None) => {}
-                }
-            }
-        }
-        *cached = None;
-        let fresh = self.login(transport).await?;
-        let token = fresh.token.clone();
-        *cached = Some(fresh);
-        Ok(token)
-    }
-
-    /// Drops the cached token if it is still `token` (another task may have replaced it).
-    async fn forget(&self, token: &Zeroizing<String>) {
-        let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|c| c.token == *token) {
-            *cached = None;
-        }
-    }
-
-    async fn login(&self, transport: &Transport) -> Result<CachedToken, KmsError> {
-        let body = json_body(&LoginRequest { role_id: &self.role_id, secret_id: &self.secret_id })?;
-        let path = format!("auth/{}/login", self.mount);
-        let answer = transport.send(Method::POST, &path, Some(&body), None).await?;
-        if !answer.status.is_success() {
-            return Err(match answer.status {
-                // AppRole answers 400 "invalid role or secret ID"; an unknown mount gives 403.
-                StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    KmsError::AccessDenied(format!(
-                        "vault: AppRole login at auth/{} refused: {}",
-                        self.mount,
-                        error_text(&answer)
-                    ))
-                }
-                _ => classify(Op::Login, &answer),
-            });
-        }
-        let auth = serde_json::from_slice::<AuthEnvelope>(&answer.body)
-            .ok()
-            .and_then(|e| e.auth)
-            .ok_or_else(|| Op::Login.malformed("carries no `auth.client_token`"))?;
-        tracing::debug!(mount = %self.mount, ttl_s = auth.lease_duration, "vault: AppRole login");
-        Ok(cached_token(header_safe(auth.client_token)?, auth.lease_duration, auth.renewable))
-    }
-
-    /// `renew-self`. `Ok(None)` when the token cannot be renewed (any refusal, or its max TTL
-    /// is reached and the renewal would not extend it): the caller logs in again. `Err`: Vault
-    /// did not answer.
-    async fn renew(
-        &self,
-        transport: &Transport,
-        current: &CachedToken,
-    ) -> Result<Option<CachedToken>, KmsError> {
-        let body = Zeroizing::new(b"{}".to_vec());
-        let answer = transport
-            .send(Method::POST, "auth/token/renew-self", Some(&body), Some(&current.token))
-            .await?;
-        if !answer.status.is_success() {
-            tracing::debug!(status = %answer.status, "vault: token renewal refused");
-            return Ok(None);
-        }
-        let Some(auth) =
-            serde_json::from_slice::<AuthEnvelope>(&answer.body).ok().and_then(|e| e.auth)
-        else {
-            return Ok(None);
-        };
-        let renewed = cached_token(current.token.clone(), auth.lease_duration, auth.renewable);
-        let extends = match (renewed.expires_at, current.expires_at) {
-            (None, _) => true,
-            (Some(new), Some(old)) => new > old + Duration::from_secs(1),
-            (Some(_), None) => false,
-        };
-        // A renewal capped by the max TTL is not worth keeping once it stops extending.
-        Ok((extends && auth.lease_duration > 0).then_some(renewed))
-    }
-}
-
-fn cached_token(token: Zeroizing<String>, lease_seconds: u64, renewable: bool) -> CachedToken {
-    let now = Instant::now();
-    if lease_seconds == 0 {
-        return CachedToken { token, refresh_at: None, expires_at: None, renewable };
-    }
-    let lease = Duration::from_secs(lease_seconds);
-    CachedToken {
-        token,
-        refresh_at: Some(now + lease * 2 / 3),
-        expires_at: Some(now + lease),
-        renewable,
     }
 }
 
