@@ -84,12 +84,27 @@ fn up_then_encrypt_decrypt_and_revoke() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(dir.path().join("plain.txt")).unwrap(), b"the tenant's data");
 
-    // The tenant's key is disabled: decryption is refused with the wire code, no output written.
+    // The tenant's key is disabled: within one lease renewal interval (2 s in `keyhold up`'s
+    // configuration) decryption is refused with the wire code, and no output is written.
     let out = keyhold(dir.path(), &["keys", "disable", "demo-tenant"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = keyhold(
-        dir.path(),
-        &["decrypt", "--proxy", url, "--in", "secret.khf", "--out", "denied.txt"],
+    let disabled_at = std::time::Instant::now();
+    let out = loop {
+        let out = keyhold(
+            dir.path(),
+            &["decrypt", "--proxy", url, "--in", "secret.khf", "--out", "denied.txt"],
+        );
+        if !out.status.success() || disabled_at.elapsed() > Duration::from_secs(10) {
+            break out;
+        }
+        std::fs::remove_file(dir.path().join("denied.txt")).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // One interval, plus the renewal's own KMS call and a decrypt's run.
+    assert!(
+        disabled_at.elapsed() < Duration::from_secs(4),
+        "refused only after {:?}",
+        disabled_at.elapsed()
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("KMS_AUTHORIZATION_FAILED (206)"), "{}", stderr(&out));
@@ -99,6 +114,8 @@ fn up_then_encrypt_decrypt_and_revoke() {
     assert!(out.status.success());
     let out = keyhold(dir.path(), &["keys", "rotate", "demo-tenant"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("1,2"), "{out:?}");
+    // Service resumes at the next renewal (at most 2 s after the key is enabled).
+    std::thread::sleep(Duration::from_millis(2500));
     let out = keyhold(
         dir.path(),
         &[

@@ -19,6 +19,9 @@
 
 use prost::Message;
 
+use crate::aead::NONCE_LEN;
+use crate::lease::{SEALED_DEK_LEN, SealedDek};
+
 /// Largest EDEK accepted, in bytes (an EDEK is normally well under 1 KiB).
 pub const MAX_EDEK_LEN: usize = 16 * 1024;
 /// Most entries (KMS configurations) one EDEK may carry.
@@ -117,15 +120,10 @@ impl EncryptedDeks {
             return Err(EdekError::Incomplete);
         }
         for entry in &self.encrypted_deks {
-            // Ids are positive (docs/formats.md §6.5). Refusing negatives also keeps every
-            // accepted envelope re-encodable within the limit: protobuf writes a negative int32
-            // in 10 bytes however few the input used.
-            if entry.kms_config_id < 1
-                || entry.leased_key_id < 0
-                || entry.encrypted_dek_data.is_empty()
-            {
-                return Err(EdekError::Incomplete);
-            }
+            entry.validate_ids()?;
+            // A leased entry must be whole: its parts are checked (and its nested ELEK envelope
+            // parsed) here, so that everything accepted can be opened or cleanly refused.
+            entry.lease_parts()?;
         }
         Ok(())
     }
@@ -134,6 +132,103 @@ impl EncryptedDeks {
     pub fn entry_for_config(&self, kms_config_id: i32) -> Option<&EncryptedDek> {
         self.encrypted_deks.iter().find(|e| e.kms_config_id == kms_config_id)
     }
+}
+
+impl EncryptedDek {
+    /// A leased entry: `sealed_dek` (from [`crate::lease::LeaseCipher::seal`]) with what any
+    /// proxy needs to open it — the lease id, the IV and the KMS-wrapped lease key.
+    pub fn new_leased(
+        tenant_id: &str,
+        kms_config_id: i32,
+        lease_id: i32,
+        sealed: &SealedDek,
+        wrapped_lease_key: &[u8],
+    ) -> Self {
+        let nested = EncryptedDeks::single(EncryptedDek {
+            encrypted_dek_data: wrapped_lease_key.to_vec(),
+            kms_config_id,
+            tenant_id: tenant_id.to_owned(),
+            ..EncryptedDek::default()
+        });
+        EncryptedDek {
+            encrypted_dek_data: sealed.sealed.to_vec(),
+            kms_config_id,
+            leased_key_id: lease_id,
+            leased_key_iv: sealed.iv.to_vec(),
+            encrypted_leased_key_data: nested.to_bytes(),
+            tenant_id: tenant_id.to_owned(),
+        }
+    }
+
+    /// True if any leasing field is set (the entry was sealed under a lease key).
+    pub fn is_leased(&self) -> bool {
+        self.leased_key_id != 0
+            || !self.leased_key_iv.is_empty()
+            || !self.encrypted_leased_key_data.is_empty()
+    }
+
+    /// The parts of a leased entry, `None` for a direct (KMS-wrapped) one; an error if the
+    /// leasing fields are incomplete or inconsistent (docs/formats.md §8.2).
+    pub fn lease_parts(&self) -> Result<Option<LeasedEntry<'_>>, EdekError> {
+        if !self.is_leased() {
+            return Ok(None);
+        }
+        let iv: &[u8; NONCE_LEN] =
+            self.leased_key_iv.as_slice().try_into().map_err(|_| EdekError::Incomplete)?;
+        if self.leased_key_id < 1 || self.encrypted_dek_data.len() != SEALED_DEK_LEN {
+            return Err(EdekError::Incomplete);
+        }
+        let bytes = &self.encrypted_leased_key_data;
+        if bytes.is_empty() || bytes.len() > MAX_EDEK_LEN {
+            return Err(EdekError::Incomplete);
+        }
+        let nested = EncryptedDeks::decode(bytes.as_slice()).map_err(|_| EdekError::Malformed)?;
+        let [inner] = nested.encrypted_deks.as_slice() else {
+            return Err(EdekError::Incomplete);
+        };
+        inner.validate_ids()?;
+        // One level only: the lease key itself is wrapped by the KMS, never leased.
+        if inner.is_leased()
+            || inner.kms_config_id != self.kms_config_id
+            || inner.tenant_id != self.tenant_id
+        {
+            return Err(EdekError::Incomplete);
+        }
+        Ok(Some(LeasedEntry {
+            lease_id: self.leased_key_id,
+            iv,
+            sealed_dek: &self.encrypted_dek_data,
+            wrapped_lease_key: nested
+                .encrypted_deks
+                .into_iter()
+                .next()
+                .map(|e| e.encrypted_dek_data)
+                .unwrap_or_default(),
+        }))
+    }
+
+    fn validate_ids(&self) -> Result<(), EdekError> {
+        // Ids are positive (docs/formats.md §6.5). Refusing negatives also keeps every
+        // accepted envelope re-encodable within the limit: protobuf writes a negative int32
+        // in 10 bytes however few the input used.
+        if self.kms_config_id < 1 || self.leased_key_id < 0 || self.encrypted_dek_data.is_empty() {
+            return Err(EdekError::Incomplete);
+        }
+        Ok(())
+    }
+}
+
+/// The parts of a leased EDEK entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedEntry<'a> {
+    /// The lease id.
+    pub lease_id: i32,
+    /// The IV the data key was sealed with.
+    pub iv: &'a [u8; NONCE_LEN],
+    /// The sealed data key (ciphertext ‖ tag).
+    pub sealed_dek: &'a [u8],
+    /// The lease key as the KMS wrapped it (the ELEK).
+    pub wrapped_lease_key: Vec<u8>,
 }
 
 #[cfg(test)]
@@ -197,7 +292,101 @@ mod tests {
         assert_eq!(EncryptedDeks::from_bytes(&too_big), Err(EdekError::Length));
     }
 
+    fn leased_sample() -> EncryptedDek {
+        let sealed = SealedDek { iv: [9; NONCE_LEN], sealed: [5; SEALED_DEK_LEN] };
+        EncryptedDek::new_leased("tenant-a", 7, 1234, &sealed, b"elek-from-the-kms")
+    }
+
+    #[test]
+    fn leased_entries_round_trip_and_expose_their_parts() {
+        let env = EncryptedDeks::single(leased_sample());
+        let parsed = EncryptedDeks::from_base64(&env.to_base64()).unwrap();
+        assert_eq!(parsed, env);
+        let parts = parsed.encrypted_deks[0].lease_parts().unwrap().unwrap();
+        assert_eq!(parts.lease_id, 1234);
+        assert_eq!(parts.iv, &[9; NONCE_LEN]);
+        assert_eq!(parts.sealed_dek, &[5; SEALED_DEK_LEN]);
+        assert_eq!(parts.wrapped_lease_key, b"elek-from-the-kms");
+        assert!(sample().encrypted_deks[0].lease_parts().unwrap().is_none());
+        // The nested envelope is an ordinary one-entry EncryptedDeks (docs/formats.md §8).
+        let nested =
+            EncryptedDeks::from_bytes(&env.encrypted_deks[0].encrypted_leased_key_data).unwrap();
+        assert_eq!(nested.encrypted_deks[0].kms_config_id, 7);
+        assert_eq!(nested.encrypted_deks[0].tenant_id, "tenant-a");
+    }
+
+    #[test]
+    fn incomplete_or_inconsistent_leased_entries_are_refused() {
+        let nested_with = |f: &dyn Fn(&mut EncryptedDek)| {
+            let mut inner = EncryptedDek {
+                encrypted_dek_data: b"elek".to_vec(),
+                kms_config_id: 7,
+                tenant_id: "tenant-a".into(),
+                ..Default::default()
+            };
+            f(&mut inner);
+            EncryptedDeks::single(inner).to_bytes()
+        };
+        type Alteration = Box<dyn Fn(&mut EncryptedDek)>;
+        let cases: Vec<(&str, Alteration)> = vec![
+            ("no lease id", Box::new(|e| e.leased_key_id = 0)),
+            ("short IV", Box::new(|e| e.leased_key_iv.truncate(11))),
+            ("no IV", Box::new(|e| e.leased_key_iv.clear())),
+            ("short sealed key", Box::new(|e| e.encrypted_dek_data.truncate(47))),
+            ("no ELEK", Box::new(|e| e.encrypted_leased_key_data.clear())),
+            ("ELEK not protobuf", Box::new(|e| e.encrypted_leased_key_data = vec![0xff; 3])),
+            (
+                "ELEK of another config",
+                Box::new(move |e| {
+                    e.encrypted_leased_key_data = nested_with(&|i| i.kms_config_id = 8)
+                }),
+            ),
+            (
+                "ELEK of another tenant",
+                Box::new(move |e| {
+                    e.encrypted_leased_key_data = nested_with(&|i| i.tenant_id = "b".into())
+                }),
+            ),
+            (
+                "ELEK itself leased",
+                Box::new(move |e| {
+                    e.encrypted_leased_key_data = nested_with(&|i| i.leased_key_id = 3)
+                }),
+            ),
+            (
+                "ELEK empty",
+                Box::new(move |e| {
+                    e.encrypted_leased_key_data = nested_with(&|i| i.encrypted_dek_data.clear())
+                }),
+            ),
+            (
+                "two ELEKs",
+                Box::new(|e| {
+                    let mut two = EncryptedDeks::from_bytes(&e.encrypted_leased_key_data).unwrap();
+                    two.encrypted_deks.push(two.encrypted_deks[0].clone());
+                    e.encrypted_leased_key_data = two.to_bytes();
+                }),
+            ),
+        ];
+        for (name, alter) in cases {
+            let mut entry = leased_sample();
+            alter(&mut entry);
+            let bytes = EncryptedDeks::single(entry).to_bytes();
+            assert!(EncryptedDeks::from_bytes(&bytes).is_err(), "{name}: accepted");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn prop_leased_round_trip(lease_id in 1i32.., config in 1i32.., elek in proptest::collection::vec(any::<u8>(), 1..600), iv in any::<[u8; 12]>()) {
+            let sealed = SealedDek { iv, sealed: [1; SEALED_DEK_LEN] };
+            let env = EncryptedDeks::single(EncryptedDek::new_leased("t", config, lease_id, &sealed, &elek));
+            let parsed = EncryptedDeks::from_bytes(&env.to_bytes()).unwrap();
+            let parts = parsed.encrypted_deks[0].lease_parts().unwrap().unwrap();
+            prop_assert_eq!(parts.lease_id, lease_id);
+            prop_assert_eq!(parts.wrapped_lease_key, elek);
+        }
+
         #[test]
         fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = EncryptedDeks::from_bytes(&bytes);

@@ -20,6 +20,7 @@
 //! | [`document`] | the encrypted-field format (tenant and field name bound as associated data) |
 //! | [`stream`] | the encrypted-stream (file) format, constant memory, truncation-proof |
 //! | [`edek`] | the EDEK envelope, field-compatible with IronCore's protobuf |
+//! | [`lease`] | data keys sealed under a lease encryption key (key leasing) |
 //! | [`ironcore`] | IronCore's v3 field layout: read (migration) and write (interoperability) |
 //! | [`metadata`] | request metadata for the audit trail |
 //! | [`error_code`] | the stable numeric error codes of the wire API |
@@ -44,6 +45,7 @@ pub mod edek;
 pub mod error_code;
 pub mod ironcore;
 pub mod kdf;
+pub mod lease;
 pub mod metadata;
 pub mod random;
 pub mod secret;

@@ -64,7 +64,7 @@ use keyhold_core::secret::{Dek, KEY_LEN};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::{ConnectOptions, GeneratedKey, KeyContext, Kms, KmsError, SecretSource};
+use crate::{ConnectOptions, GeneratedKey, KeyContext, KeyPurpose, Kms, KmsError, SecretSource};
 
 /// How an STS `AssumeRole` call failed (inside a [`CredentialsError::ProviderError`]).
 type StsError = SdkError<aws_sdk_sts::operation::assume_role::AssumeRoleError>;
@@ -73,6 +73,8 @@ type StsError = SdkError<aws_sdk_sts::operation::assume_role::AssumeRoleError>;
 pub const CONTEXT_TENANT: &str = "keyhold:tenant";
 /// The encryption context key holding the KMS configuration id (decimal).
 pub const CONTEXT_KMS_CONFIG: &str = "keyhold:kms-config";
+/// Encryption-context key present (value `lease-key`) only on lease encryption keys.
+pub const CONTEXT_PURPOSE: &str = "keyhold:purpose";
 
 /// The largest ciphertext `Decrypt` accepts.
 const MAX_CIPHERTEXT_LEN: usize = 6144;
@@ -288,10 +290,15 @@ impl AwsKms {
 }
 
 fn encryption_context(context: &KeyContext<'_>) -> HashMap<String, String> {
-    HashMap::from([
+    let mut map = HashMap::from([
         (CONTEXT_TENANT.to_owned(), context.tenant_id.to_owned()),
         (CONTEXT_KMS_CONFIG.to_owned(), context.kms_config_id.to_string()),
-    ])
+    ]);
+    // Data keys keep the two-entry context every existing ciphertext was made with.
+    if context.purpose == KeyPurpose::LeaseKey {
+        map.insert(CONTEXT_PURPOSE.to_owned(), "lease-key".to_owned());
+    }
+    map
 }
 
 /// A data key from a KMS plaintext blob, which must hold exactly 32 bytes.

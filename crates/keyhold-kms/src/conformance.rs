@@ -148,12 +148,26 @@ pub async fn wrap_existing_key(h: &dyn Harness) {
     assert_eq!(kms.unwrap(&wrapped, &ctx).await.unwrap(), dek, "{}: wrap round trip", h.name());
 }
 
-/// A wrapped key does not unwrap for another tenant or another configuration id.
+/// A wrapped key does not unwrap for another tenant, another configuration id or another
+/// purpose (a lease key is not a data key, and the other way round).
 pub async fn wrong_context_is_refused(h: &dyn Harness) {
     let kms = h.kms();
     let ctx = KeyContext::new(TENANT, CONFIG);
     let wrapped = kms.generate(&ctx).await.unwrap().wrapped;
-    for other in [KeyContext::new("another-tenant", CONFIG), KeyContext::new(TENANT, CONFIG + 1)] {
+    let lease_ctx = KeyContext::lease(TENANT, CONFIG);
+    let lease =
+        kms.generate(&lease_ctx).await.unwrap_or_else(|e| panic!("{}: lease: {e}", h.name()));
+    assert_eq!(kms.unwrap(&lease.wrapped, &lease_ctx).await.unwrap(), lease.dek);
+    match kms.unwrap(&lease.wrapped, &ctx).await {
+        Err(KmsError::InvalidCiphertext) => {}
+        Ok(_) => panic!("{}: a lease key unwrapped as a data key", h.name()),
+        Err(e) => panic!("{}: lease key as data key gave {e:?}, want InvalidCiphertext", h.name()),
+    }
+    for other in [
+        KeyContext::new("another-tenant", CONFIG),
+        KeyContext::new(TENANT, CONFIG + 1),
+        KeyContext::lease(TENANT, CONFIG),
+    ] {
         match kms.unwrap(&wrapped, &other).await {
             Err(KmsError::InvalidCiphertext) => {}
             Ok(_) => panic!("{}: unwrapped under the wrong context {other:?}", h.name()),

@@ -54,7 +54,7 @@ pub mod conformance;
 use async_trait::async_trait;
 use keyhold_core::secret::Dek;
 
-pub use context::KeyContext;
+pub use context::{KeyContext, KeyPurpose};
 pub use error::KmsError;
 pub use secret_source::SecretSource;
 

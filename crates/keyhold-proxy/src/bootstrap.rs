@@ -120,6 +120,11 @@ pub fn init_data_dir(
          # Reference: docs/configuration.md\n\
          listen = \"{listen}\"\n\
          api_key_file = \"{API_KEY_FILE}\"\n\n\
+         [leasing]\n\
+         # Key leasing (docs/leasing.md): new data keys are wrapped with a lease key renewed from\n\
+         # the tenant's KMS. The demo renews every 2 s, so a key disabled with `keyhold keys\n\
+         # disable` is refused within 2 s; the default (and production) interval is 5 minutes.\n\
+         renew_interval_ms = 2000\n\n\
          [local_keystore]\n\
          path = \"keystore\"\n\
          root_key_file = \"root.key\"\n"
@@ -165,6 +170,9 @@ mod tests {
         let config = ProxyConfig::load(&first.config_path).unwrap();
         assert_eq!(config.tenants.len(), 2);
         assert_eq!(config.tenants[1].kms_configs[0].id, 2);
+        // The demo leases keys, with a renewal interval short enough to show revocation.
+        let policy = config.lease_policy(&config.tenants[0]).expect("leasing is on");
+        assert_eq!(policy.renew_interval, std::time::Duration::from_secs(2));
         let key = fs::read_to_string(&first.api_key_path).unwrap();
         assert!(key.trim().len() >= 40);
         let again = init_data_dir(&data, &["demo-tenant"], "127.0.0.1:0").unwrap();

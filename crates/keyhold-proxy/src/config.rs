@@ -114,6 +114,9 @@ pub struct ProxyConfig {
     /// How long an open circuit stays open before one probe request is let through, in ms.
     #[serde(default = "default_kms_breaker_cooldown_ms")]
     pub kms_breaker_cooldown_ms: u64,
+    /// Key leasing defaults for every tenant (docs/leasing.md); tenants may override them.
+    #[serde(default)]
+    pub leasing: LeasingConfig,
     /// The vendor-held keystore, for KMS configurations of type `local`.
     #[serde(default)]
     pub local_keystore: Option<LocalKeystoreConfig>,
@@ -141,12 +144,59 @@ pub struct LocalKeystoreConfig {
     pub reload_interval_ms: u64,
 }
 
+/// Key leasing (docs/leasing.md): the proxy wraps new data keys with a lease key it renews from
+/// the KMS, instead of calling the KMS for every key.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasingConfig {
+    /// Whether tenants lease keys unless they say otherwise (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How often a new lease key is obtained, in ms (default 5 minutes): also the longest a key
+    /// disabled in the KMS keeps working.
+    #[serde(default = "default_lease_renew_interval_ms")]
+    pub renew_interval_ms: u64,
+    /// How long leases keep serving while the KMS cannot be reached, in ms (default 1 hour);
+    /// after it, requests fail with 208 until the KMS answers again.
+    #[serde(default = "default_lease_max_hold_ms")]
+    pub max_hold_ms: u64,
+    /// Most lease keys cached per KMS configuration (default 4096).
+    #[serde(default = "default_lease_cache_capacity")]
+    pub cache_capacity: u64,
+}
+
+impl Default for LeasingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            renew_interval_ms: default_lease_renew_interval_ms(),
+            max_hold_ms: default_lease_max_hold_ms(),
+            cache_capacity: default_lease_cache_capacity(),
+        }
+    }
+}
+
+/// A tenant's overrides of [`LeasingConfig`].
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLeasing {
+    /// Lease keys for this tenant (default: `[leasing] enabled`).
+    pub enabled: Option<bool>,
+    /// Renewal interval in ms (default: `[leasing] renew_interval_ms`).
+    pub renew_interval_ms: Option<u64>,
+    /// Hold time in ms (default: `[leasing] max_hold_ms`).
+    pub max_hold_ms: Option<u64>,
+}
+
 /// One tenant.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// The tenant id applications send as `tenantId`.
     pub id: String,
+    /// Leasing overrides for this tenant.
+    #[serde(default)]
+    pub leasing: TenantLeasing,
     /// The tenant's KMS configurations: at most one primary.
     #[serde(default)]
     pub kms_configs: Vec<KmsConfigEntry>,
@@ -236,6 +286,21 @@ fn default_kms_breaker_cooldown_ms() -> u64 {
 fn default_reload_ms() -> u64 {
     0
 }
+fn default_true() -> bool {
+    true
+}
+fn default_lease_renew_interval_ms() -> u64 {
+    300_000
+}
+fn default_lease_max_hold_ms() -> u64 {
+    3_600_000
+}
+fn default_lease_cache_capacity() -> u64 {
+    4096
+}
+
+/// Shortest renewal interval accepted, in ms.
+pub const MIN_LEASE_RENEW_INTERVAL_MS: u64 = 100;
 
 impl ProxyConfig {
     /// Reads, overrides from the environment, and validates a configuration file.
@@ -345,6 +410,23 @@ impl ProxyConfig {
         }
     }
 
+    /// The leasing policy of `tenant`, or `None` if it does not lease keys.
+    pub fn lease_policy(&self, tenant: &TenantConfig) -> Option<crate::lease::LeasePolicy> {
+        let defaults = &self.leasing;
+        if !tenant.leasing.enabled.unwrap_or(defaults.enabled) {
+            return None;
+        }
+        Some(crate::lease::LeasePolicy {
+            renew_interval: Duration::from_millis(
+                tenant.leasing.renew_interval_ms.unwrap_or(defaults.renew_interval_ms),
+            ),
+            max_hold: Duration::from_millis(
+                tenant.leasing.max_hold_ms.unwrap_or(defaults.max_hold_ms),
+            ),
+            cache_capacity: defaults.cache_capacity,
+        })
+    }
+
     /// Checks everything that can be checked without touching a KMS.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
@@ -363,6 +445,9 @@ impl ProxyConfig {
             return invalid("kms_retries must be at most 10".into());
         }
         self.api_keys()?;
+        if self.leasing.cache_capacity == 0 {
+            return invalid("leasing.cache_capacity must be positive".into());
+        }
         let mut tenant_ids = HashSet::new();
         let mut config_ids: HashMap<i32, &str> = HashMap::new();
         for tenant in &self.tenants {
@@ -371,6 +456,16 @@ impl ProxyConfig {
             }
             if !tenant_ids.insert(tenant.id.as_str()) {
                 return invalid(format!("tenant {:?} is listed twice", tenant.id));
+            }
+            if let Some(policy) = self.lease_policy(tenant) {
+                let (renew, hold) =
+                    (policy.renew_interval.as_millis(), policy.max_hold.as_millis());
+                if renew < u128::from(MIN_LEASE_RENEW_INTERVAL_MS) || hold < renew {
+                    return invalid(format!(
+                        "tenant {:?}: the lease renewal interval ({renew} ms) must be at least {MIN_LEASE_RENEW_INTERVAL_MS} ms and at most the hold time ({hold} ms)",
+                        tenant.id
+                    ));
+                }
             }
             let primaries =
                 tenant.kms_configs.iter().filter(|c| c.status == KmsConfigStatus::Primary).count();

@@ -31,6 +31,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod metrics;
 pub mod registry;
 pub mod server;

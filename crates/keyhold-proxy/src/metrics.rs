@@ -30,7 +30,7 @@ pub struct KmsLabels {
     pub tenant: String,
     /// The KMS configuration id.
     pub config: i32,
-    /// `generate`, `wrap` or `unwrap`.
+    /// `generate`, `wrap`, `unwrap`, `lease_renew` or `lease_unwrap`.
     pub operation: &'static str,
 }
 
@@ -83,6 +83,29 @@ pub struct TenantLabels {
     pub tenant: String,
 }
 
+/// Labels of lease gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// The KMS configuration id.
+    pub config: i32,
+}
+
+/// Labels of lease cache lookups.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseCacheLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// The KMS configuration id.
+    pub config: i32,
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+/// A gauge holding seconds.
+pub type SecondsGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// Every metric the proxy exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -103,6 +126,12 @@ pub struct Metrics {
     pub client_requests: Family<ClientLabels, Counter>,
     /// Security events accepted.
     pub security_events: Family<TenantLabels, Counter>,
+    /// Lease cache lookups when opening leased EDEKs, by hit or miss.
+    pub lease_cache: Family<LeaseCacheLabels, Counter>,
+    /// Age of the current lease key, in seconds (-1: none yet).
+    pub lease_key_age: Family<LeaseLabels, SecondsGauge>,
+    /// Seconds since the last successful lease renewal (-1: none yet).
+    pub lease_since_renewal: Family<LeaseLabels, SecondsGauge>,
     /// 1 when the proxy is ready to serve.
     pub ready: Gauge,
     /// Number of tenants configured.
@@ -134,6 +163,24 @@ impl Metrics {
         let security_events = Family::default();
         let ready = Gauge::default();
         let tenants = Gauge::default();
+        let lease_cache = Family::default();
+        let lease_key_age = Family::default();
+        let lease_since_renewal = Family::default();
+        registry.register(
+            "lease_cache_lookups",
+            "Lease cache lookups when opening leased EDEKs",
+            lease_cache.clone(),
+        );
+        registry.register(
+            "lease_key_age_seconds",
+            "Age of the current lease key (-1: none yet)",
+            lease_key_age.clone(),
+        );
+        registry.register(
+            "lease_seconds_since_renewal",
+            "Seconds since the last successful lease renewal (-1: none yet)",
+            lease_since_renewal.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -174,6 +221,9 @@ impl Metrics {
             key_operations,
             client_requests,
             security_events,
+            lease_cache,
+            lease_key_age,
+            lease_since_renewal,
             ready,
             tenants,
         }

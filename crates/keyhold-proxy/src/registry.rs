@@ -8,6 +8,7 @@ use keyhold_kms::resilience::ResilientKms;
 use keyhold_kms::{ConnectOptions, Kms};
 
 use crate::config::{KmsConfigStatus, KmsSettings, ProxyConfig};
+use crate::lease::LeasePolicy;
 
 /// Why the registry could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,8 @@ pub struct Tenant {
     /// The tenant id.
     pub id: String,
     configs: Vec<KmsConfig>,
+    /// How the tenant leases keys; `None`: every key goes to the KMS.
+    pub lease_policy: Option<LeasePolicy>,
 }
 
 impl Tenant {
@@ -176,20 +179,38 @@ impl TenantRegistry {
                 };
                 configs.push(KmsConfig { id: entry.id, status: entry.status, kms });
             }
-            tenants.insert(tenant.id.clone(), Arc::new(Tenant { id: tenant.id.clone(), configs }));
+            let lease_policy = config.lease_policy(tenant);
+            tenants.insert(
+                tenant.id.clone(),
+                Arc::new(Tenant { id: tenant.id.clone(), configs, lease_policy }),
+            );
         }
         Ok(Self { tenants, keystore })
     }
 
-    /// A registry from ready-made tenants (for embedding and tests).
+    /// A registry from ready-made tenants (for embedding and tests), without leasing.
     pub fn from_tenants(tenants: impl IntoIterator<Item = (String, Vec<KmsConfig>)>) -> Self {
+        Self::from_tenants_leasing(tenants.into_iter().map(|(id, configs)| (id, configs, None)))
+    }
+
+    /// A registry from ready-made tenants, each with its leasing policy.
+    pub fn from_tenants_leasing(
+        tenants: impl IntoIterator<Item = (String, Vec<KmsConfig>, Option<LeasePolicy>)>,
+    ) -> Self {
         Self {
             tenants: tenants
                 .into_iter()
-                .map(|(id, configs)| (id.clone(), Arc::new(Tenant { id, configs })))
+                .map(|(id, configs, lease_policy)| {
+                    (id.clone(), Arc::new(Tenant { id, configs, lease_policy }))
+                })
                 .collect(),
             keystore: None,
         }
+    }
+
+    /// Every tenant.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
     }
 
     /// The tenant with this id.

@@ -17,6 +17,7 @@ use keyhold_kms::{KeyContext, KmsError};
 
 use crate::config::KmsConfigStatus;
 use crate::error::{KmsOperation, ServiceError};
+use crate::lease::{ConfigLeases, open_with_lease_key};
 use crate::metrics::{KeyOperationLabels, KmsErrorLabels, KmsKindLabels, KmsLabels, Metrics};
 use crate::registry::{KmsConfig, Tenant, TenantRegistry};
 
@@ -37,6 +38,8 @@ pub struct KeyService {
     registry: Arc<TenantRegistry>,
     metrics: Arc<Metrics>,
     limits: ServiceLimits,
+    /// Leases by tenant and KMS configuration, for tenants that lease keys.
+    leases: HashMap<String, HashMap<i32, Arc<ConfigLeases>>>,
 }
 
 impl KeyService {
@@ -46,7 +49,37 @@ impl KeyService {
         metrics: Arc<Metrics>,
         limits: ServiceLimits,
     ) -> Self {
-        Self { registry, metrics, limits }
+        let mut leases: HashMap<String, HashMap<i32, Arc<ConfigLeases>>> = HashMap::new();
+        for tenant in registry.tenants() {
+            let Some(policy) = tenant.lease_policy else { continue };
+            for config in tenant.configs() {
+                if config.status == KmsConfigStatus::Disabled {
+                    continue;
+                }
+                let config_leases = ConfigLeases::new(
+                    &tenant.id,
+                    config.id,
+                    Arc::clone(&config.kms),
+                    policy,
+                    limits.kms_timeout,
+                    Arc::clone(&metrics),
+                );
+                leases.entry(tenant.id.clone()).or_default().insert(config.id, config_leases);
+            }
+        }
+        Self { registry, metrics, limits, leases }
+    }
+
+    /// The leases of a tenant's KMS configuration, if the tenant leases keys.
+    pub fn leases(&self, tenant_id: &str, config_id: i32) -> Option<&Arc<ConfigLeases>> {
+        self.leases.get(tenant_id)?.get(&config_id)
+    }
+
+    /// Updates the lease age gauges (before metrics are rendered).
+    pub fn refresh_lease_gauges(&self) {
+        for leases in self.leases.values().flat_map(HashMap::values) {
+            leases.refresh_gauges();
+        }
     }
 
     /// The registry.
@@ -72,6 +105,11 @@ impl KeyService {
         tenant: &Tenant,
         config: &KmsConfig,
     ) -> Result<WrappedKey, ServiceError> {
+        if let Some(leases) = self.leases(&tenant.id, config.id) {
+            let (dek, entry) =
+                leases.generate().await.map_err(|e| e.into_service_error(KmsOperation::Wrap))?;
+            return Ok(WrappedKey { dek, edek: EncryptedDeks::single(entry).to_base64() });
+        }
         let ctx = KeyContext::new(&tenant.id, config.id);
         let generated = self
             .call_kms(tenant, config, "generate", KmsOperation::Wrap, config.kms.generate(&ctx))
@@ -99,6 +137,34 @@ impl KeyService {
         let envelope = EncryptedDeks::from_base64(edek)
             .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))?;
         let (entry, config) = select_entry(tenant, &envelope)?;
+        // Parsing validated the leasing fields; this only splits them out.
+        let leased = entry
+            .lease_parts()
+            .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))?;
+        if let Some(parts) = leased {
+            if let Some(leases) = self.leases(&tenant.id, config.id) {
+                return leases
+                    .open(&parts)
+                    .await
+                    .map_err(|e| e.into_service_error(KmsOperation::Unwrap));
+            }
+            // Leasing is off for this tenant (now): one KMS call for the lease key.
+            let lease_key = self
+                .call_kms(
+                    tenant,
+                    config,
+                    "lease_unwrap",
+                    KmsOperation::Unwrap,
+                    config.kms.unwrap(
+                        &parts.wrapped_lease_key,
+                        &KeyContext::lease(&tenant.id, config.id),
+                    ),
+                )
+                .await?;
+            return open_with_lease_key(&lease_key, &tenant.id, config.id, &parts).map_err(|e| {
+                ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}"))
+            });
+        }
         let ctx = KeyContext::new(&tenant.id, config.id);
         self.call_kms(
             tenant,
@@ -217,6 +283,11 @@ impl KeyService {
         let new_tenant = self.tenant(new_tenant_id)?;
         let new_config = primary(new_tenant)?;
         let dek = self.unwrap_for(old_tenant, edek).await?;
+        if let Some(leases) = self.leases(&new_tenant.id, new_config.id) {
+            let entry =
+                leases.seal(&dek).await.map_err(|e| e.into_service_error(KmsOperation::Wrap))?;
+            return Ok(WrappedKey { dek, edek: EncryptedDeks::single(entry).to_base64() });
+        }
         let ctx = KeyContext::new(&new_tenant.id, new_config.id);
         let wrapped = self
             .call_kms(
@@ -353,12 +424,6 @@ fn select_entry<'a, 't>(
     for entry in &envelope.encrypted_deks {
         if !entry.tenant_id.is_empty() && entry.tenant_id != tenant.id {
             return Err(ServiceError::InvalidEdek("the EDEK belongs to a different tenant".into()));
-        }
-        if entry.leased_key_id != 0 || !entry.encrypted_leased_key_data.is_empty() {
-            return Err(ServiceError::InvalidEdek(
-                "the EDEK was made with a leased key, which this proxy version cannot unwrap"
-                    .into(),
-            ));
         }
         match tenant.config(entry.kms_config_id) {
             Some(config) if config.status != KmsConfigStatus::Disabled => {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{TestProxy, code, meta};
@@ -127,7 +129,8 @@ async fn bad_requests_are_4xx_with_codes() {
 
 #[tokio::test]
 async fn disabled_key_is_denied_and_rotation_keeps_old_edeks() {
-    let p = TestProxy::new();
+    // Without leasing, every call asks the KMS, so a disabled key is refused at once.
+    let p = TestProxy::unleased();
     let ks = p.keystore();
     let before = p.wrap("tenant-a").await;
 
@@ -155,6 +158,75 @@ async fn disabled_key_is_denied_and_rotation_keeps_old_edeks() {
 }
 
 #[tokio::test]
+async fn with_leasing_a_disabled_key_is_refused_from_the_next_renewal() {
+    let p = TestProxy::new();
+    let ks = p.keystore();
+    let before = p.wrap("tenant-a").await;
+    let leases = Arc::clone(p.state.service.leases("tenant-a", 1).expect("tenant-a leases"));
+
+    ks.set_enabled("tenant-a", false).unwrap();
+    // What the renewal task does at the end of the interval (shown in real time in
+    // tests/leasing.rs and by keyhold-cli's test).
+    let refused = leases.renew().await.unwrap_err();
+    assert!(refused.is_revocation(), "{refused:?}");
+    let (status, body) = p.unwrap("tenant-a", &edek_str(&before)).await;
+    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, 206), "{body}");
+    let (status, body) = p.post("/api/1/document/wrap", meta("tenant-a")).await;
+    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, 206), "{body}");
+    p.wrap("tenant-b").await;
+
+    ks.set_enabled("tenant-a", true).unwrap();
+    leases.renew().await.unwrap();
+    let (status, body) = p.unwrap("tenant-a", &edek_str(&before)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["dek"], before["dek"]);
+}
+
+#[tokio::test]
+async fn edeks_made_with_and_without_leasing_both_unwrap() {
+    let leased = TestProxy::new();
+    // The same keys and configuration, leasing off.
+    let text = std::fs::read_to_string(leased.path("keyhold.toml")).unwrap();
+    std::fs::write(
+        leased.path("keyhold.toml"),
+        text.replacen("[leasing]\n", "[leasing]\nenabled = false\n", 1),
+    )
+    .unwrap();
+    let config = keyhold_proxy::ProxyConfig::load(&leased.path("keyhold.toml")).unwrap();
+    let unleased = TestProxy::from_loaded(leased.dir.path(), config);
+
+    let a = leased.wrap("tenant-a").await;
+    let b = unleased.wrap("tenant-a").await;
+    let entry = |w: &serde_json::Value| {
+        EncryptedDeks::from_base64(&edek_str(w)).unwrap().encrypted_deks[0].clone()
+    };
+    assert!(entry(&a).is_leased() && !entry(&b).is_leased());
+    for proxy in [&leased, &unleased] {
+        for w in [&a, &b] {
+            let (status, body) = proxy.unwrap("tenant-a", &edek_str(w)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["dek"], w["dek"]);
+        }
+    }
+    // A leased EDEK is refused for another tenant, and with its sealed key altered.
+    let (status, body) = leased.unwrap("tenant-b", &edek_str(&a)).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 203), "{body}");
+    let mut env = EncryptedDeks::from_base64(&edek_str(&a)).unwrap();
+    env.encrypted_deks[0].encrypted_dek_data[0] ^= 1;
+    for proxy in [&leased, &unleased] {
+        let (status, body) = proxy.unwrap("tenant-a", &env.to_base64()).await;
+        assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 203), "{body}");
+    }
+    // A lease key's envelope cannot be passed off as a data key's: the KMS context differs.
+    let mut env = EncryptedDeks::from_base64(&edek_str(&a)).unwrap();
+    let lease_key =
+        EncryptedDeks::from_bytes(&env.encrypted_deks[0].encrypted_leased_key_data).unwrap();
+    env.encrypted_deks[0] = lease_key.encrypted_deks[0].clone();
+    let (status, body) = leased.unwrap("tenant-a", &env.to_base64()).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 203), "{body}");
+}
+
+#[tokio::test]
 async fn config_status_is_enforced() {
     // tenant-b's only configuration is made decrypt-only, then disabled.
     let p = TestProxy::with_config(|t| {
@@ -173,6 +245,12 @@ async fn config_status_is_enforced() {
     let wrapped = p.wrap("tenant-b").await;
     let mut env = EncryptedDeks::from_base64(&edek_str(&wrapped)).unwrap();
     env.encrypted_deks[0].kms_config_id = 3;
+    // A leased entry names its configuration twice (the lease key's envelope too).
+    let nested = &mut env.encrypted_deks[0].encrypted_leased_key_data;
+    assert!(!nested.is_empty(), "tenants lease keys by default");
+    let mut lease_key = EncryptedDeks::from_bytes(nested).unwrap();
+    lease_key.encrypted_deks[0].kms_config_id = 3;
+    *nested = lease_key.to_bytes();
     let mut body = meta("tenant-b");
     body["encryptedDocumentKey"] = json!(env.to_base64());
     let (status, body) = p.post("/api/1/document/unwrap", body).await;
@@ -276,10 +354,31 @@ async fn health_readiness_and_metrics() {
     assert_eq!(p.get("/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
     p.state.health.set_ready(true);
 
+    // With leasing: one KMS call (the first lease) for both operations, and a cache hit.
     let w = p.wrap("tenant-a").await;
     p.unwrap("tenant-a", &edek_str(&w)).await;
     let (status, text) = p.get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
+    for line in [
+        r#"keyhold_kms_requests_total{tenant="tenant-a",config="1",operation="lease_renew"} 1"#,
+        r#"keyhold_lease_cache_lookups_total{tenant="tenant-a",config="1",result="hit"} 1"#,
+        r#"keyhold_lease_key_age_seconds{tenant="tenant-a",config="1"} "#,
+        r#"keyhold_lease_seconds_since_renewal{tenant="tenant-a",config="1"} "#,
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(!text.contains(r#"operation="generate""#), "{text}");
+    // The tenant that never asked has no lease yet.
+    assert!(
+        text.contains(r#"keyhold_lease_key_age_seconds{tenant="tenant-b",config="2"} -1"#),
+        "{text}"
+    );
+
+    // Without leasing, each operation is a KMS call.
+    let p = TestProxy::unleased();
+    let w = p.wrap("tenant-a").await;
+    p.unwrap("tenant-a", &edek_str(&w)).await;
+    let (_, text) = p.get("/metrics").await;
     assert!(
         text.contains(
             r#"keyhold_kms_requests_total{tenant="tenant-a",config="1",operation="generate"} 1"#

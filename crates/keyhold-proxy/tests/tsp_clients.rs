@@ -108,8 +108,12 @@ async fn alloy_rebuilt_edeks_unwrap() {
     let (status, body) = p.unwrap("tenant-a", &rebuilt.to_base64()).await;
     assert_eq!((status, &body["dek"]), (StatusCode::OK, &wrapped["dek"]));
     // An extra entry for a configuration this tenant does not have is skipped.
-    let foreign =
-        EncryptedDek { kms_config_id: 999, encrypted_dek_data: vec![1, 2, 3], ..ours.clone() };
+    let foreign = EncryptedDek {
+        kms_config_id: 999,
+        encrypted_dek_data: vec![1, 2, 3],
+        tenant_id: "tenant-a".into(),
+        ..EncryptedDek::default()
+    };
     let two = EncryptedDeks { encrypted_deks: vec![foreign, ours] };
     let (status, body) = p.unwrap("tenant-a", &two.to_base64()).await;
     assert_eq!((status, &body["dek"]), (StatusCode::OK, &wrapped["dek"]));

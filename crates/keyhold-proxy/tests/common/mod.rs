@@ -7,7 +7,7 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -39,11 +39,37 @@ impl TestProxy {
         edit(&mut text);
         std::fs::write(&data.config_path, &text).unwrap();
         let config = ProxyConfig::load(&data.config_path).unwrap();
+        Self::from_loaded_owned(dir, config)
+    }
+
+    fn from_loaded_owned(dir: tempfile::TempDir, config: ProxyConfig) -> Self {
         let state = futures::executor::block_on(AppState::from_config(&config)).unwrap();
         state.health.set_ready(true);
         let router = api::app(state.clone(), true);
-        let api_key = std::fs::read_to_string(&data.api_key_path).unwrap().trim().to_owned();
+        let api_key =
+            std::fs::read_to_string(dir.path().join("api-key")).unwrap().trim().to_owned();
         Self { dir, config, state, router, api_key }
+    }
+
+    /// A second proxy over the data directory `dir` (which another `TestProxy` owns), with
+    /// `config`: a second process on the same keys.
+    pub fn from_loaded(dir: &Path, config: ProxyConfig) -> Self {
+        // The copy keeps its own temporary directory alive; keys and configuration are shared.
+        let own = tempfile::tempdir().unwrap();
+        for name in ["keystore", "root.key", "api-key", "keyhold.toml"] {
+            std::fs::copy(dir.join(name), own.path().join(name)).unwrap();
+        }
+        let mut config = config;
+        config.base_dir = own.path().to_owned();
+        Self::from_loaded_owned(own, config)
+    }
+
+    /// A proxy whose tenants do not lease keys: every key goes to the KMS.
+    pub fn unleased() -> Self {
+        Self::with_config(|t| {
+            assert!(t.contains("[leasing]\n"));
+            *t = t.replacen("[leasing]\n", "[leasing]\nenabled = false\n", 1);
+        })
     }
 
     pub fn keystore(&self) -> Arc<Keystore> {
