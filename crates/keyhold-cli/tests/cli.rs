@@ -220,3 +220,112 @@ fn keys_json_listing() {
     let out = keyhold(dir.path(), &["keys", "create", "bad name"]);
     assert!(!out.status.success() && stderr(&out).contains("invalid key name"));
 }
+
+/// A `keyhold proxy` child process on `port`, killed on drop.
+struct ProxyProcess {
+    child: Child,
+    url: String,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_proxy(config: &Path) -> ProxyProcess {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(config)
+        .env("KEYHOLD_LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("KEYHOLD_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http_get(&url, "/ready").is_none_or(|(status, _)| status != 200) {
+        assert!(std::time::Instant::now() < deadline, "keyhold proxy never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ProxyProcess { child, url }
+}
+
+fn http_get(url: &str, path: &str) -> Option<(u16, String)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let response = reqwest::get(format!("{url}{path}")).await.ok()?;
+        Some((response.status().as_u16(), response.text().await.ok()?))
+    })
+}
+
+#[test]
+fn two_proxy_processes_open_each_others_leased_edeks_also_after_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // `keyhold up` makes the keys and configuration (leasing on); then two proxies share them,
+    // as two instances behind a load balancer do, and nothing else.
+    drop(up(dir.path()));
+    let config = dir.path().join(".keyhold/keyhold.toml");
+    std::fs::write(dir.path().join("a.txt"), b"sealed on A").unwrap();
+    std::fs::write(dir.path().join("b.txt"), b"sealed on B").unwrap();
+
+    let encrypt = |proxy: &ProxyProcess, name: &str| {
+        let out = keyhold(
+            dir.path(),
+            &[
+                "encrypt",
+                "--proxy",
+                &proxy.url,
+                "--tenant",
+                "demo-tenant",
+                "--in",
+                &format!("{name}.txt"),
+                "--out",
+                &format!("{name}.khf"),
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let decrypt = |proxy: &ProxyProcess, name: &str| {
+        let out = keyhold(
+            dir.path(),
+            &["decrypt", "--proxy", &proxy.url, "--in", &format!("{name}.khf"), "--out", "out.txt"],
+        );
+        assert!(out.status.success(), "{} on {}: {}", name, proxy.url, stderr(&out));
+        let plain = std::fs::read(dir.path().join("out.txt")).unwrap();
+        assert_eq!(plain, format!("sealed on {}", name.to_uppercase()).into_bytes());
+        std::fs::remove_file(dir.path().join("out.txt")).unwrap();
+    };
+    let lease_unwraps = |proxy: &ProxyProcess| {
+        let (_, metrics) = http_get(&proxy.url, "/metrics").unwrap();
+        metrics
+            .lines()
+            .find(|l| l.contains(r#"operation="lease_unwrap""#))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+
+    let (a, b) = (start_proxy(&config), start_proxy(&config));
+    encrypt(&a, "a");
+    encrypt(&b, "b");
+    decrypt(&b, "a");
+    decrypt(&a, "b");
+    // Each opened the other's EDEK by unwrapping the other's lease key through the KMS once.
+    assert_eq!((lease_unwraps(&a), lease_unwraps(&b)), (1, 1));
+
+    // Both restart (new processes, cold caches, new leases): old EDEKs open on either.
+    drop((a, b));
+    let (a, b) = (start_proxy(&config), start_proxy(&config));
+    for proxy in [&a, &b] {
+        decrypt(proxy, "a");
+        decrypt(proxy, "b");
+        assert_eq!(lease_unwraps(proxy), 2, "one KMS call per lease");
+    }
+}

@@ -11,11 +11,14 @@
 //! - While the KMS cannot be reached, leases keep serving until `max_hold` has passed since the
 //!   KMS last answered; then every leased operation fails with "KMS unreachable" (208) until it
 //!   answers again.
-//! - When the KMS answers *denied* or *disabled* (to a renewal or to a lease unwrap), every lease
-//!   of the configuration is dropped at once and leased operations are refused with that answer
-//!   until a renewal succeeds.
+//! - When the KMS answers a renewal with *denied*, *disabled* or *key invalid*, every lease of the
+//!   configuration is dropped at once and leased operations are refused with that answer until a
+//!   renewal succeeds. Such an answer to a lease unwrap triggers a renewal at once to confirm it
+//!   (the EDEK is the caller's, so it alone must not be able to drop every lease).
+//! - A lease seals new keys for at most `max_hold` after the KMS made it.
 //! - A lease missing from the cache is unwrapped through the KMS once, however many requests
-//!   want it at the same moment (single-flight), and cached (LRU with TTL `max_hold`).
+//!   want it at the same moment (single-flight), and cached (LRU; a lease unused for `max_hold`
+//!   expires).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -38,8 +41,8 @@ pub struct LeasePolicy {
     /// How often a new lease is obtained from the KMS (default 5 minutes). Also the longest a
     /// revocation at the KMS takes to be noticed.
     pub renew_interval: Duration,
-    /// How long leases keep serving after the KMS last answered (default 1 hour); also the
-    /// lifetime of a cached lease.
+    /// How long leases keep serving after the KMS last answered (default 1 hour); also how long
+    /// a cached lease stays in memory unused.
     pub max_hold: Duration,
     /// Most leases cached per KMS configuration (default 4096).
     pub cache_capacity: u64,
@@ -130,7 +133,9 @@ impl ConfigLeases {
     ) -> Arc<Self> {
         let cache = moka::future::Cache::builder()
             .max_capacity(policy.cache_capacity)
-            .time_to_live(policy.max_hold)
+            // Idle, not absolute, expiry: a lease in use keeps serving for as long as the hold
+            // allows (the gate enforces that); one unused for max_hold is dropped from memory.
+            .time_to_idle(policy.max_hold)
             .build();
         Arc::new(Self {
             tenant: tenant.to_owned(),
@@ -243,6 +248,9 @@ impl ConfigLeases {
             }
             Err(error) => {
                 self.write_state().failing = true;
+                if revokes(&error) {
+                    self.revoke(&error);
+                }
                 let code =
                     ServiceError::Kms { operation: KmsOperation::Wrap, source: error.clone() }
                         .code()
@@ -291,6 +299,16 @@ impl ConfigLeases {
     async fn current(&self) -> Result<Arc<Lease>, LeaseFailure> {
         self.gate()?;
         if let Some(lease) = self.read_state().current.clone() {
+            // A lease seals for at most max_hold after the KMS made it, whatever else the KMS
+            // still answers: this bounds what one lease key protects (and its random IVs).
+            let age = lease.obtained.elapsed();
+            if age > self.policy.max_hold {
+                return Err(LeaseFailure::Kms(KmsError::Unreachable(format!(
+                    "no new lease from the KMS for {} s, longer than the lease hold of {} s",
+                    age.as_secs(),
+                    self.policy.max_hold.as_secs()
+                ))));
+            }
             return Ok(lease);
         }
         let _first = self.first_lease.lock().await;
@@ -310,11 +328,23 @@ impl ConfigLeases {
         lease_id: i32,
         digest: [u8; 32],
     ) -> Result<Arc<Lease>, KmsError> {
-        let dek = self
+        let unwrapped = self
             .kms_call("lease_unwrap", KmsOperation::Unwrap, async {
                 self.kms.unwrap(&wrapped, &KeyContext::lease(&self.tenant, self.config_id)).await
             })
-            .await?;
+            .await;
+        let dek = match unwrapped {
+            Ok(dek) => dek,
+            Err(error) => {
+                // The EDEK comes from the caller, who could craft one the KMS denies: confirm
+                // with a renewal (the configured key, nothing the request chose) before every
+                // lease of the configuration is dropped.
+                if revokes(&error) {
+                    let _ = self.renew().await;
+                }
+                return Err(error);
+            }
+        };
         let lease = Lease::new(lease_id, &dek, wrapped)?;
         debug_assert_eq!(lease.digest, digest);
         Ok(Arc::new(lease))
@@ -365,9 +395,6 @@ impl ConfigLeases {
                         code,
                     })
                     .inc();
-                if error.is_revocation() {
-                    self.revoke(error);
-                }
             }
         }
         result
@@ -444,6 +471,12 @@ impl ConfigLeases {
     fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, LeaseState> {
         self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Answers after which no lease of the configuration may be used: denied, disabled, or the key
+/// is gone (not found, no longer valid).
+fn revokes(error: &KmsError) -> bool {
+    error.is_revocation() || matches!(error, KmsError::ConfigurationInvalid(_))
 }
 
 impl Lease {
