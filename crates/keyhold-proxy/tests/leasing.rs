@@ -101,7 +101,7 @@ async fn a_hundred_thousand_operations_make_a_handful_of_kms_calls() {
     let service = &state.service;
     let meta = meta();
 
-    let mut run = |n: usize| {
+    let run = |n: usize| {
         let service = Arc::clone(service);
         let meta = meta.clone();
         async move {
