@@ -6,13 +6,20 @@
 //! (`to_bytes` / `to_base64`) and parsing again gives the same value — an EDEK the proxy
 //! accepted once stays acceptable after any component re-serializes it — and re-encoding is
 //! stable. The base64 entry point accepts exactly what the byte entry point accepts, once encoded.
+//! Leased entries expose consistent parts, and opening their sealed key never panics.
 //! Run with `-max_len=17000` (scripts/fuzz does) so inputs reach the 16 KiB size limit.
 #![no_main]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keyhold_core::edek::{EncryptedDeks, MAX_EDEK_LEN, MAX_ENTRIES};
+use keyhold_core::lease::{LeaseBinding, LeaseCipher};
+use keyhold_core::secret::Dek;
 use libfuzzer_sys::fuzz_target;
+
+fn lease_cipher() -> LeaseCipher {
+    LeaseCipher::new(&Dek::from_bytes([0x42; 32])).expect("a 32-byte key expands")
+}
 
 /// `env` was parsed from `input_len` bytes.
 fn check_parsed(env: &EncryptedDeks, input_len: usize) {
@@ -22,6 +29,22 @@ fn check_parsed(env: &EncryptedDeks, input_len: usize) {
         assert!(entry.kms_config_id >= 1 && entry.leased_key_id >= 0);
         assert!(!entry.encrypted_dek_data.is_empty());
         assert!(env.entry_for_config(entry.kms_config_id).is_some());
+        // Leasing fields are all-or-nothing and consistent (docs/formats.md §8.2); opening a
+        // leased entry with some lease key fails cleanly (or, never in practice, succeeds).
+        match entry.lease_parts() {
+            Ok(Some(parts)) => {
+                assert!(entry.is_leased() && parts.lease_id >= 1);
+                assert!(!parts.wrapped_lease_key.is_empty());
+                let binding = LeaseBinding {
+                    tenant_id: &entry.tenant_id,
+                    kms_config_id: entry.kms_config_id,
+                    lease_id: parts.lease_id,
+                };
+                let _ = lease_cipher().open(parts.iv, parts.sealed_dek, &binding);
+            }
+            Ok(None) => assert!(!entry.is_leased()),
+            Err(e) => panic!("a parsed entry has inconsistent leasing fields: {e}"),
+        }
     }
     let bytes = env.to_bytes();
     // Proto3's encoding is minimal (and unknown fields are dropped), so re-encoding never grows.

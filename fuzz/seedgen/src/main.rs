@@ -111,7 +111,20 @@ fn edek() -> Result<()> {
         encrypted_leased_key_data: local.to_bytes(),
         tenant_id: "tenant-b".into(),
     });
+    // Inconsistent leasing fields (a 40-byte sealed key, a nested envelope of another tenant and
+    // configuration): refused.
     c.put("leased", leased.to_bytes())?;
+    // A well-formed leased entry, as the proxy writes it (docs/formats.md §8).
+    let sealed = keyhold_core::lease::SealedDek { iv: [1; 12], sealed: [9; 48] };
+    let valid = EncryptedDeks::single(EncryptedDek::new_leased(
+        "tenant-b",
+        3,
+        5,
+        &sealed,
+        b"kms-ciphertext-of-the-lease-key",
+    ));
+    c.put("leased-valid", valid.to_bytes())?;
+    c.put("leased-valid.b64", valid.to_base64())?;
     // kmsConfigId = -1 as a 5-byte varint (proto3 writers use 10 bytes for negative int32).
     c.put("negative-config-id-short-varint", hex("0a 0b 0a 03 010203 10 ffffffff0f"))?;
     c.put("no-entries", [0x12, 0x00])?;
