@@ -6,7 +6,7 @@
 //! ```sh
 //! cargo bench -p keyhold-proxy --bench leasing
 //! ```
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
 
 use std::time::Duration;
 
