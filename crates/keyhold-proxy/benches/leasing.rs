@@ -14,6 +14,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keyhold_core::metadata::RequestMetadata;
 use keyhold_proxy::{AppState, ProxyConfig, bootstrap};
 
+#[path = "../tests/common/localstack.rs"]
+mod localstack;
+
 const TENANT: &str = "bench-tenant";
 
 async fn local_state(dir: &std::path::Path, leasing: bool) -> AppState {
@@ -47,26 +50,6 @@ async fn aws_state(dir: &std::path::Path, url: &str, key_arn: &str, leasing: boo
     std::fs::write(&path, text).unwrap();
     let config = ProxyConfig::load(&path).unwrap();
     AppState::from_config(&config).await.unwrap()
-}
-
-async fn localstack_key(url: &str) -> String {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-target", "TrentService.CreateKey")
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kms/aws4_request, \
-             SignedHeaders=host, Signature=00",
-        )
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["KeyMetadata"]["Arn"].as_str().unwrap().to_owned()
 }
 
 fn bench_backend(
@@ -107,7 +90,7 @@ fn leasing(c: &mut Criterion) {
     bench_backend(c, &runtime, "local", states);
 
     if let Ok(url) = std::env::var("KEYHOLD_TEST_LOCALSTACK_URL") {
-        let key = runtime.block_on(localstack_key(&url));
+        let key = runtime.block_on(localstack::create_key(&url));
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let states = runtime.block_on(async {
             [

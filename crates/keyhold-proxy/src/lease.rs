@@ -31,9 +31,8 @@ use keyhold_kms::{KeyContext, Kms, KmsError};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{KmsOperation, ServiceError};
-use crate::metrics::{
-    KmsErrorLabels, KmsKindLabels, KmsLabels, LeaseCacheLabels, LeaseLabels, Metrics,
-};
+use crate::kms_call::KmsCallSite;
+use crate::metrics::{LeaseCacheLabels, LeaseLabels, Metrics};
 
 /// How leasing behaves for one tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,45 +356,18 @@ impl ConfigLeases {
         kind: KmsOperation,
         call: impl Future<Output = Result<T, KmsError>>,
     ) -> Result<T, KmsError> {
-        self.metrics
-            .kms_requests
-            .get_or_create(&KmsLabels {
-                tenant: self.tenant.clone(),
-                config: self.config_id,
-                operation,
-            })
-            .inc();
-        let started = Instant::now();
-        let result = match tokio::time::timeout(self.kms_timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(KmsError::Unreachable(format!(
-                "no answer within {} ms",
-                self.kms_timeout.as_millis()
-            ))),
+        let site = KmsCallSite {
+            metrics: &self.metrics,
+            tenant: &self.tenant,
+            config_id: self.config_id,
+            backend: self.kms.kind(),
+            timeout: self.kms_timeout,
         };
-        self.metrics
-            .kms_duration
-            .get_or_create(&KmsKindLabels { kind: self.kms.kind(), operation })
-            .observe(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(_) => {
-                let mut state = self.write_state();
-                state.last_kms_ok = Some(Instant::now());
-                state.revoked = None;
-            }
-            Err(error) => {
-                let code =
-                    ServiceError::Kms { operation: kind, source: error.clone() }.code().code();
-                self.metrics
-                    .kms_errors
-                    .get_or_create(&KmsErrorLabels {
-                        tenant: self.tenant.clone(),
-                        config: self.config_id,
-                        operation,
-                        code,
-                    })
-                    .inc();
-            }
+        let result = site.call(operation, kind, call).await;
+        if result.is_ok() {
+            let mut state = self.write_state();
+            state.last_kms_ok = Some(Instant::now());
+            state.revoked = None;
         }
         result
     }

@@ -31,6 +31,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+mod kms_call;
 pub mod lease;
 pub mod metrics;
 pub mod registry;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use keyhold_core::edek::{EncryptedDek, EncryptedDeks};
@@ -17,8 +17,9 @@ use keyhold_kms::{KeyContext, KmsError};
 
 use crate::config::KmsConfigStatus;
 use crate::error::{KmsOperation, ServiceError};
+use crate::kms_call::KmsCallSite;
 use crate::lease::{ConfigLeases, open_with_lease_key};
-use crate::metrics::{KeyOperationLabels, KmsErrorLabels, KmsKindLabels, KmsLabels, Metrics};
+use crate::metrics::{KeyOperationLabels, Metrics};
 use crate::registry::{KmsConfig, Tenant, TenantRegistry};
 
 /// Limits the service enforces.
@@ -327,35 +328,16 @@ impl KeyService {
         kind: KmsOperation,
         call: impl Future<Output = Result<T, KmsError>>,
     ) -> Result<T, ServiceError> {
-        self.metrics
-            .kms_requests
-            .get_or_create(&KmsLabels { tenant: tenant.id.clone(), config: config.id, operation })
-            .inc();
-        let started = Instant::now();
-        let result = match tokio::time::timeout(self.limits.kms_timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(KmsError::Unreachable(format!(
-                "no answer within {} ms",
-                self.limits.kms_timeout.as_millis()
-            ))),
+        let site = KmsCallSite {
+            metrics: &self.metrics,
+            tenant: &tenant.id,
+            config_id: config.id,
+            backend: config.kms.kind(),
+            timeout: self.limits.kms_timeout,
         };
-        self.metrics
-            .kms_duration
-            .get_or_create(&KmsKindLabels { kind: config.kms.kind(), operation })
-            .observe(started.elapsed().as_secs_f64());
-        result.map_err(|source| {
-            let error = ServiceError::Kms { operation: kind, source };
-            self.metrics
-                .kms_errors
-                .get_or_create(&KmsErrorLabels {
-                    tenant: tenant.id.clone(),
-                    config: config.id,
-                    operation,
-                    code: error.code().code(),
-                })
-                .inc();
-            error
-        })
+        site.call(operation, kind, call)
+            .await
+            .map_err(|source| ServiceError::Kms { operation: kind, source })
     }
 
     /// Counts `keys` key accesses and writes their audit record. Until the audit pipeline lands,

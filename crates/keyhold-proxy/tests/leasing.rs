@@ -13,36 +13,14 @@ use keyhold_core::metadata::RequestMetadata;
 use keyhold_kms::conformance::service_env;
 use keyhold_proxy::error::ServiceError;
 use keyhold_proxy::{AppState, ProxyConfig};
-use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+#[path = "common/localstack.rs"]
+mod localstack;
+
 const API_KEY: &str = "leasing-test-api-key-0123456789";
 const TENANT: &str = "tenant-leasing";
-
-/// Calls LocalStack's AWS KMS JSON API.
-async fn localstack(url: &str, target: &str, body: &str) -> Value {
-    let response = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-target", format!("TrentService.{target}"))
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kms/aws4_request, \
-             SignedHeaders=host, Signature=00",
-        )
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{target}: {}", response.status());
-    response.json().await.unwrap_or(Value::Null)
-}
-
-async fn new_key(url: &str) -> String {
-    let answer = localstack(url, "CreateKey", r#"{"Description":"keyhold leasing test"}"#).await;
-    answer["KeyMetadata"]["Arn"].as_str().unwrap().to_owned()
-}
 
 /// A proxy (its in-process state) for one tenant on `key_arn` reached at `endpoint`.
 async fn proxy(endpoint: &str, key_arn: &str, leasing: &str, dir: &tempfile::TempDir) -> AppState {
@@ -95,7 +73,7 @@ fn code(result: &Result<impl Sized, ServiceError>) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_operations_make_a_handful_of_kms_calls() {
     let Some(url) = service_env("KEYHOLD_TEST_LOCALSTACK_URL") else { return };
-    let key = new_key(&url).await;
+    let key = localstack::create_key(&url).await;
     let dir = tempfile::tempdir().unwrap();
     let state = proxy(&url, &key, "", &dir).await;
     let service = &state.service;
@@ -186,7 +164,7 @@ fn socket_addr(url: &str) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_kms_outage_leases_serve_for_the_hold_time_then_fail_closed_then_resume() {
     let Some(url) = service_env("KEYHOLD_TEST_LOCALSTACK_URL") else { return };
-    let key = new_key(&url).await;
+    let key = localstack::create_key(&url).await;
     let mut relay = Relay::start(socket_addr(&url)).await;
     let dir = tempfile::tempdir().unwrap();
     let hold = Duration::from_secs(4);
@@ -252,7 +230,7 @@ async fn through_a_kms_outage_leases_serve_for_the_hold_time_then_fail_closed_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_disabled_in_the_kms_is_refused_within_one_renewal_interval() {
     let Some(url) = service_env("KEYHOLD_TEST_LOCALSTACK_URL") else { return };
-    let key = new_key(&url).await;
+    let key = localstack::create_key(&url).await;
     let dir = tempfile::tempdir().unwrap();
     let interval = Duration::from_secs(1);
     let state = proxy(&url, &key, "renew_interval_ms = 1000", &dir).await;
@@ -262,7 +240,7 @@ async fn a_key_disabled_in_the_kms_is_refused_within_one_renewal_interval() {
     assert_eq!(service.unwrap(&meta, &before.edek).await.unwrap(), before.dek);
 
     let key_id = serde_json::to_string(&key).unwrap();
-    localstack(&url, "DisableKey", &format!(r#"{{"KeyId":{key_id}}}"#)).await;
+    localstack::call(&url, "DisableKey", &format!(r#"{{"KeyId":{key_id}}}"#)).await;
     let disabled_at = Instant::now();
     let refused_after = loop {
         let wrap = service.wrap(&meta).await;
@@ -285,7 +263,7 @@ async fn a_key_disabled_in_the_kms_is_refused_within_one_renewal_interval() {
         "refused after {refused_after:?}"
     );
 
-    localstack(&url, "EnableKey", &format!(r#"{{"KeyId":{key_id}}}"#)).await;
+    localstack::call(&url, "EnableKey", &format!(r#"{{"KeyId":{key_id}}}"#)).await;
     let enabled_at = Instant::now();
     while service.unwrap(&meta, &before.edek).await.is_err() {
         assert!(enabled_at.elapsed() < 5 * interval, "never resumed after EnableKey");
@@ -300,7 +278,7 @@ async fn a_key_disabled_in_the_kms_is_refused_within_one_renewal_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_proxy_opens_leased_edeks_with_one_kms_call_per_lease() {
     let Some(url) = service_env("KEYHOLD_TEST_LOCALSTACK_URL") else { return };
-    let key = new_key(&url).await;
+    let key = localstack::create_key(&url).await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = proxy(&url, &key, "", &dir_a).await;
     let meta = meta();

@@ -9,28 +9,10 @@ use keyhold_kms::conformance::service_env;
 use keyhold_proxy::{Proxy, ProxyConfig};
 use serde_json::{Value, json};
 
-const API_KEY: &str = "remote-kms-test-api-key-0123456789";
+#[path = "common/localstack.rs"]
+mod localstack;
 
-/// A fresh symmetric key in LocalStack, through its AWS JSON API.
-async fn localstack_key(url: &str) -> String {
-    let answer: Value = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-target", "TrentService.CreateKey")
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kms/aws4_request, \
-             SignedHeaders=host, Signature=00",
-        )
-        .body(r#"{"Description":"keyhold proxy test"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["KeyMetadata"]["Arn"].as_str().unwrap().to_owned()
-}
+const API_KEY: &str = "remote-kms-test-api-key-0123456789";
 
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -90,7 +72,7 @@ async fn tenants_on_aws_and_vault_side_by_side() {
     ) else {
         return;
     };
-    let key_arn = localstack_key(&localstack).await;
+    let key_arn = localstack::create_key(&localstack).await;
     let down = closed_port();
     let running = start(
         &format!(
