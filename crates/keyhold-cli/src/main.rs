@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod crypt;
 mod keys;
 mod serve;
@@ -54,6 +55,8 @@ enum Command {
     Decrypt(crypt::DecryptArgs),
     /// Manage the vendor-held master keys of a local keystore.
     Keys(keys::KeysArgs),
+    /// Check the audit trail.
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
             Command::Encrypt(args) => crypt::encrypt(args).await,
             Command::Decrypt(args) => crypt::decrypt(args).await,
             Command::Keys(args) => keys::run(args),
+            Command::Audit(args) => audit::run(args),
         }
     });
     match result {

@@ -329,3 +329,115 @@ fn two_proxy_processes_open_each_others_leased_edeks_also_after_restarts() {
         assert_eq!(lease_unwraps(proxy), 2, "one KMS call per lease");
     }
 }
+
+#[test]
+fn no_answered_access_is_lost_when_the_proxy_is_killed_and_the_chain_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(up(dir.path()));
+    let config = dir.path().join(".keyhold/keyhold.toml");
+    let api_key = std::fs::read_to_string(dir.path().join(".keyhold/api-key")).unwrap();
+    let api_key = api_key.trim().to_owned();
+    let audit_file = dir.path().join(".keyhold/audit/demo-tenant.jsonl");
+
+    // Eight clients wrap keys as fast as they can; the proxy is killed (SIGKILL) under them.
+    let traffic = |proxy: &ProxyProcess, prefix: &str, per_client: usize| {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        runtime
+            .block_on(async {
+                let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let mut clients = tokio::task::JoinSet::new();
+                for client in 0..8 {
+                    let (url, key, answered) =
+                        (proxy.url.clone(), api_key.clone(), answered.clone());
+                    let prefix = prefix.to_owned();
+                    clients.spawn(async move {
+                        let http = reqwest::Client::new();
+                        for i in 0..per_client {
+                            let id = format!("{prefix}-{client}-{i}");
+                            let body = serde_json::json!({"tenantId": "demo-tenant",
+                            "iclFields": {"requestingId": "load", "requestId": id}});
+                            let Ok(response) = http
+                                .post(format!("{url}/api/1/document/wrap"))
+                                .header("authorization", format!("cmk {key}"))
+                                .json(&body)
+                                .send()
+                                .await
+                            else {
+                                return;
+                            };
+                            if response.status() == 200 && response.bytes().await.is_ok() {
+                                answered.lock().unwrap().push(id);
+                            }
+                        }
+                    });
+                }
+                while clients.join_next().await.is_some() {}
+                answered
+            })
+            .lock()
+            .unwrap()
+            .clone()
+    };
+    let mut first = start_proxy(&config);
+    let runtime_kill = {
+        let pid = first.child.id();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            // SIGKILL: no shutdown, no flush.
+            Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        })
+    };
+    // Far more than fits in 400 ms: requests are in flight when the kill comes.
+    let mut answered = traffic(&first, "before", 1_000_000);
+    runtime_kill.join().unwrap();
+    let _ = first.child.wait();
+    assert!(!answered.is_empty(), "no request was answered before the kill");
+
+    let second = start_proxy(&config);
+    let before = answered.len();
+    answered.extend(traffic(&second, "after", 50));
+    println!(
+        "{before} accesses answered before the kill, {} after the restart",
+        answered.len() - before
+    );
+    drop(second);
+
+    let text = std::fs::read_to_string(&audit_file).unwrap();
+    let recorded: std::collections::HashSet<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]["request_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let lost: Vec<&String> = answered.iter().filter(|id| !recorded.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} answered accesses missing from the audit trail: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(answered.iter().any(|id| id.starts_with("after")));
+
+    // The chain survived the kill, and `keyhold audit verify` says so ...
+    let out = keyhold(dir.path(), &["audit", "verify", ".keyhold/audit/demo-tenant.jsonl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("chain intact"));
+    // ... and fails at the one event altered or deleted in a copy.
+    let lines: Vec<&str> = text.lines().collect();
+    let mut altered = lines.clone();
+    let changed = altered[5].replacen("\"granted\"", "\"refused\"", 1);
+    altered[5] = &changed;
+    let mut deleted = lines.clone();
+    deleted.remove(7);
+    for (name, copy, line) in
+        [("altered.jsonl", altered, "line 6"), ("deleted.jsonl", deleted, "line 8")]
+    {
+        std::fs::write(dir.path().join(name), copy.join("\n")).unwrap();
+        let out = keyhold(dir.path(), &["audit", "verify", name]);
+        assert!(!out.status.success(), "{name} verified");
+        assert!(stderr(&out).contains(line), "{name}: {}", stderr(&out));
+    }
+}

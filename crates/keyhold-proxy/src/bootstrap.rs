@@ -125,6 +125,10 @@ pub fn init_data_dir(
          # the tenant's KMS. The demo renews every 2 s, so a key disabled with `keyhold keys\n\
          # disable` is refused within 2 s; the default (and production) interval is 5 minutes.\n\
          renew_interval_ms = 2000\n\n\
+         [audit]\n\
+         # Every key access, written and synced here before it is answered: one hash-chained\n\
+         # JSON-lines file per tenant (check one with `keyhold audit verify`). docs/audit.md\n\
+         spool_dir = \"audit\"\n\n\
          [local_keystore]\n\
          path = \"keystore\"\n\
          root_key_file = \"root.key\"\n"

@@ -114,6 +114,9 @@ pub struct ProxyConfig {
     /// How long an open circuit stays open before one probe request is let through, in ms.
     #[serde(default = "default_kms_breaker_cooldown_ms")]
     pub kms_breaker_cooldown_ms: u64,
+    /// The audit trail (docs/audit.md). Without it, audit events go to the log only.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
     /// Key leasing defaults for every tenant (docs/leasing.md); tenants may override them.
     #[serde(default)]
     pub leasing: LeasingConfig,
@@ -142,6 +145,25 @@ pub struct LocalKeystoreConfig {
     /// 0 (the default) checks on every use; a check is one `stat`.
     #[serde(default = "default_reload_ms")]
     pub reload_interval_ms: u64,
+}
+
+/// Where audit events are recorded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Directory of the on-disk spool: one chained JSON-lines file per tenant. Every key access
+    /// is written and synced there before it is answered.
+    pub spool_dir: PathBuf,
+    /// Most events waiting to be written; requests wait when it is full (default 65536).
+    #[serde(default = "default_audit_queue")]
+    pub queue_capacity: usize,
+    /// This proxy's name in events (default: `KEYHOLD_INSTANCE`, else the host name).
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+fn default_audit_queue() -> usize {
+    65_536
 }
 
 /// Key leasing (docs/leasing.md): the proxy wraps new data keys with a lease key it renews from

@@ -59,6 +59,9 @@ pub enum ServiceError {
     /// No such route.
     #[error("no such route: {0}")]
     NotFound(String),
+    /// The access could not be recorded in the audit trail, so it was refused.
+    #[error("the access could not be recorded in the audit trail: {0}")]
+    AuditUnavailable(String),
     /// A bug. Logged in full; the client sees only the code.
     #[error("internal error")]
     Internal,
@@ -78,7 +81,9 @@ impl ServiceError {
             ServiceError::InvalidEdek(_) => ErrorCode::InvalidProvidedEdek,
             ServiceError::Kms { operation, source } => kms_code(*operation, source),
             ServiceError::SecurityEventRejected(_) => ErrorCode::SecurityEventRejected,
-            ServiceError::NotFound(_) | ServiceError::Internal => ErrorCode::UnknownError,
+            ServiceError::NotFound(_)
+            | ServiceError::AuditUnavailable(_)
+            | ServiceError::Internal => ErrorCode::UnknownError,
         }
     }
 
@@ -87,6 +92,7 @@ impl ServiceError {
         match self {
             ServiceError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             other => StatusCode::from_u16(other.code().http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }

@@ -83,7 +83,7 @@ impl AppState {
         let registry = Arc::new(registry::TenantRegistry::from_config(config).await?);
         let metrics = Arc::new(metrics::Metrics::new());
         metrics.tenants.set(i64::try_from(registry.len()).unwrap_or(i64::MAX));
-        let service = Arc::new(service::KeyService::new(
+        let mut service = service::KeyService::new(
             registry,
             Arc::clone(&metrics),
             service::ServiceLimits {
@@ -91,7 +91,15 @@ impl AppState {
                 max_batch_size: config.max_batch_size,
                 batch_concurrency: config.batch_concurrency,
             },
-        ));
+        );
+        if let Some(audit) = &config.audit {
+            let spool =
+                keyhold_audit::Spool::open(&config.resolve(&audit.spool_dir), audit.queue_capacity)
+                    .map_err(ProxyError::Audit)?;
+            let instance = audit.instance.clone().unwrap_or_else(default_instance);
+            service = service.with_audit(spool, instance);
+        }
+        let service = Arc::new(service);
         Ok(Self {
             service,
             api_keys: auth::ApiKeys::new(&config.api_keys()?),
@@ -100,4 +108,13 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
         })
     }
+}
+
+/// This proxy's name in audit events when the configuration gives none.
+fn default_instance() -> String {
+    std::env::var("KEYHOLD_INSTANCE")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "keyhold-proxy".to_owned())
 }

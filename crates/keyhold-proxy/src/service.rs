@@ -17,6 +17,8 @@ use keyhold_kms::{KeyContext, KmsError};
 
 use crate::config::KmsConfigStatus;
 use crate::error::{KmsOperation, ServiceError};
+use keyhold_audit::{AuditEvent, EventKind, Spool};
+
 use crate::kms_call::KmsCallSite;
 use crate::lease::{ConfigLeases, open_with_lease_key};
 use crate::metrics::{KeyOperationLabels, Metrics};
@@ -41,6 +43,10 @@ pub struct KeyService {
     limits: ServiceLimits,
     /// Leases by tenant and KMS configuration, for tenants that lease keys.
     leases: HashMap<String, HashMap<i32, Arc<ConfigLeases>>>,
+    /// Where every key access is recorded before it is answered (none: the log only).
+    audit: Option<Arc<Spool>>,
+    /// This proxy's name in audit events.
+    instance: String,
 }
 
 impl KeyService {
@@ -68,7 +74,15 @@ impl KeyService {
                 leases.entry(tenant.id.clone()).or_default().insert(config.id, config_leases);
             }
         }
-        Self { registry, metrics, limits, leases }
+        Self { registry, metrics, limits, leases, audit: None, instance: String::new() }
+    }
+
+    /// Records every key access in `spool` before answering it; `instance` names this proxy in
+    /// the events.
+    pub fn with_audit(mut self, spool: Arc<Spool>, instance: String) -> Self {
+        self.audit = Some(spool);
+        self.instance = instance;
+        self
     }
 
     /// The leases of a tenant's KMS configuration, if the tenant leases keys.
@@ -91,7 +105,7 @@ impl KeyService {
     /// A new data key and its EDEK, from the tenant's primary KMS configuration.
     pub async fn wrap(&self, meta: &RequestMetadata) -> Result<WrappedKey, ServiceError> {
         let result = self.wrap_inner(meta).await;
-        self.record(meta, "wrap", result.as_ref().err(), 1);
+        self.record(meta, "wrap", result.as_ref().err(), 1).await?;
         result
     }
 
@@ -122,7 +136,7 @@ impl KeyService {
     /// The data key inside an EDEK, if it belongs to the tenant and its KMS agrees.
     pub async fn unwrap(&self, meta: &RequestMetadata, edek: &str) -> Result<Dek, ServiceError> {
         let result = self.unwrap_inner(meta, edek).await;
-        self.record(meta, "unwrap", result.as_ref().err(), 1);
+        self.record(meta, "unwrap", result.as_ref().err(), 1).await?;
         result
     }
 
@@ -188,7 +202,7 @@ impl KeyService {
         let tenant = match self.tenant(&meta.tenant_id).and_then(|t| primary(t).map(|c| (t, c))) {
             Ok(found) => found,
             Err(e) => {
-                self.record(meta, "batch_wrap", Some(&e), document_ids.len());
+                self.record(meta, "batch_wrap", Some(&e), document_ids.len()).await?;
                 return Err(e);
             }
         };
@@ -211,12 +225,12 @@ impl KeyService {
                     response.keys.insert(id, key);
                 }
                 Err(e) => {
-                    self.record(meta, "batch_wrap", Some(&e), 1);
+                    self.record(meta, "batch_wrap", Some(&e), 1).await?;
                     response.failures.insert(id, e.body());
                 }
             }
         }
-        self.record(meta, "batch_wrap", None, response.keys.len());
+        self.record(meta, "batch_wrap", None, response.keys.len()).await?;
         Ok(response)
     }
 
@@ -230,7 +244,7 @@ impl KeyService {
         let tenant = match self.tenant(&meta.tenant_id) {
             Ok(t) => t,
             Err(e) => {
-                self.record(meta, "batch_unwrap", Some(&e), edeks.len());
+                self.record(meta, "batch_unwrap", Some(&e), edeks.len()).await?;
                 return Err(e);
             }
         };
@@ -249,12 +263,12 @@ impl KeyService {
                     response.keys.insert(id, UnwrappedKey { dek });
                 }
                 Err(e) => {
-                    self.record(meta, "batch_unwrap", Some(&e), 1);
+                    self.record(meta, "batch_unwrap", Some(&e), 1).await?;
                     response.failures.insert(id, e.body());
                 }
             }
         }
-        self.record(meta, "batch_unwrap", None, response.keys.len());
+        self.record(meta, "batch_unwrap", None, response.keys.len()).await?;
         Ok(response)
     }
 
@@ -267,7 +281,7 @@ impl KeyService {
         new_tenant_id: &str,
     ) -> Result<WrappedKey, ServiceError> {
         let result = self.rekey_inner(meta, edek, new_tenant_id).await;
-        self.record(meta, "rekey", result.as_ref().err(), 1);
+        self.record(meta, "rekey", result.as_ref().err(), 1).await?;
         result
     }
 
@@ -340,37 +354,35 @@ impl KeyService {
             .map_err(|source| ServiceError::Kms { operation: kind, source })
     }
 
-    /// Counts `keys` key accesses and writes their audit record. Until the audit pipeline lands,
-    /// audit records go to the log under the `keyhold::audit` target; they never carry key
-    /// material.
-    fn record(
+    /// Counts `keys` key accesses and records their audit event: in the audit spool, when there
+    /// is one, before the caller is answered (an access that cannot be recorded is refused), and
+    /// in the log under the `keyhold::audit` target. Events never carry key material.
+    async fn record(
         &self,
         meta: &RequestMetadata,
         operation: &'static str,
         error: Option<&ServiceError>,
         keys: usize,
-    ) {
+    ) -> Result<(), ServiceError> {
         if keys == 0 {
-            return;
+            return Ok(());
         }
         let code = error.map(|e| e.code().code()).unwrap_or(0);
         // Unknown tenants are not used as label values: a caller could otherwise grow the
         // metrics without bound.
-        let tenant = if self.registry.tenant(&meta.tenant_id).is_some() {
-            meta.tenant_id.clone()
-        } else {
-            "(unknown)".to_owned()
-        };
+        let known = self.registry.tenant(&meta.tenant_id).is_some();
+        let tenant = if known { meta.tenant_id.clone() } else { "(unknown)".to_owned() };
         self.metrics
             .key_operations
             .get_or_create(&KeyOperationLabels { tenant, operation, code })
             .inc_by(u64::try_from(keys).unwrap_or(u64::MAX));
         let fields = &meta.icl_fields;
+        let outcome = if error.is_none() { "granted" } else { "refused" };
         tracing::info!(
             target: "keyhold::audit",
             tenant = %meta.tenant_id,
             operation,
-            outcome = if error.is_none() { "granted" } else { "refused" },
+            outcome,
             code,
             keys,
             requesting_id = fields.requesting_id.as_deref().unwrap_or_default(),
@@ -380,6 +392,24 @@ impl KeyService {
             request_id = fields.request_id.as_deref().unwrap_or_default(),
             "key access"
         );
+        // Events of unknown tenants stay in the log only: a spool file per made-up tenant id
+        // would let any caller create files.
+        let Some(spool) = self.audit.as_ref().filter(|_| known) else { return Ok(()) };
+        let mut event = AuditEvent::new(EventKind::Data, &meta.tenant_id, operation);
+        event.outcome = outcome.to_owned();
+        event.code = code;
+        event.keys = u64::try_from(keys).unwrap_or(u64::MAX);
+        event.requesting_id = fields.requesting_id.clone().unwrap_or_default();
+        event.data_label = fields.data_label.clone().unwrap_or_default();
+        event.source_ip = fields.source_ip.clone().unwrap_or_default();
+        event.object_id = fields.object_id.clone().unwrap_or_default();
+        event.request_id = fields.request_id.clone().unwrap_or_default();
+        event.custom = meta.custom_fields.clone();
+        event.proxy = self.instance.clone();
+        spool.append(event).await.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "audit spool: an access could not be recorded; refusing it");
+            ServiceError::AuditUnavailable(e.to_string())
+        })
     }
 }
 

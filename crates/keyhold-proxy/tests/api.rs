@@ -402,3 +402,89 @@ async fn health_readiness_and_metrics() {
     let dek = w["dek"].as_str().unwrap();
     assert!(!text.contains(dek));
 }
+
+/// The records of `tenant`'s audit spool file, after checking its chain.
+fn audit_records(p: &TestProxy, tenant: &str) -> Vec<serde_json::Value> {
+    let path = keyhold_audit::spool::tenant_file(&p.path("audit"), tenant);
+    let text = std::fs::read_to_string(&path).unwrap();
+    keyhold_audit::verify(text.as_bytes(), false).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn every_key_access_is_in_the_tenants_audit_spool_before_it_is_answered() {
+    let p = TestProxy::new();
+    let mut body = meta("tenant-a");
+    body["iclFields"] = json!({
+        "requestingId": "alice@vendor", "dataLabel": "PII", "sourceIp": "203.0.113.7",
+        "objectId": "doc-42", "requestId": "req-1"
+    });
+    body["customFields"] = json!({"org": "sales"});
+    let (status, wrapped) = p.post("/api/1/document/wrap", body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{wrapped}");
+    // Answered, so already on disk.
+    let records = audit_records(&p, "tenant-a");
+    assert_eq!(records.len(), 1);
+    let event = &records[0]["event"];
+    for (field, value) in [
+        ("kind", "data"),
+        ("tenant", "tenant-a"),
+        ("operation", "wrap"),
+        ("outcome", "granted"),
+        ("requesting_id", "alice@vendor"),
+        ("data_label", "PII"),
+        ("source_ip", "203.0.113.7"),
+        ("object_id", "doc-42"),
+        ("request_id", "req-1"),
+    ] {
+        assert_eq!(event[field], value, "{field}: {event}");
+    }
+    assert_eq!(event["custom"]["org"], "sales");
+    assert!(event["id"].as_str().unwrap().len() == 36 && event["proxy"].is_string(), "{event}");
+    // No key material in the trail.
+    let text =
+        std::fs::read_to_string(keyhold_audit::spool::tenant_file(&p.path("audit"), "tenant-a"))
+            .unwrap();
+    assert!(
+        !text.contains(wrapped["dek"].as_str().unwrap())
+            && !text.contains(wrapped["edek"].as_str().unwrap())
+    );
+
+    // A refused access is recorded with its code; an unknown tenant gets no file.
+    body["encryptedDocumentKey"] = json!("AAAA");
+    let (status, _) = p.post("/api/1/document/unwrap", body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let records = audit_records(&p, "tenant-a");
+    assert_eq!(
+        (records[1]["event"]["outcome"].as_str(), records[1]["event"]["code"].as_u64()),
+        (Some("refused"), Some(203))
+    );
+    let (status, _) = p.post("/api/1/document/wrap", meta("no-such-tenant")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!keyhold_audit::spool::tenant_file(&p.path("audit"), "no-such-tenant").exists());
+}
+
+#[tokio::test]
+async fn an_access_that_cannot_be_audited_is_refused() {
+    let p = TestProxy::new();
+    p.wrap("tenant-a").await;
+    // The tenant's spool file is replaced by something that is not a chain (as if damaged):
+    // the spool will not extend it, so the access is refused, with nothing handed out.
+    let path = keyhold_audit::spool::tenant_file(&p.path("audit"), "tenant-a");
+    // The writer holds the old file open; a new spool (a restarted proxy) reads the damage.
+    let config = p.config.clone();
+    std::fs::write(&path, b"damaged\n").unwrap();
+    let restarted = TestProxy::from_loaded(p.dir.path(), config);
+    std::fs::create_dir_all(restarted.path("audit")).unwrap();
+    std::fs::write(
+        keyhold_audit::spool::tenant_file(&restarted.path("audit"), "tenant-a"),
+        b"damaged\n",
+    )
+    .unwrap();
+    let (status, body) = restarted.post("/api/1/document/wrap", meta("tenant-a")).await;
+    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, 100), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("audit"), "{body}");
+    assert!(body.get("dek").is_none());
+    // Other tenants are served.
+    restarted.wrap("tenant-b").await;
+}

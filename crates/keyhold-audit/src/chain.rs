@@ -1,0 +1,303 @@
+//! The per-tenant hash chain that makes a tenant's audit stream tamper-evident.
+//!
+//! Each record is one JSON line: `{"seq":N,"prev":"<hex>","hash":"<hex>","event":{…}}`, where
+//!
+//! ```text
+//! hash = SHA-256("keyhold/audit-chain/v1\0" ‖ prev ‖ u64be(seq) ‖ canonical(event))
+//! ```
+//!
+//! `prev` is the previous record's `hash` (32 zero bytes for `seq` 1) and `canonical` is the
+//! event's JSON with object keys sorted and no whitespace. Changing any event, removing or
+//! reordering records, or cutting the middle out of a stream breaks the chain at that record;
+//! [`verify`] names it. (Cutting records off the *end* is only visible against a later
+//! checkpoint or the receiver's own count: see docs/audit.md.)
+
+use std::io::BufRead;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::event::AuditEvent;
+
+/// The `prev` of the first record.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+const LABEL: &[u8] = b"keyhold/audit-chain/v1\0";
+
+/// One chained record, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the tenant's stream, from 1.
+    pub seq: u64,
+    /// Hex SHA-256 of the previous record.
+    pub prev: String,
+    /// Hex SHA-256 of this record.
+    pub hash: String,
+    /// The event.
+    pub event: Value,
+}
+
+/// The end of a tenant's chain: what the next record links to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    /// The `seq` of the last record (0: none yet).
+    pub seq: u64,
+    /// The hash of the last record ([`GENESIS`]: none yet).
+    pub hash: [u8; 32],
+}
+
+impl Default for ChainHead {
+    fn default() -> Self {
+        Self { seq: 0, hash: GENESIS }
+    }
+}
+
+impl ChainHead {
+    /// Links `event` after this head: returns the JSON line (with its newline) and moves the
+    /// head to it.
+    pub fn append(&mut self, event: &AuditEvent) -> Result<Vec<u8>, serde_json::Error> {
+        let value = serde_json::to_value(event)?;
+        let seq = self.seq + 1;
+        let hash = link_hash(&self.hash, seq, &value);
+        let record =
+            Record { seq, prev: hex::encode(self.hash), hash: hex::encode(hash), event: value };
+        let mut line = serde_json::to_vec(&record)?;
+        line.push(b'\n');
+        *self = ChainHead { seq, hash };
+        Ok(line)
+    }
+
+    /// The head after `record`, if `record` is well formed (for resuming a stream).
+    pub fn after(record: &Record) -> Option<Self> {
+        Some(Self { seq: record.seq, hash: decode_hash(&record.hash)? })
+    }
+}
+
+fn link_hash(prev: &[u8; 32], seq: u64, event: &Value) -> [u8; 32] {
+    let mut canonical = Vec::with_capacity(512);
+    write_canonical(event, &mut canonical);
+    let mut hasher = Sha256::new();
+    hasher.update(LABEL);
+    hasher.update(prev);
+    hasher.update(seq.to_be_bytes());
+    hasher.update(&canonical);
+    hasher.finalize().into()
+}
+
+/// JSON with object keys sorted, no whitespace: the same bytes whatever order a receiver (an
+/// index, a log shipper) stored the fields in.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Writing a string into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, key);
+                out.push(b':');
+                write_canonical(value, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
+    }
+}
+
+fn decode_hash(text: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(text).ok()?;
+    bytes.try_into().ok()
+}
+
+/// What a verified stream held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Records checked.
+    pub records: u64,
+    /// The head after the last record.
+    pub head: ChainHead,
+}
+
+/// Where and how a stream fails verification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {problem}")]
+pub struct VerifyError {
+    /// 1-based line number in the input.
+    pub line: u64,
+    /// What is wrong there.
+    pub problem: Problem,
+}
+
+/// What is wrong with a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Problem {
+    /// Not a chained record (not JSON, fields missing, bad hex).
+    #[error("not a chained audit record: {0}")]
+    Malformed(String),
+    /// A record is missing before this one (or records were reordered).
+    #[error("record {found} follows record {previous}: records are missing or out of order")]
+    Gap {
+        /// The `seq` of the record before.
+        previous: u64,
+        /// The `seq` found.
+        found: u64,
+    },
+    /// `prev` is not the previous record's hash: a record before it was removed or replaced.
+    #[error("record {seq} does not link to the record before it")]
+    BrokenLink {
+        /// The record.
+        seq: u64,
+    },
+    /// The record's content does not match its hash: it was altered.
+    #[error("record {seq} was altered (its hash does not match its content)")]
+    Altered {
+        /// The record.
+        seq: u64,
+    },
+}
+
+/// Checks a stream of chained records, one per line (blank lines are skipped). A stream must
+/// start at `seq` 1 unless `from_middle` is set, in which case the first record is taken as is
+/// and only the links after it are checked (an export that starts later).
+pub fn verify(input: impl BufRead, from_middle: bool) -> Result<Verified, VerifyError> {
+    let mut head: Option<ChainHead> = if from_middle { None } else { Some(ChainHead::default()) };
+    let mut records = 0;
+    for (index, line) in input.lines().enumerate() {
+        let line_no = index as u64 + 1;
+        let fail = |problem| VerifyError { line: line_no, problem };
+        let line = line.map_err(|e| fail(Problem::Malformed(e.to_string())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Record =
+            serde_json::from_str(&line).map_err(|e| fail(Problem::Malformed(e.to_string())))?;
+        let prev = decode_hash(&record.prev)
+            .ok_or_else(|| fail(Problem::Malformed("prev is not a 32-byte hex hash".into())))?;
+        let stated = decode_hash(&record.hash)
+            .ok_or_else(|| fail(Problem::Malformed("hash is not a 32-byte hex hash".into())))?;
+        if let Some(head) = head {
+            if record.seq != head.seq + 1 {
+                return Err(fail(Problem::Gap { previous: head.seq, found: record.seq }));
+            }
+            if prev != head.hash {
+                return Err(fail(Problem::BrokenLink { seq: record.seq }));
+            }
+        }
+        if link_hash(&prev, record.seq, &record.event) != stated {
+            return Err(fail(Problem::Altered { seq: record.seq }));
+        }
+        head = Some(ChainHead { seq: record.seq, hash: stated });
+        records += 1;
+    }
+    Ok(Verified { records, head: head.unwrap_or_default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    fn stream(n: usize) -> Vec<String> {
+        let mut head = ChainHead::default();
+        (0..n)
+            .map(|i| {
+                let mut event = AuditEvent::new(EventKind::Data, "acme", "wrap");
+                event.request_id = format!("req-{i}");
+                String::from_utf8(head.append(&event).unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    fn check(lines: &[String]) -> Result<Verified, VerifyError> {
+        verify(lines.concat().as_bytes(), false)
+    }
+
+    #[test]
+    fn an_intact_stream_verifies() {
+        let lines = stream(5);
+        let verified = check(&lines).unwrap();
+        assert_eq!(verified.records, 5);
+        assert_eq!(verified.head.seq, 5);
+        assert_eq!(check(&[]).unwrap().records, 0);
+    }
+
+    #[test]
+    fn an_altered_event_is_found_at_its_line() {
+        let mut lines = stream(5);
+        lines[2] = lines[2].replace("req-2", "req-X");
+        let err = check(&lines).unwrap_err();
+        assert_eq!(err, VerifyError { line: 3, problem: Problem::Altered { seq: 3 } });
+    }
+
+    #[test]
+    fn a_deleted_or_moved_record_is_found() {
+        let mut lines = stream(5);
+        lines.remove(1);
+        assert_eq!(check(&lines).unwrap_err().problem, Problem::Gap { previous: 1, found: 3 });
+        let mut lines = stream(5);
+        lines.swap(1, 2);
+        assert_eq!(check(&lines).unwrap_err().line, 2);
+        // Deleting the first record is a gap too.
+        let lines = stream(3);
+        assert_eq!(check(&lines[1..]).unwrap_err().problem, Problem::Gap { previous: 0, found: 2 });
+        // ... unless the export is declared to start in the middle.
+        assert_eq!(verify(lines[1..].concat().as_bytes(), true).unwrap().records, 2);
+    }
+
+    #[test]
+    fn a_replaced_record_with_its_own_valid_hash_breaks_the_next_link() {
+        let mut lines = stream(4);
+        // Rewrite record 2 and recompute its hash: record 3 no longer links to it.
+        let mut record: Record = serde_json::from_str(&lines[1]).unwrap();
+        record.event["request_id"] = "forged".into();
+        let prev = decode_hash(&record.prev).unwrap();
+        record.hash = hex::encode(link_hash(&prev, 2, &record.event));
+        lines[1] = format!("{}\n", serde_json::to_string(&record).unwrap());
+        assert_eq!(
+            check(&lines).unwrap_err(),
+            VerifyError { line: 3, problem: Problem::BrokenLink { seq: 3 } }
+        );
+    }
+
+    #[test]
+    fn field_order_and_whitespace_do_not_matter_but_values_do() {
+        let lines = stream(1);
+        let value: Value = serde_json::from_str(&lines[0]).unwrap();
+        // Pretty-printed and with the event's keys in another order: same content, verifies.
+        let mut event: Vec<(String, Value)> =
+            value["event"].as_object().unwrap().clone().into_iter().collect();
+        event.reverse();
+        let reordered = format!(
+            "{{\"event\":{{{}}},\"hash\":{},\"prev\":{},\"seq\":1}}\n",
+            event
+                .iter()
+                .map(|(k, v)| format!("{}: {}", serde_json::to_string(k).unwrap(), v))
+                .collect::<Vec<_>>()
+                .join(", "),
+            value["hash"],
+            value["prev"]
+        );
+        assert_eq!(verify(reordered.as_bytes(), false).unwrap().records, 1);
+        assert!(matches!(
+            verify(b"not json\n".as_slice(), false).unwrap_err().problem,
+            Problem::Malformed(_)
+        ));
+    }
+}

@@ -1,0 +1,364 @@
+//! The durable on-disk spool: every event is appended to its tenant's chained file, and synced
+//! to disk, before [`Spool::append`] returns — so before the request that caused it is answered.
+//!
+//! One writer thread takes events from a queue in batches (group commit): it appends every
+//! waiting event of a batch, then syncs each file it touched once, then answers them all. Under
+//! load many requests share one sync; a lone request pays one.
+//!
+//! Layout: `DIR/<tenant>.jsonl`, one chained record per line (see [`crate::chain`]). Tenant ids
+//! that are not plain file names (`[A-Za-z0-9._-]`, up to 100 bytes, not starting with `.`) use
+//! `DIR/t-<first 32 hex digits of SHA-256(tenant)>.jsonl`. A record cut short by a crash (never
+//! answered: its sync had not returned) is removed when the file is next opened.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::chain::{ChainHead, Record};
+use crate::event::AuditEvent;
+
+/// Most events one group commit takes.
+const MAX_BATCH: usize = 4096;
+
+/// Why an event could not be spooled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// Reading, writing or syncing the spool failed.
+    #[error("audit spool {path}: {reason}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's message.
+        reason: String,
+    },
+    /// The last record of a spool file is not a chained record: the spool will not extend a
+    /// chain it cannot read (an operator must look at the file).
+    #[error("audit spool {path} ends in something that is not a chained record: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The writer has stopped (the process is shutting down).
+    #[error("the audit spool is closed")]
+    Closed,
+}
+
+struct Job {
+    event: AuditEvent,
+    done: tokio::sync::oneshot::Sender<Result<u64, SpoolError>>,
+}
+
+/// The spool of one proxy.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    queue: tokio::sync::mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("event", &self.event.id).finish()
+    }
+}
+
+impl Spool {
+    /// Opens (creating it, mode 0700) the spool directory and starts its writer thread.
+    /// `queue_capacity` bounds the events waiting to be written; callers wait when it is full.
+    pub fn open(dir: &Path, queue_capacity: usize) -> Result<Arc<Self>, SpoolError> {
+        create_private_dir(dir)?;
+        let (queue, jobs) = tokio::sync::mpsc::channel(queue_capacity.max(1));
+        let writer = Writer { dir: dir.to_owned(), files: HashMap::new() };
+        std::thread::Builder::new()
+            .name("keyhold-audit-spool".into())
+            .spawn(move || writer.run(jobs))
+            .map_err(|e| io_error(dir, &e))?;
+        Ok(Arc::new(Self { dir: dir.to_owned(), queue }))
+    }
+
+    /// Appends `event` to its tenant's chain and returns its `seq` once it is on disk.
+    pub async fn append(&self, event: AuditEvent) -> Result<u64, SpoolError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.queue.send(Job { event, done }).await.map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// The file holding `tenant`'s events.
+    pub fn tenant_file(&self, tenant: &str) -> PathBuf {
+        tenant_file(&self.dir, tenant)
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The file of `tenant` under `dir`.
+pub fn tenant_file(dir: &Path, tenant: &str) -> PathBuf {
+    let plain = !tenant.is_empty()
+        && tenant.len() <= 100
+        && !tenant.starts_with('.')
+        && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if plain {
+        dir.join(format!("{tenant}.jsonl"))
+    } else {
+        let digest = Sha256::digest(tenant.as_bytes());
+        dir.join(format!("t-{}.jsonl", &hex::encode(digest)[..32]))
+    }
+}
+
+struct TenantFile {
+    file: File,
+    path: PathBuf,
+    head: ChainHead,
+}
+
+struct Writer {
+    dir: PathBuf,
+    files: HashMap<String, TenantFile>,
+}
+
+impl Writer {
+    fn run(mut self, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
+        while let Some(first) = jobs.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Writes a batch, syncs every file it touched, then answers every job.
+    fn commit(&mut self, batch: Vec<Job>) {
+        let mut groups: Vec<(String, Vec<Job>)> = Vec::new();
+        for job in batch {
+            match groups.iter_mut().find(|(tenant, _)| *tenant == job.event.tenant) {
+                Some((_, jobs)) => jobs.push(job),
+                None => groups.push((job.event.tenant.clone(), vec![job])),
+            }
+        }
+        let mut written: Vec<(String, Vec<(Job, u64)>)> = Vec::new();
+        for (tenant, jobs) in groups {
+            let file = match self.file(&tenant) {
+                Ok(file) => file,
+                Err(error) => {
+                    answer_all(jobs, &error);
+                    continue;
+                }
+            };
+            // The head moves in this copy; it is kept only if the write succeeds.
+            let mut head = file.head;
+            let mut lines = Vec::new();
+            let mut appended = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                match head.append(&job.event) {
+                    Ok(line) => {
+                        lines.extend_from_slice(&line);
+                        appended.push((job, head.seq));
+                    }
+                    Err(e) => {
+                        let error =
+                            SpoolError::Io { path: file.path.clone(), reason: e.to_string() };
+                        let _ = job.done.send(Err(error));
+                    }
+                }
+            }
+            match file.file.write_all(&lines) {
+                Ok(()) => {
+                    file.head = head;
+                    written.push((tenant, appended));
+                }
+                Err(e) => {
+                    let error = io_error(&file.path, &e);
+                    answer_all(appended.into_iter().map(|(job, _)| job), &error);
+                    // Reopened on next use: recovery cuts a partly written record.
+                    self.files.remove(&tenant);
+                }
+            }
+        }
+        for (tenant, appended) in written {
+            let synced = match self.files.get(&tenant) {
+                Some(file) => file.file.sync_data().map_err(|e| io_error(&file.path, &e)),
+                None => Err(SpoolError::Closed),
+            };
+            match synced {
+                Ok(()) => {
+                    for (job, seq) in appended {
+                        let _ = job.done.send(Ok(seq));
+                    }
+                }
+                Err(error) => {
+                    answer_all(appended.into_iter().map(|(job, _)| job), &error);
+                    // After a failed sync the file's state is unknown: read it again.
+                    self.files.remove(&tenant);
+                }
+            }
+        }
+    }
+
+    fn file(&mut self, tenant: &str) -> Result<&mut TenantFile, SpoolError> {
+        if !self.files.contains_key(tenant) {
+            let opened = open_tenant_file(&tenant_file(&self.dir, tenant))?;
+            self.files.insert(tenant.to_owned(), opened);
+        }
+        self.files.get_mut(tenant).ok_or(SpoolError::Closed)
+    }
+}
+
+fn answer_all(jobs: impl IntoIterator<Item = Job>, error: &SpoolError) {
+    for job in jobs {
+        let _ = job.done.send(Err(error.clone()));
+    }
+}
+
+fn open_tenant_file(path: &Path) -> Result<TenantFile, SpoolError> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| io_error(path, &e))?;
+    let head = recover(&mut file, path)?;
+    Ok(TenantFile { file, path: path.to_owned(), head })
+}
+
+/// Finds the chain head at the end of `file`, first cutting off a record left incomplete by a
+/// crash.
+fn recover(file: &mut File, path: &Path) -> Result<ChainHead, SpoolError> {
+    let len = file.metadata().map_err(|e| io_error(path, &e))?.len();
+    if len == 0 {
+        return Ok(ChainHead::default());
+    }
+    let mut window: u64 = 64 * 1024;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut tail = Vec::with_capacity(usize::try_from(len - start).unwrap_or(0));
+        file.seek(SeekFrom::Start(start)).map_err(|e| io_error(path, &e))?;
+        file.read_to_end(&mut tail).map_err(|e| io_error(path, &e))?;
+        // Everything after the last newline is an incomplete record: never answered, cut it.
+        let Some(end) = tail.iter().rposition(|&b| b == b'\n') else {
+            if start == 0 {
+                file.set_len(0).map_err(|e| io_error(path, &e))?;
+                return Ok(ChainHead::default());
+            }
+            window *= 4;
+            continue;
+        };
+        let complete = start + end as u64 + 1;
+        if complete < len {
+            file.set_len(complete).map_err(|e| io_error(path, &e))?;
+            file.sync_data().map_err(|e| io_error(path, &e))?;
+        }
+        let body = tail.get(..end).unwrap_or_default();
+        let line_start = match body.iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None if start == 0 => 0,
+            None => {
+                window *= 4;
+                continue;
+            }
+        };
+        let corrupt = |reason: String| SpoolError::Corrupt { path: path.to_owned(), reason };
+        let record: Record = serde_json::from_slice(body.get(line_start..).unwrap_or_default())
+            .map_err(|e| corrupt(e.to_string()))?;
+        return ChainHead::after(&record).ok_or_else(|| corrupt("bad hash".into()));
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), SpoolError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| io_error(dir, &e))
+}
+
+fn io_error(path: &Path, error: &std::io::Error) -> SpoolError {
+    SpoolError::Io { path: path.to_owned(), reason: error.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::verify;
+    use crate::event::EventKind;
+
+    fn event(tenant: &str, i: usize) -> AuditEvent {
+        let mut e = AuditEvent::new(EventKind::Data, tenant, "wrap");
+        e.request_id = format!("req-{i}");
+        e
+    }
+
+    fn verified(path: &Path) -> u64 {
+        verify(std::io::BufReader::new(File::open(path).unwrap()), false).unwrap().records
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_land_in_one_chain_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1024).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..400 {
+            let spool = Arc::clone(&spool);
+            let tenant = if i % 2 == 0 { "acme" } else { "tenant with spaces/and slashes" };
+            tasks.spawn(async move { spool.append(event(tenant, i)).await.unwrap() });
+        }
+        let mut seqs = Vec::new();
+        while let Some(seq) = tasks.join_next().await {
+            seqs.push(seq.unwrap());
+        }
+        seqs.sort_unstable();
+        // Two chains of 200: each seq twice.
+        assert_eq!(seqs, (1..=200).flat_map(|s| [s, s]).collect::<Vec<_>>());
+        assert_eq!(verified(&spool.tenant_file("acme")), 200);
+        let odd = spool.tenant_file("tenant with spaces/and slashes");
+        assert!(odd.file_name().unwrap().to_str().unwrap().starts_with("t-"));
+        assert_eq!(verified(&odd), 200);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(spool.tenant_file("acme")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reopened_spool_continues_the_chain_and_cuts_a_torn_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let spool = Spool::open(dir.path(), 16).unwrap();
+            for i in 0..3 {
+                spool.append(event("acme", i)).await.unwrap();
+            }
+            spool.tenant_file("acme")
+        };
+        // A crash in the middle of writing record 4.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"seq":4,"prev":"ab"#).unwrap();
+        drop(file);
+        let spool = Spool::open(dir.path(), 16).unwrap();
+        assert_eq!(spool.append(event("acme", 3)).await.unwrap(), 4);
+        assert_eq!(verified(&path), 4);
+    }
+
+    #[tokio::test]
+    async fn a_spool_that_ends_in_garbage_is_not_extended() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 16).unwrap();
+        std::fs::write(spool.tenant_file("acme"), b"this is not a record\n").unwrap();
+        let err = spool.append(event("acme", 0)).await.unwrap_err();
+        assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
+        // Other tenants are not affected.
+        assert_eq!(spool.append(event("other", 0)).await.unwrap(), 1);
+    }
+}
