@@ -2,7 +2,8 @@
 //! to disk, before [`Spool::append`] returns — so before the request that caused it is answered.
 //!
 //! One writer thread takes events from a queue in batches (group commit): it appends every
-//! waiting event of a batch, then syncs each file it touched once, then answers them all. Under
+//! waiting event (and those that arrive while it writes), then syncs each file it touched once,
+//! then answers them all. Under
 //! load many requests share one sync; a lone request pays one.
 //!
 //! Layout: `DIR/<tenant>.jsonl`, one chained record per line (see [`crate::chain`]). Tenant ids
@@ -129,18 +130,24 @@ impl Writer {
     fn run(mut self, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
         while let Some(first) = jobs.blocking_recv() {
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+            drain(&mut jobs, &mut batch);
+            let mut written = self.write(batch);
+            // Events that arrived while this batch was written share its sync.
+            while written.len() < MAX_BATCH {
+                let mut more = Vec::new();
+                drain(&mut jobs, &mut more);
+                if more.is_empty() {
+                    break;
                 }
+                written.extend(self.write(more));
             }
-            self.commit(batch);
+            self.sync(written);
         }
     }
 
-    /// Writes a batch, syncs every file it touched, then answers every job.
-    fn commit(&mut self, batch: Vec<Job>) {
+    /// Appends a batch to the tenants' files (not yet synced); returns each written job with
+    /// its tenant and `seq`. Jobs that fail are answered here.
+    fn write(&mut self, batch: Vec<Job>) -> Vec<(String, Job, u64)> {
         let mut groups: Vec<(String, Vec<Job>)> = Vec::new();
         for job in batch {
             match groups.iter_mut().find(|(tenant, _)| *tenant == job.event.tenant) {
@@ -148,7 +155,7 @@ impl Writer {
                 None => groups.push((job.event.tenant.clone(), vec![job])),
             }
         }
-        let mut written: Vec<(String, Vec<(Job, u64)>)> = Vec::new();
+        let mut written = Vec::new();
         for (tenant, jobs) in groups {
             let file = match self.file(&tenant) {
                 Ok(file) => file,
@@ -177,7 +184,8 @@ impl Writer {
             match file.file.write_all(&lines) {
                 Ok(()) => {
                     file.head = head;
-                    written.push((tenant, appended));
+                    written
+                        .extend(appended.into_iter().map(|(job, seq)| (tenant.clone(), job, seq)));
                 }
                 Err(e) => {
                     let error = io_error(&file.path, &e);
@@ -187,23 +195,33 @@ impl Writer {
                 }
             }
         }
-        for (tenant, appended) in written {
-            let synced = match self.files.get(&tenant) {
+        written
+    }
+
+    /// Syncs every file the jobs were written to, once each, then answers the jobs.
+    fn sync(&mut self, written: Vec<(String, Job, u64)>) {
+        let mut outcomes: HashMap<String, Result<(), SpoolError>> = HashMap::new();
+        for (tenant, _, _) in &written {
+            if outcomes.contains_key(tenant) {
+                continue;
+            }
+            let synced = match self.files.get(tenant) {
                 Some(file) => file.file.sync_data().map_err(|e| io_error(&file.path, &e)),
                 None => Err(SpoolError::Closed),
             };
-            match synced {
-                Ok(()) => {
-                    for (job, seq) in appended {
-                        let _ = job.done.send(Ok(seq));
-                    }
-                }
-                Err(error) => {
-                    answer_all(appended.into_iter().map(|(job, _)| job), &error);
-                    // After a failed sync the file's state is unknown: read it again.
-                    self.files.remove(&tenant);
-                }
+            if synced.is_err() {
+                // After a failed sync the file's state is unknown: read it again.
+                self.files.remove(tenant);
             }
+            outcomes.insert(tenant.clone(), synced);
+        }
+        for (tenant, job, seq) in written {
+            let answer = match outcomes.get(&tenant) {
+                Some(Ok(())) => Ok(seq),
+                Some(Err(error)) => Err(error.clone()),
+                None => Err(SpoolError::Closed),
+            };
+            let _ = job.done.send(answer);
         }
     }
 
@@ -213,6 +231,16 @@ impl Writer {
             self.files.insert(tenant.to_owned(), opened);
         }
         self.files.get_mut(tenant).ok_or(SpoolError::Closed)
+    }
+}
+
+/// Moves the jobs waiting in the queue into `batch`, up to [`MAX_BATCH`].
+fn drain(jobs: &mut tokio::sync::mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
     }
 }
 
