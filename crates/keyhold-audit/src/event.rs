@@ -56,6 +56,9 @@ pub struct AuditEvent {
     /// Free-form fields from the request.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub custom: BTreeMap<String, String>,
+    /// For security events: when the application says the event happened (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time_millis: Option<u64>,
     /// The proxy instance that recorded it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub proxy: String,
@@ -79,6 +82,7 @@ impl AuditEvent {
             object_id: String::new(),
             request_id: String::new(),
             custom: BTreeMap::new(),
+            event_time_millis: None,
             proxy: String::new(),
         }
     }

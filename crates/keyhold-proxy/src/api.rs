@@ -10,6 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use keyhold_audit::EventKind;
 use keyhold_core::metadata::RequestMetadata;
 use keyhold_core::wire::{
     self, BatchUnwrapRequest, BatchWrapRequest, RekeyRequest, ReportOperationsRequest,
@@ -243,6 +244,9 @@ async fn security_event(
         request_id = fields.request_id.as_deref().unwrap_or_default(),
         "security event"
     );
+    let mut audit = state.service.event(&meta, EventKind::Security, &event);
+    audit.event_time_millis = timestamp_millis.and_then(|t| u64::try_from(t).ok());
+    state.service.spool(audit).await?;
     Ok(null_json())
 }
 
@@ -267,6 +271,11 @@ async fn report_operations(
         requesting_id = meta.icl_fields.requesting_id.as_deref().unwrap_or_default(),
         "cached key use reported"
     );
+    // Keys the client used from its own cache: accesses too, so they are in the trail.
+    let mut audit = state.service.event(&meta, EventKind::Data, "cached_key_use");
+    audit.keys = wraps.saturating_add(unwraps);
+    audit.custom.insert("cached_keys".into(), operations.len().to_string());
+    state.service.spool(audit).await?;
     Ok(null_json())
 }
 

@@ -394,11 +394,20 @@ impl KeyService {
         );
         // Events of unknown tenants stay in the log only: a spool file per made-up tenant id
         // would let any caller create files.
-        let Some(spool) = self.audit.as_ref().filter(|_| known) else { return Ok(()) };
-        let mut event = AuditEvent::new(EventKind::Data, &meta.tenant_id, operation);
+        if !known {
+            return Ok(());
+        }
+        let mut event = self.event(meta, EventKind::Data, operation);
         event.outcome = outcome.to_owned();
         event.code = code;
         event.keys = u64::try_from(keys).unwrap_or(u64::MAX);
+        self.spool(event).await
+    }
+
+    /// An event of `kind` with the request's metadata (for the audit spool).
+    pub fn event(&self, meta: &RequestMetadata, kind: EventKind, operation: &str) -> AuditEvent {
+        let fields = &meta.icl_fields;
+        let mut event = AuditEvent::new(kind, &meta.tenant_id, operation);
         event.requesting_id = fields.requesting_id.clone().unwrap_or_default();
         event.data_label = fields.data_label.clone().unwrap_or_default();
         event.source_ip = fields.source_ip.clone().unwrap_or_default();
@@ -406,8 +415,15 @@ impl KeyService {
         event.request_id = fields.request_id.clone().unwrap_or_default();
         event.custom = meta.custom_fields.clone();
         event.proxy = self.instance.clone();
+        event
+    }
+
+    /// Writes `event` to the audit spool (if there is one) before the caller answers; an event
+    /// that cannot be written fails the request.
+    pub async fn spool(&self, event: AuditEvent) -> Result<(), ServiceError> {
+        let Some(spool) = &self.audit else { return Ok(()) };
         spool.append(event).await.map(|_| ()).map_err(|e| {
-            tracing::error!(error = %e, "audit spool: an access could not be recorded; refusing it");
+            tracing::error!(error = %e, "audit spool: an event could not be recorded; refusing the request");
             ServiceError::AuditUnavailable(e.to_string())
         })
     }

@@ -339,6 +339,19 @@ async fn security_events_and_operation_reports() {
     report["operations"] = json!({"ZWRlaw==": {"wraps": 3, "unwraps": 5}});
     let (status, _) = p.post("/api/1/document/report-operations", report).await;
     assert_eq!(status, StatusCode::OK);
+    // Both security events and the reported cached-key use are in the tenant's audit trail.
+    let events: Vec<serde_json::Value> =
+        audit_records(&p, "tenant-a").into_iter().map(|r| r["event"].clone()).collect();
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["operation"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("security", "USER_LOGIN"), ("security", "ADMIN_ADD"), ("data", "cached_key_use")]
+    );
+    assert_eq!(events[0]["event_time_millis"], 1_700_000_000_000u64);
+    assert_eq!(events[2]["keys"], 8);
     let (_, metrics) = p.get("/metrics").await;
     assert!(metrics.contains("keyhold_security_events_total{tenant=\"tenant-a\"} 2"), "{metrics}");
 }
