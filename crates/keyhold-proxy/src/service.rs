@@ -219,16 +219,22 @@ impl KeyService {
             .collect()
             .await;
         let mut response = BatchWrapResponse::default();
+        let mut refused: std::collections::BTreeMap<u16, (ServiceError, usize)> =
+            Default::default();
         for (id, result) in results {
             match result {
                 Ok(key) => {
                     response.keys.insert(id, key);
                 }
                 Err(e) => {
-                    self.record(meta, "batch_wrap", Some(&e), 1).await?;
                     response.failures.insert(id, e.body());
+                    refused.entry(e.code().code()).or_insert((e, 0)).1 += 1;
                 }
             }
+        }
+        // One event per outcome (not per id): a batch's events cost one spool write each.
+        for (error, count) in refused.values() {
+            self.record(meta, "batch_wrap", Some(error), *count).await?;
         }
         self.record(meta, "batch_wrap", None, response.keys.len()).await?;
         Ok(response)
@@ -257,16 +263,22 @@ impl KeyService {
             .collect()
             .await;
         let mut response = BatchUnwrapResponse::default();
+        let mut refused: std::collections::BTreeMap<u16, (ServiceError, usize)> =
+            Default::default();
         for (id, result) in results {
             match result {
                 Ok(dek) => {
                     response.keys.insert(id, UnwrappedKey { dek });
                 }
                 Err(e) => {
-                    self.record(meta, "batch_unwrap", Some(&e), 1).await?;
                     response.failures.insert(id, e.body());
+                    refused.entry(e.code().code()).or_insert((e, 0)).1 += 1;
                 }
             }
+        }
+        // One event per outcome (not per id): a batch's events cost one spool write each.
+        for (error, count) in refused.values() {
+            self.record(meta, "batch_unwrap", Some(error), *count).await?;
         }
         self.record(meta, "batch_unwrap", None, response.keys.len()).await?;
         Ok(response)

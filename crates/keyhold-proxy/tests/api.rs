@@ -282,6 +282,27 @@ async fn batches_report_per_id_failures() {
     assert_eq!(body["failures"]["bad"]["code"], 203);
     assert_eq!(body["failures"]["foreign"]["code"], 203);
     assert_eq!(body["keys"].as_object().unwrap().len(), 2);
+    // The audit trail has one event per outcome of each batch, not one per id.
+    let summary: Vec<(String, String, u64, u64)> = audit_records(&p, "tenant-a")
+        .iter()
+        .map(|r| &r["event"])
+        .filter(|e| e["operation"].as_str().unwrap().starts_with("batch"))
+        .map(|e| {
+            let text = |f: &str| e[f].as_str().unwrap().to_owned();
+            (
+                text("operation"),
+                text("outcome"),
+                e["code"].as_u64().unwrap(),
+                e["keys"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("batch_wrap", "granted", 0, 3),
+        ("batch_unwrap", "refused", 203, 2),
+        ("batch_unwrap", "granted", 0, 2),
+    ];
+    assert_eq!(summary, expected.map(|(o, r, c, k)| (o.to_owned(), r.to_owned(), c, k)).to_vec());
 
     // A tenant-level problem fails the whole call.
     let mut req = meta("nobody");
