@@ -56,6 +56,12 @@ pub struct AuditEvent {
     /// Free-form fields from the request.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub custom: BTreeMap<String, String>,
+    /// The tenant KMS configuration concerned, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_config_id: Option<i32>,
+    /// The lease concerned, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<i32>,
     /// For security events: when the application says the event happened (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_time_millis: Option<u64>,
@@ -82,6 +88,8 @@ impl AuditEvent {
             object_id: String::new(),
             request_id: String::new(),
             custom: BTreeMap::new(),
+            kms_config_id: None,
+            lease_id: None,
             event_time_millis: None,
             proxy: String::new(),
         }

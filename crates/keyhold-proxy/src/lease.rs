@@ -21,9 +21,10 @@
 //!   expires).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use keyhold_audit::{AuditEvent, EventKind, Spool};
 use keyhold_core::edek::{EncryptedDek, LeasedEntry};
 use keyhold_core::lease::{LeaseBinding, LeaseCipher, LeaseError, new_lease_id};
 use keyhold_core::secret::Dek;
@@ -118,6 +119,8 @@ pub struct ConfigLeases {
     first_lease: tokio::sync::Mutex<()>,
     cache: moka::future::Cache<[u8; 32], Arc<Lease>>,
     renewer_started: AtomicBool,
+    /// The audit spool and this proxy's name, for periodic events.
+    audit: OnceLock<(Arc<Spool>, String)>,
 }
 
 impl ConfigLeases {
@@ -147,6 +150,7 @@ impl ConfigLeases {
             first_lease: tokio::sync::Mutex::new(()),
             cache,
             renewer_started: AtomicBool::new(false),
+            audit: OnceLock::new(),
         })
     }
 
@@ -243,6 +247,7 @@ impl ConfigLeases {
                     lease_id = lease.id,
                     "lease renewed"
                 );
+                self.periodic_event("lease_renewed", 0, Some(lease.id)).await;
                 Ok(())
             }
             Err(error) => {
@@ -262,8 +267,34 @@ impl ConfigLeases {
                     error = %error,
                     "lease renewal failed"
                 );
+                self.periodic_event("lease_renewal_failed", code, None).await;
+                if revokes(&error) {
+                    self.periodic_event("leases_dropped", code, None).await;
+                }
                 Err(error)
             }
+        }
+    }
+
+    /// Records lease events in the audit spool from now on.
+    pub fn set_audit(&self, spool: Arc<Spool>, instance: String) {
+        let _ = self.audit.set((spool, instance));
+    }
+
+    /// A periodic audit event in the tenant's spool. A failure is logged, not returned: the
+    /// renewal's outcome stands either way.
+    async fn periodic_event(&self, operation: &str, code: u16, lease_id: Option<i32>) {
+        let Some((spool, instance)) = self.audit.get() else { return };
+        let mut event = AuditEvent::new(EventKind::Periodic, &self.tenant, operation);
+        if code != 0 {
+            event.outcome = "refused".to_owned();
+        }
+        event.code = code;
+        event.kms_config_id = Some(self.config_id);
+        event.lease_id = lease_id;
+        event.proxy = instance.clone();
+        if let Err(e) = spool.append(event).await {
+            tracing::error!(error = %e, tenant = %self.tenant, "audit spool: a lease event could not be recorded");
         }
     }
 

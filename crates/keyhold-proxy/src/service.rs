@@ -80,6 +80,9 @@ impl KeyService {
     /// Records every key access in `spool` before answering it; `instance` names this proxy in
     /// the events.
     pub fn with_audit(mut self, spool: Arc<Spool>, instance: String) -> Self {
+        for leases in self.leases.values().flat_map(HashMap::values) {
+            leases.set_audit(Arc::clone(&spool), instance.clone());
+        }
         self.audit = Some(spool);
         self.instance = instance;
         self

@@ -180,6 +180,23 @@ async fn with_leasing_a_disabled_key_is_refused_from_the_next_renewal() {
     let (status, body) = p.unwrap("tenant-a", &edek_str(&before)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["dek"], before["dek"]);
+    // The lease's life is in the tenant's audit trail, between the key accesses.
+    let periodic: Vec<(String, u64)> = audit_records(&p, "tenant-a")
+        .iter()
+        .map(|r| &r["event"])
+        .filter(|e| e["kind"] == "periodic")
+        .map(|e| {
+            assert_eq!(e["kms_config_id"], 1);
+            (e["operation"].as_str().unwrap().to_owned(), e["code"].as_u64().unwrap())
+        })
+        .collect();
+    let expected = [
+        ("lease_renewed", 0),
+        ("lease_renewal_failed", 206),
+        ("leases_dropped", 206),
+        ("lease_renewed", 0),
+    ];
+    assert_eq!(periodic, expected.map(|(o, c)| (o.to_owned(), c)).to_vec());
 }
 
 #[tokio::test]
@@ -456,8 +473,11 @@ async fn every_key_access_is_in_the_tenants_audit_spool_before_it_is_answered() 
     body["customFields"] = json!({"org": "sales"});
     let (status, wrapped) = p.post("/api/1/document/wrap", body.clone()).await;
     assert_eq!(status, StatusCode::OK, "{wrapped}");
-    // Answered, so already on disk.
-    let records = audit_records(&p, "tenant-a");
+    // Answered, so already on disk (after the event of the tenant's first lease).
+    let data_records = |p: &TestProxy| -> Vec<serde_json::Value> {
+        audit_records(p, "tenant-a").into_iter().filter(|r| r["event"]["kind"] == "data").collect()
+    };
+    let records = data_records(&p);
     assert_eq!(records.len(), 1);
     let event = &records[0]["event"];
     for (field, value) in [
@@ -488,7 +508,7 @@ async fn every_key_access_is_in_the_tenants_audit_spool_before_it_is_answered() 
     body["encryptedDocumentKey"] = json!("AAAA");
     let (status, _) = p.post("/api/1/document/unwrap", body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let records = audit_records(&p, "tenant-a");
+    let records = data_records(&p);
     assert_eq!(
         (records[1]["event"]["outcome"].as_str(), records[1]["event"]["code"].as_u64()),
         (Some("refused"), Some(203))
