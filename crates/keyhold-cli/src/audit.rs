@@ -42,13 +42,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 file.display(),
                 verified.records,
                 verified.head.seq,
-                hex_string(&verified.head.hash)
+                hex::encode(verified.head.hash)
             );
             Ok(())
         }
     }
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
