@@ -128,8 +128,11 @@ fn decode_hash(text: &str) -> Option<[u8; 32]> {
 /// What a verified stream held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// Records checked.
+    /// Distinct records checked.
     pub records: u64,
+    /// Records that repeat one already seen, identical (at-least-once delivery sends some
+    /// twice); each was checked too.
+    pub duplicates: u64,
     /// The head after the last record.
     pub head: ChainHead,
 }
@@ -138,7 +141,8 @@ pub struct Verified {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {problem}")]
 pub struct VerifyError {
-    /// 1-based line number in the input.
+    /// 1-based line number in the input (for an OpenSearch export: the position after sorting
+    /// by `seq`).
     pub line: u64,
     /// What is wrong there.
     pub problem: Problem,
@@ -171,14 +175,93 @@ pub enum Problem {
         /// The record.
         seq: u64,
     },
+    /// A second record with the same `seq` but other content: one of them was forged.
+    #[error("record {seq} appears twice with different content")]
+    Conflict {
+        /// The record.
+        seq: u64,
+    },
+}
+
+/// How many recent hashes verification remembers to recognize records delivered twice.
+const DUPLICATE_WINDOW: usize = 1 << 20;
+
+/// Checks a stream record by record (see [`verify`]).
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    head: Option<ChainHead>,
+    /// Hashes of the records up to `head`, the last one at the back.
+    recent: std::collections::VecDeque<[u8; 32]>,
+    records: u64,
+    duplicates: u64,
+}
+
+impl Verifier {
+    /// A stream that must start at `seq` 1, or, with `from_middle`, anywhere.
+    pub fn new(from_middle: bool) -> Self {
+        Self {
+            head: if from_middle { None } else { Some(ChainHead::default()) },
+            recent: std::collections::VecDeque::new(),
+            records: 0,
+            duplicates: 0,
+        }
+    }
+
+    /// Checks the next record.
+    pub fn push(&mut self, record: &Record) -> Result<(), Problem> {
+        let prev = decode_hash(&record.prev)
+            .ok_or_else(|| Problem::Malformed("prev is not a 32-byte hex hash".into()))?;
+        let stated = decode_hash(&record.hash)
+            .ok_or_else(|| Problem::Malformed("hash is not a 32-byte hex hash".into()))?;
+        if link_hash(&prev, record.seq, &record.event) != stated {
+            return Err(Problem::Altered { seq: record.seq });
+        }
+        if let Some(head) = self.head {
+            if record.seq <= head.seq && record.seq > 0 {
+                // Delivered twice? Then it is the very record seen before.
+                let back = usize::try_from(head.seq - record.seq).unwrap_or(usize::MAX);
+                let seen = self.recent.len().checked_sub(back + 1).and_then(|i| self.recent.get(i));
+                return match seen {
+                    Some(seen) if *seen == stated => {
+                        self.duplicates += 1;
+                        Ok(())
+                    }
+                    Some(_) => Err(Problem::Conflict { seq: record.seq }),
+                    None => Err(Problem::Gap { previous: head.seq, found: record.seq }),
+                };
+            }
+            if record.seq != head.seq + 1 {
+                return Err(Problem::Gap { previous: head.seq, found: record.seq });
+            }
+            if prev != head.hash {
+                return Err(Problem::BrokenLink { seq: record.seq });
+            }
+        }
+        self.head = Some(ChainHead { seq: record.seq, hash: stated });
+        if self.recent.len() == DUPLICATE_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(stated);
+        self.records += 1;
+        Ok(())
+    }
+
+    /// What was checked.
+    pub fn finish(&self) -> Verified {
+        Verified {
+            records: self.records,
+            duplicates: self.duplicates,
+            head: self.head.unwrap_or_default(),
+        }
+    }
 }
 
 /// Checks a stream of chained records, one per line (blank lines are skipped). A stream must
 /// start at `seq` 1 unless `from_middle` is set, in which case the first record is taken as is
-/// and only the links after it are checked (an export that starts later).
+/// and only the links after it are checked (an export that starts later). A record repeated
+/// whole (delivered twice) is counted, not an error.
 pub fn verify(input: impl BufRead, from_middle: bool) -> Result<Verified, VerifyError> {
-    let mut head: Option<ChainHead> = if from_middle { None } else { Some(ChainHead::default()) };
-    let mut records = 0;
+    let mut verifier = Verifier::new(from_middle);
     for (index, line) in input.lines().enumerate() {
         let line_no = index as u64 + 1;
         let fail = |problem| VerifyError { line: line_no, problem };
@@ -188,25 +271,9 @@ pub fn verify(input: impl BufRead, from_middle: bool) -> Result<Verified, Verify
         }
         let record: Record =
             serde_json::from_str(&line).map_err(|e| fail(Problem::Malformed(e.to_string())))?;
-        let prev = decode_hash(&record.prev)
-            .ok_or_else(|| fail(Problem::Malformed("prev is not a 32-byte hex hash".into())))?;
-        let stated = decode_hash(&record.hash)
-            .ok_or_else(|| fail(Problem::Malformed("hash is not a 32-byte hex hash".into())))?;
-        if let Some(head) = head {
-            if record.seq != head.seq + 1 {
-                return Err(fail(Problem::Gap { previous: head.seq, found: record.seq }));
-            }
-            if prev != head.hash {
-                return Err(fail(Problem::BrokenLink { seq: record.seq }));
-            }
-        }
-        if link_hash(&prev, record.seq, &record.event) != stated {
-            return Err(fail(Problem::Altered { seq: record.seq }));
-        }
-        head = Some(ChainHead { seq: record.seq, hash: stated });
-        records += 1;
+        verifier.push(&record).map_err(fail)?;
     }
-    Ok(Verified { records, head: head.unwrap_or_default() })
+    Ok(verifier.finish())
 }
 
 #[cfg(test)]
@@ -299,5 +366,25 @@ mod tests {
             verify(b"not json\n".as_slice(), false).unwrap_err().problem,
             Problem::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn records_delivered_twice_are_counted_but_a_changed_repeat_is_not_accepted() {
+        let lines = stream(5);
+        // A resend after a lost acknowledgement: 1 2 3 2 3 4 5.
+        let resent = [&lines[..3], &lines[1..]].concat();
+        let verified = check(&resent).unwrap();
+        assert_eq!((verified.records, verified.duplicates, verified.head.seq), (5, 2, 5));
+        // A "repeat" of record 2 with other, validly hashed content is a forgery.
+        let mut forged: Record = serde_json::from_str(&lines[1]).unwrap();
+        forged.event["request_id"] = "forged".into();
+        let prev = decode_hash(&forged.prev).unwrap();
+        forged.hash = hex::encode(link_hash(&prev, 2, &forged.event));
+        let forged = format!("{}\n", serde_json::to_string(&forged).unwrap());
+        let with_forgery = [&lines[..3], &[forged][..]].concat();
+        assert_eq!(
+            check(&with_forgery).unwrap_err(),
+            VerifyError { line: 4, problem: Problem::Conflict { seq: 2 } }
+        );
     }
 }

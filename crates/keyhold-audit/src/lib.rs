@@ -8,15 +8,23 @@
 //! |---|---|
 //! | [`event`] | what an event holds (never key material) |
 //! | [`chain`] | chained records, and [`chain::verify`] |
+//! | [`export`] | verifying what a syslog receiver or OpenSearch stored |
 //! | [`spool`] | group-committed, synced, per-tenant append-only files |
+//! | [`sink`] | syslog (TCP/TLS), OpenSearch, Splunk HEC, Datadog, signed webhook, file |
+//! | [`deliver`] | at-least-once delivery from the spool to the sinks, with cursors and retries |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod deliver;
 pub mod event;
+pub mod export;
+pub mod sink;
 pub mod spool;
 
 pub use chain::{ChainHead, Record, VerifyError, verify};
+pub use deliver::{Delivery, DeliveryOptions, Target};
 pub use event::{AuditEvent, EventKind};
+pub use sink::{Sink, SinkError, SinkSettings};
 pub use spool::{Spool, SpoolError};

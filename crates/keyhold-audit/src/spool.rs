@@ -61,6 +61,45 @@ struct Job {
 pub struct Spool {
     dir: PathBuf,
     queue: tokio::sync::mpsc::Sender<Job>,
+    tenants: Arc<Tenants>,
+}
+
+/// What the spool knows of each tenant's stream: how far it is on disk, and how far each
+/// reader (a sink's delivery) has acknowledged it.
+#[derive(Debug, Default)]
+struct Tenants {
+    streams: std::sync::Mutex<HashMap<String, TenantStream>>,
+}
+
+#[derive(Debug)]
+struct TenantStream {
+    /// The `seq` of the last record synced to disk.
+    synced: tokio::sync::watch::Sender<u64>,
+    /// The `seq` each registered reader has acknowledged.
+    readers: Vec<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl TenantStream {
+    fn new(synced: u64) -> Self {
+        Self { synced: tokio::sync::watch::Sender::new(synced), readers: Vec::new() }
+    }
+}
+
+impl Tenants {
+    fn with<T>(&self, tenant: &str, f: impl FnOnce(&mut TenantStream) -> T) -> T {
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(streams.entry(tenant.to_owned()).or_insert_with(|| TenantStream::new(0)))
+    }
+
+    fn set_synced(&self, tenant: &str, seq: u64) {
+        self.with(tenant, |stream| {
+            stream.synced.send_if_modified(|current| {
+                let moved = seq > *current;
+                *current = (*current).max(seq);
+                moved
+            })
+        });
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -74,13 +113,73 @@ impl Spool {
     /// `queue_capacity` bounds the events waiting to be written; callers wait when it is full.
     pub fn open(dir: &Path, queue_capacity: usize) -> Result<Arc<Self>, SpoolError> {
         create_private_dir(dir)?;
+        let tenants = Arc::new(Tenants::default());
+        // Open (and repair) every existing stream now, so readers know how far each is.
+        let mut files = HashMap::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))? {
+            let path = entry.map_err(|e| io_error(dir, &e))?.path();
+            if path.extension().is_none_or(|ext| ext != "jsonl") {
+                continue;
+            }
+            let (file, tenant) = match open_tenant_file(&path) {
+                Ok(opened) => opened,
+                // That tenant's appends fail (and say why) until an operator looks at the file;
+                // the other tenants go on.
+                Err(SpoolError::Corrupt { .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            if let Some(tenant) = tenant {
+                tenants.set_synced(&tenant, file.head.seq);
+                files.insert(tenant, file);
+            }
+        }
         let (queue, jobs) = tokio::sync::mpsc::channel(queue_capacity.max(1));
-        let writer = Writer { dir: dir.to_owned(), files: HashMap::new() };
+        let writer = Writer { dir: dir.to_owned(), files, tenants: Arc::clone(&tenants) };
         std::thread::Builder::new()
             .name("keyhold-audit-spool".into())
             .spawn(move || writer.run(jobs))
             .map_err(|e| io_error(dir, &e))?;
-        Ok(Arc::new(Self { dir: dir.to_owned(), queue }))
+        Ok(Arc::new(Self { dir: dir.to_owned(), queue, tenants }))
+    }
+
+    /// Follows how far `tenant`'s stream is synced to disk (the `seq` of its last durable
+    /// record; 0: none). Readers deliver only records up to it.
+    pub fn synced(&self, tenant: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.tenants.with(tenant, |stream| stream.synced.subscribe())
+    }
+
+    /// Registers a reader of `tenant`'s stream (one sink's delivery) that acknowledged records
+    /// up to `acknowledged`; it stores its progress in the returned counter, which
+    /// [`Spool::backlog`] reads.
+    pub fn register_reader(
+        &self,
+        tenant: &str,
+        acknowledged: u64,
+    ) -> Arc<std::sync::atomic::AtomicU64> {
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(acknowledged));
+        self.tenants.with(tenant, |stream| stream.readers.push(Arc::clone(&counter)));
+        counter
+    }
+
+    /// How many of `tenant`'s records the slowest reader has not yet acknowledged (0 without
+    /// readers).
+    pub fn backlog(&self, tenant: &str) -> u64 {
+        self.tenants.with(tenant, |stream| {
+            let synced = *stream.synced.borrow();
+            stream
+                .readers
+                .iter()
+                .map(|r| synced.saturating_sub(r.load(std::sync::atomic::Ordering::Relaxed)))
+                .max()
+                .unwrap_or(0)
+        })
+    }
+
+    /// The tenants with a stream in this spool.
+    pub fn tenants(&self) -> Vec<String> {
+        let streams =
+            self.tenants.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        streams.iter().filter(|(_, s)| *s.synced.borrow() > 0).map(|(t, _)| t.clone()).collect()
     }
 
     /// Appends `event` to its tenant's chain and returns its `seq` once it is on disk.
@@ -124,6 +223,7 @@ struct TenantFile {
 struct Writer {
     dir: PathBuf,
     files: HashMap<String, TenantFile>,
+    tenants: Arc<Tenants>,
 }
 
 impl Writer {
@@ -215,6 +315,11 @@ impl Writer {
             }
             outcomes.insert(tenant.clone(), synced);
         }
+        for (tenant, outcome) in &outcomes {
+            if let (Ok(()), Some(file)) = (outcome, self.files.get(tenant)) {
+                self.tenants.set_synced(tenant, file.head.seq);
+            }
+        }
         for (tenant, job, seq) in written {
             let answer = match outcomes.get(&tenant) {
                 Some(Ok(())) => Ok(seq),
@@ -227,7 +332,7 @@ impl Writer {
 
     fn file(&mut self, tenant: &str) -> Result<&mut TenantFile, SpoolError> {
         if !self.files.contains_key(tenant) {
-            let opened = open_tenant_file(&tenant_file(&self.dir, tenant))?;
+            let (opened, _) = open_tenant_file(&tenant_file(&self.dir, tenant))?;
             self.files.insert(tenant.to_owned(), opened);
         }
         self.files.get_mut(tenant).ok_or(SpoolError::Closed)
@@ -250,22 +355,23 @@ fn answer_all(jobs: impl IntoIterator<Item = Job>, error: &SpoolError) {
     }
 }
 
-fn open_tenant_file(path: &Path) -> Result<TenantFile, SpoolError> {
+/// Opens a tenant's file and repairs its end; also returns the tenant its last record names.
+fn open_tenant_file(path: &Path) -> Result<(TenantFile, Option<String>), SpoolError> {
     let mut options = OpenOptions::new();
     options.read(true).append(true).create(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(|e| io_error(path, &e))?;
-    let head = recover(&mut file, path)?;
-    Ok(TenantFile { file, path: path.to_owned(), head })
+    let (head, tenant) = recover(&mut file, path)?;
+    Ok((TenantFile { file, path: path.to_owned(), head }, tenant))
 }
 
-/// Finds the chain head at the end of `file`, first cutting off a record left incomplete by a
-/// crash.
-fn recover(file: &mut File, path: &Path) -> Result<ChainHead, SpoolError> {
+/// Finds the chain head at the end of `file` (and the tenant of its last record), first cutting
+/// off a record left incomplete by a crash.
+fn recover(file: &mut File, path: &Path) -> Result<(ChainHead, Option<String>), SpoolError> {
     let len = file.metadata().map_err(|e| io_error(path, &e))?.len();
     if len == 0 {
-        return Ok(ChainHead::default());
+        return Ok((ChainHead::default(), None));
     }
     let mut window: u64 = 64 * 1024;
     loop {
@@ -277,7 +383,7 @@ fn recover(file: &mut File, path: &Path) -> Result<ChainHead, SpoolError> {
         let Some(end) = tail.iter().rposition(|&b| b == b'\n') else {
             if start == 0 {
                 file.set_len(0).map_err(|e| io_error(path, &e))?;
-                return Ok(ChainHead::default());
+                return Ok((ChainHead::default(), None));
             }
             window *= 4;
             continue;
@@ -299,7 +405,9 @@ fn recover(file: &mut File, path: &Path) -> Result<ChainHead, SpoolError> {
         let corrupt = |reason: String| SpoolError::Corrupt { path: path.to_owned(), reason };
         let record: Record = serde_json::from_slice(body.get(line_start..).unwrap_or_default())
             .map_err(|e| corrupt(e.to_string()))?;
-        return ChainHead::after(&record).ok_or_else(|| corrupt("bad hash".into()));
+        let head = ChainHead::after(&record).ok_or_else(|| corrupt("bad hash".into()))?;
+        let tenant = record.event.get("tenant").and_then(|t| t.as_str()).map(str::to_owned);
+        return Ok((head, tenant));
     }
 }
 

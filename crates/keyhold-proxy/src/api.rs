@@ -301,6 +301,7 @@ async fn ready(State(state): State<AppState>) -> StatusCode {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.service.refresh_lease_gauges();
+    state.service.refresh_audit_gauges();
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),

@@ -160,10 +160,57 @@ pub struct AuditConfig {
     /// This proxy's name in events (default: `KEYHOLD_INSTANCE`, else the host name).
     #[serde(default)]
     pub instance: Option<String>,
+    /// Longest wait between two tries of a failing sink, in ms (default 30000; the first retry
+    /// comes after 200 ms, and the wait doubles).
+    #[serde(default = "default_audit_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Most events of one tenant spooled but not yet delivered to its slowest sink (default
+    /// 1,000,000); what happens beyond it is `when_full`.
+    #[serde(default = "default_audit_max_backlog")]
+    pub max_backlog: u64,
+    /// What happens to a tenant's data operations when its backlog is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Sinks that receive every tenant's events (the vendor's own copy).
+    #[serde(default)]
+    pub vendor_sinks: Vec<SinkEntry>,
+}
+
+/// The spool-full policy (docs/audit.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    /// Refuse the tenant's wrap, unwrap, batch and rekey requests (code 100) until its SIEM
+    /// catches up: an access the tenant cannot see breaks the promise of CMK.
+    #[default]
+    Refuse,
+    /// Keep serving; events still go to the spool (and the disk keeps filling).
+    Accept,
+}
+
+/// One audit sink in the configuration: a name, the sink's settings, and its credential.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SinkEntry {
+    /// Unique among a tenant's sinks and the vendor's (letters, digits, `-`, `_`; names the
+    /// delivery cursor, so renaming a sink delivers its stream again from the start).
+    pub name: String,
+    /// The HEC token, Datadog API key, webhook secret or OpenSearch password:
+    /// `{ file = "…" }`, `{ env = "…" }` or inline.
+    #[serde(default)]
+    pub secret: Option<keyhold_kms::SecretSource>,
+    /// What and where.
+    #[serde(flatten)]
+    pub settings: keyhold_audit::SinkSettings,
 }
 
 fn default_audit_queue() -> usize {
     65_536
+}
+fn default_audit_retry_max_ms() -> u64 {
+    30_000
+}
+fn default_audit_max_backlog() -> u64 {
+    1_000_000
 }
 
 /// Key leasing (docs/leasing.md): the proxy wraps new data keys with a lease key it renews from
@@ -222,6 +269,10 @@ pub struct TenantConfig {
     /// The tenant's KMS configurations: at most one primary.
     #[serde(default)]
     pub kms_configs: Vec<KmsConfigEntry>,
+    /// Where the tenant's audit events are delivered (besides the spool and the vendor's
+    /// sinks).
+    #[serde(default)]
+    pub audit_sinks: Vec<SinkEntry>,
 }
 
 /// What a KMS configuration may be used for.
@@ -517,6 +568,49 @@ impl ProxyConfig {
                         tenant.id
                     ));
                 }
+            }
+            if !tenant.audit_sinks.is_empty() && self.audit.is_none() {
+                return invalid(format!(
+                    "tenant {:?} has audit sinks but there is no [audit] section (sinks are fed from its spool)",
+                    tenant.id
+                ));
+            }
+            let vendor = self.audit.iter().flat_map(|a| &a.vendor_sinks);
+            let mut names = HashSet::new();
+            for sink in vendor.chain(&tenant.audit_sinks) {
+                if !names.insert(sink.name.as_str()) {
+                    return invalid(format!(
+                        "tenant {:?}: two audit sinks are named {:?} (counting the vendor's)",
+                        tenant.id, sink.name
+                    ));
+                }
+            }
+        }
+        if let Some(audit) = &self.audit {
+            let sinks =
+                audit.vendor_sinks.iter().chain(self.tenants.iter().flat_map(|t| &t.audit_sinks));
+            for sink in sinks {
+                let plain = (1..=64).contains(&sink.name.len())
+                    && sink
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !plain {
+                    return invalid(format!(
+                        "audit sink name {:?}: 1 to 64 letters, digits, '-' or '_'",
+                        sink.name
+                    ));
+                }
+                if sink.settings.needs_credential() && sink.secret.is_none() {
+                    return invalid(format!(
+                        "audit sink {:?} ({}) needs a `secret`",
+                        sink.name,
+                        sink.settings.kind()
+                    ));
+                }
+            }
+            if audit.retry_max_ms == 0 {
+                return invalid("[audit] retry_max_ms must be positive".into());
             }
         }
         Ok(())

@@ -97,7 +97,18 @@ impl AppState {
                 keyhold_audit::Spool::open(&config.resolve(&audit.spool_dir), audit.queue_capacity)
                     .map_err(ProxyError::Audit)?;
             let instance = audit.instance.clone().unwrap_or_else(default_instance);
-            service = service.with_audit(spool, instance);
+            let targets = audit_targets(config, audit, &instance)?;
+            let delivery = keyhold_audit::Delivery::start(
+                &spool,
+                targets,
+                keyhold_audit::DeliveryOptions {
+                    retry_max: std::time::Duration::from_millis(audit.retry_max_ms),
+                    ..Default::default()
+                },
+            )
+            .map_err(ProxyError::Audit)?;
+            let limit = (audit.when_full == config::WhenFull::Refuse).then_some(audit.max_backlog);
+            service = service.with_audit(spool, instance).with_delivery(delivery, limit);
         }
         let service = Arc::new(service);
         Ok(Self {
@@ -108,6 +119,38 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
         })
     }
+}
+
+/// One delivery target per tenant and sink: the tenant's own sinks and the vendor's.
+fn audit_targets(
+    config: &ProxyConfig,
+    audit: &config::AuditConfig,
+    instance: &str,
+) -> Result<Vec<keyhold_audit::Target>, ProxyError> {
+    let mut targets = Vec::new();
+    for tenant in &config.tenants {
+        for entry in audit.vendor_sinks.iter().chain(&tenant.audit_sinks) {
+            let credential = entry
+                .secret
+                .as_ref()
+                .map(|secret| secret.load(&config.base_dir))
+                .transpose()
+                .map_err(|e| ProxyError::AuditSink(entry.name.clone(), e.to_string()))?;
+            let context = keyhold_audit::sink::SinkContext {
+                base_dir: &config.base_dir,
+                instance,
+                tenant: &tenant.id,
+            };
+            let sink = keyhold_audit::sink::build(&entry.settings, credential, &context)
+                .map_err(|e| ProxyError::AuditSink(entry.name.clone(), e.to_string()))?;
+            targets.push(keyhold_audit::Target {
+                tenant: tenant.id.clone(),
+                name: entry.name.clone(),
+                sink,
+            });
+        }
+    }
+    Ok(targets)
 }
 
 /// This proxy's name in audit events when the configuration gives none.

@@ -103,6 +103,15 @@ pub struct LeaseCacheLabels {
     pub result: &'static str,
 }
 
+/// Labels of audit delivery gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditSinkLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// The sink's name.
+    pub sink: String,
+}
+
 /// A gauge holding seconds.
 pub type SecondsGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
@@ -132,6 +141,12 @@ pub struct Metrics {
     pub lease_key_age: Family<LeaseLabels, SecondsGauge>,
     /// Seconds since the last successful lease renewal (-1: none yet).
     pub lease_since_renewal: Family<LeaseLabels, SecondsGauge>,
+    /// Events spooled but not yet delivered, per tenant and sink.
+    pub audit_undelivered: Family<AuditSinkLabels, Gauge>,
+    /// Batches a sink failed to take (each was retried), per tenant and sink.
+    pub audit_delivery_failures: Family<AuditSinkLabels, Gauge>,
+    /// Data operations refused because the tenant's audit backlog was full.
+    pub audit_backlog_refusals: Family<TenantLabels, Counter>,
     /// 1 when the proxy is ready to serve.
     pub ready: Gauge,
     /// Number of tenants configured.
@@ -166,6 +181,24 @@ impl Metrics {
         let lease_cache = Family::default();
         let lease_key_age = Family::default();
         let lease_since_renewal = Family::default();
+        let audit_undelivered = Family::default();
+        let audit_delivery_failures = Family::default();
+        let audit_backlog_refusals = Family::default();
+        registry.register(
+            "audit_undelivered_events",
+            "Audit events spooled but not yet delivered to a sink",
+            audit_undelivered.clone(),
+        );
+        registry.register(
+            "audit_delivery_failed_batches",
+            "Audit batches a sink failed to take (each is retried)",
+            audit_delivery_failures.clone(),
+        );
+        registry.register(
+            "audit_backlog_refusals",
+            "Data operations refused because the tenant's audit backlog was full",
+            audit_backlog_refusals.clone(),
+        );
         registry.register(
             "lease_cache_lookups",
             "Lease cache lookups when opening leased EDEKs",
@@ -224,6 +257,9 @@ impl Metrics {
             lease_cache,
             lease_key_age,
             lease_since_renewal,
+            audit_undelivered,
+            audit_delivery_failures,
+            audit_backlog_refusals,
             ready,
             tenants,
         }

@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// The audit spool could not be opened.
     #[error(transparent)]
     Audit(keyhold_audit::SpoolError),
+    /// An audit sink could not be set up (its name, and why).
+    #[error("audit sink {0:?}: {1}")]
+    AuditSink(String, String),
     /// A listener could not be bound or failed.
     #[error("listener {addr}: {source}")]
     Listen {

@@ -47,6 +47,10 @@ pub struct KeyService {
     audit: Option<Arc<Spool>>,
     /// This proxy's name in audit events.
     instance: String,
+    /// Delivery of the spooled events to the sinks (kept here to keep it running).
+    delivery: Option<keyhold_audit::Delivery>,
+    /// Refuse a tenant's data operations while this many of its events wait for delivery.
+    backlog_limit: Option<u64>,
 }
 
 impl KeyService {
@@ -74,7 +78,16 @@ impl KeyService {
                 leases.entry(tenant.id.clone()).or_default().insert(config.id, config_leases);
             }
         }
-        Self { registry, metrics, limits, leases, audit: None, instance: String::new() }
+        Self {
+            registry,
+            metrics,
+            limits,
+            leases,
+            audit: None,
+            instance: String::new(),
+            delivery: None,
+            backlog_limit: None,
+        }
     }
 
     /// Records every key access in `spool` before answering it; `instance` names this proxy in
@@ -86,6 +99,58 @@ impl KeyService {
         self.audit = Some(spool);
         self.instance = instance;
         self
+    }
+
+    /// Delivers the spooled events to the sinks; with `backlog_limit`, a tenant's data
+    /// operations are refused while that many of its events wait for a sink (the spool-full
+    /// policy `refuse`).
+    pub fn with_delivery(
+        mut self,
+        delivery: keyhold_audit::Delivery,
+        backlog_limit: Option<u64>,
+    ) -> Self {
+        self.delivery = Some(delivery);
+        self.backlog_limit = backlog_limit;
+        self
+    }
+
+    /// Refuses a data operation when the tenant's audit backlog is full (see
+    /// [`KeyService::with_delivery`]). The refusal itself is logged, not spooled: nothing was
+    /// accessed, and spooling it would grow the backlog.
+    fn admit(&self, tenant_id: &str) -> Result<(), ServiceError> {
+        let (Some(limit), Some(spool)) = (self.backlog_limit, &self.audit) else { return Ok(()) };
+        let backlog = spool.backlog(tenant_id);
+        if backlog < limit {
+            return Ok(());
+        }
+        self.metrics
+            .audit_backlog_refusals
+            .get_or_create(&crate::metrics::TenantLabels { tenant: tenant_id.to_owned() })
+            .inc();
+        tracing::warn!(tenant = %tenant_id, backlog, limit, "audit backlog full: refusing a data operation");
+        Err(ServiceError::AuditUnavailable(format!(
+            "{backlog} audit events of this tenant wait for delivery to its SIEM (limit {limit}); data operations resume when it catches up"
+        )))
+    }
+
+    /// Updates the audit delivery gauges (before metrics are rendered).
+    pub fn refresh_audit_gauges(&self) {
+        let (Some(delivery), Some(spool)) = (&self.delivery, &self.audit) else { return };
+        for status in delivery.status() {
+            let labels = crate::metrics::AuditSinkLabels {
+                tenant: status.tenant.clone(),
+                sink: status.name.clone(),
+            };
+            let synced = *spool.synced(&status.tenant).borrow();
+            let delivered = status.delivered.load(std::sync::atomic::Ordering::Relaxed);
+            let undelivered = i64::try_from(synced.saturating_sub(delivered)).unwrap_or(i64::MAX);
+            self.metrics.audit_undelivered.get_or_create(&labels).set(undelivered);
+            let failures = status.failures.load(std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .audit_delivery_failures
+                .get_or_create(&labels)
+                .set(i64::try_from(failures).unwrap_or(i64::MAX));
+        }
     }
 
     /// The leases of a tenant's KMS configuration, if the tenant leases keys.
@@ -107,6 +172,7 @@ impl KeyService {
 
     /// A new data key and its EDEK, from the tenant's primary KMS configuration.
     pub async fn wrap(&self, meta: &RequestMetadata) -> Result<WrappedKey, ServiceError> {
+        self.admit(&meta.tenant_id)?;
         let result = self.wrap_inner(meta).await;
         self.record(meta, "wrap", result.as_ref().err(), 1).await?;
         result
@@ -138,6 +204,7 @@ impl KeyService {
 
     /// The data key inside an EDEK, if it belongs to the tenant and its KMS agrees.
     pub async fn unwrap(&self, meta: &RequestMetadata, edek: &str) -> Result<Dek, ServiceError> {
+        self.admit(&meta.tenant_id)?;
         let result = self.unwrap_inner(meta, edek).await;
         self.record(meta, "unwrap", result.as_ref().err(), 1).await?;
         result
@@ -202,6 +269,7 @@ impl KeyService {
         document_ids: Vec<String>,
     ) -> Result<BatchWrapResponse, ServiceError> {
         self.check_batch_size(document_ids.len())?;
+        self.admit(&meta.tenant_id)?;
         let tenant = match self.tenant(&meta.tenant_id).and_then(|t| primary(t).map(|c| (t, c))) {
             Ok(found) => found,
             Err(e) => {
@@ -250,6 +318,7 @@ impl KeyService {
         edeks: HashMap<String, String>,
     ) -> Result<BatchUnwrapResponse, ServiceError> {
         self.check_batch_size(edeks.len())?;
+        self.admit(&meta.tenant_id)?;
         let tenant = match self.tenant(&meta.tenant_id) {
             Ok(t) => t,
             Err(e) => {
@@ -295,6 +364,8 @@ impl KeyService {
         edek: &str,
         new_tenant_id: &str,
     ) -> Result<WrappedKey, ServiceError> {
+        self.admit(&meta.tenant_id)?;
+        self.admit(new_tenant_id)?;
         let result = self.rekey_inner(meta, edek, new_tenant_id).await;
         self.record(meta, "rekey", result.as_ref().err(), 1).await?;
         result

@@ -13,11 +13,12 @@ use keyhold_core::metadata::RequestMetadata;
 use keyhold_kms::conformance::service_env;
 use keyhold_proxy::error::ServiceError;
 use keyhold_proxy::{AppState, ProxyConfig};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 
 #[path = "common/localstack.rs"]
 mod localstack;
+#[path = "common/relay.rs"]
+mod relay;
+use relay::Relay;
 
 const API_KEY: &str = "leasing-test-api-key-0123456789";
 const TENANT: &str = "tenant-leasing";
@@ -107,52 +108,6 @@ async fn a_hundred_thousand_operations_make_a_handful_of_kms_calls() {
         unleased.service.unwrap(&meta, &wrapped.edek).await.unwrap();
     }
     assert_eq!(kms_calls(&unleased).0, 100);
-}
-
-/// A TCP relay to the KMS that a test can cut and restore (the KMS "stops" and "restarts"
-/// without disturbing the other tests that share it).
-struct Relay {
-    addr: SocketAddr,
-    upstream: SocketAddr,
-    tasks: Option<JoinSet<()>>,
-}
-
-impl Relay {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut relay = Self { addr, upstream, tasks: None };
-        relay.serve(listener);
-        relay
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let upstream = self.upstream;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut connections = JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        self.tasks = Some(tasks);
-    }
-
-    /// Closes the listener and every open connection.
-    async fn cut(&mut self) {
-        if let Some(mut tasks) = self.tasks.take() {
-            tasks.shutdown().await;
-        }
-    }
-
-    async fn restore(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
 }
 
 fn socket_addr(url: &str) -> SocketAddr {
@@ -295,7 +250,7 @@ async fn another_proxy_opens_leased_edeks_with_one_kms_call_per_lease() {
     // Proxy B shares nothing with A. 200 concurrent unwraps of A's EDEKs, all missing B's
     // cold cache at once, make one KMS call.
     let b = proxy(&url, &key, "", &dir_b).await;
-    let mut tasks = JoinSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for w in wrapped {
         let service = Arc::clone(&b.service);
         let meta = meta.clone();

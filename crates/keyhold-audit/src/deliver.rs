@@ -1,0 +1,517 @@
+//! Delivery: one task per (tenant, sink) reads the tenant's spooled stream from its cursor and
+//! sends it in batches, at least once, in order.
+//!
+//! - Only records synced to disk are sent ([`Spool::synced`]).
+//! - The cursor (`DIR/cursors/<sink>/<tenant file>.cursor`: the last delivered `seq` and the
+//!   byte offset after it) moves only after the sink took the batch, so a crash or restart
+//!   sends again at most what was in flight; receivers deduplicate by event id.
+//! - A failed batch is sent again after a backoff (doubling, with jitter, up to
+//!   [`DeliveryOptions::retry_max`]); each sink has its own task, so a slow or dead SIEM delays
+//!   only its own stream, never requests or other sinks.
+//! - Progress is registered with the spool, which computes each tenant's backlog for the
+//!   spool-full policy.
+
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::Record;
+use crate::sink::{Outgoing, Sink, SinkError};
+use crate::spool::{Spool, SpoolError, tenant_file};
+
+/// One stream to deliver: a tenant's records to one sink.
+pub struct Target {
+    /// The tenant.
+    pub tenant: String,
+    /// The sink's name (unique per tenant; names its cursor directory).
+    pub name: String,
+    /// The sink.
+    pub sink: Box<dyn Sink>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("tenant", &self.tenant).field("name", &self.name).finish()
+    }
+}
+
+/// How delivery retries.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryOptions {
+    /// First wait after a failed batch.
+    pub retry_min: Duration,
+    /// Longest wait between tries.
+    pub retry_max: Duration,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        Self { retry_min: Duration::from_millis(200), retry_max: Duration::from_secs(30) }
+    }
+}
+
+/// What one delivery task reports (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct TargetStatus {
+    /// The tenant.
+    pub tenant: String,
+    /// The sink's name.
+    pub name: String,
+    /// The last `seq` the sink acknowledged.
+    pub delivered: Arc<AtomicU64>,
+    /// Batches that failed (and were retried).
+    pub failures: AtomicU64,
+    /// The last failure, if the last try failed.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// The running delivery tasks; dropping it stops them (cursors keep their progress).
+#[derive(Debug)]
+pub struct Delivery {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    status: Vec<Arc<TargetStatus>>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Delivery {
+    /// Starts one task per target (on the current Tokio runtime).
+    pub fn start(
+        spool: &Arc<Spool>,
+        targets: Vec<Target>,
+        options: DeliveryOptions,
+    ) -> Result<Self, SpoolError> {
+        let mut tasks = Vec::new();
+        let mut status = Vec::new();
+        for target in targets {
+            let file = tenant_file(spool.dir(), &target.tenant);
+            let stem =
+                file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let cursor_path =
+                spool.dir().join("cursors").join(&target.name).join(format!("{stem}.cursor"));
+            let cursor = Cursor::load(&cursor_path)?;
+            let delivered = spool.register_reader(&target.tenant, cursor.seq);
+            let state = Arc::new(TargetStatus {
+                tenant: target.tenant.clone(),
+                name: target.name.clone(),
+                delivered,
+                ..TargetStatus::default()
+            });
+            let worker = Worker {
+                synced: spool.synced(&target.tenant),
+                file,
+                cursor_path,
+                committed: cursor,
+                next: cursor,
+                reader: None,
+                sink: target.sink,
+                status: Arc::clone(&state),
+                options,
+            };
+            tasks.push(tokio::spawn(worker.run()));
+            status.push(state);
+        }
+        Ok(Self { tasks, status })
+    }
+
+    /// Each target's status.
+    pub fn status(&self) -> &[Arc<TargetStatus>] {
+        &self.status
+    }
+}
+
+/// How far a sink has received a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    /// The last record delivered (0: none).
+    seq: u64,
+    /// The byte offset just after it in the tenant's file.
+    offset: u64,
+}
+
+impl Cursor {
+    fn load(path: &Path) -> Result<Self, SpoolError> {
+        match std::fs::read(path) {
+            // A cursor that cannot be read is started over: records are sent again, not lost.
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(SpoolError::Io { path: path.to_owned(), reason: e.to_string() }),
+        }
+    }
+
+    /// Replaces the cursor file (write, then rename: never half written). Not synced: a cursor
+    /// lost in a power cut only sends records again.
+    fn store(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let temporary = path.with_extension("cursor.tmp");
+        std::fs::write(&temporary, serde_json::to_vec(self).unwrap_or_default())?;
+        std::fs::rename(&temporary, path)
+    }
+}
+
+struct Worker {
+    synced: tokio::sync::watch::Receiver<u64>,
+    file: PathBuf,
+    cursor_path: PathBuf,
+    /// What the sink is known to have.
+    committed: Cursor,
+    /// Where reading goes on (ahead of `committed` while batches settle).
+    next: Cursor,
+    reader: Option<BufReader<File>>,
+    sink: Box<dyn Sink>,
+    status: Arc<TargetStatus>,
+    options: DeliveryOptions,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut retry = self.options.retry_min;
+        // Batches sent but not yet settled (syslog): when each was sent, and the cursor after it.
+        let mut unsettled: std::collections::VecDeque<(Instant, Cursor)> = Default::default();
+        let settle = self.sink.settle_time();
+        loop {
+            let synced = *self.synced.borrow_and_update();
+            if let Err(error) = self.settle(&mut unsettled, settle).await {
+                self.failed(&error, &mut unsettled, &mut retry).await;
+                continue;
+            }
+            if self.next.seq < synced {
+                let batch = match self.read(synced).await {
+                    Ok(batch) => batch,
+                    Err(reason) => {
+                        let error = SinkError::Unreachable {
+                            target: self.file.display().to_string(),
+                            reason,
+                        };
+                        self.failed(&error, &mut unsettled, &mut retry).await;
+                        continue;
+                    }
+                };
+                let Some(last) = batch.last() else {
+                    // Synced but not readable yet: look again shortly.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let after = Cursor { seq: last.seq, offset: self.next.offset };
+                match self.sink.send(&self.status.tenant, &batch).await {
+                    Ok(()) => {
+                        retry = self.options.retry_min;
+                        *lock(&self.status.last_error) = None;
+                        if settle.is_zero() {
+                            self.commit(after);
+                        } else {
+                            unsettled.push_back((Instant::now(), after));
+                        }
+                    }
+                    Err(error) => self.failed(&error, &mut unsettled, &mut retry).await,
+                }
+                continue;
+            }
+            // Nothing new to read: wait for new records, or for the oldest batch to settle.
+            let wait = match unsettled.front() {
+                Some((sent, _)) => (*sent + settle).saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(5),
+            };
+            let _ = tokio::time::timeout(wait, self.synced.changed()).await;
+        }
+    }
+
+    /// Commits the batches that have settled, if the connection that carried them is open.
+    async fn settle(
+        &mut self,
+        unsettled: &mut std::collections::VecDeque<(Instant, Cursor)>,
+        settle: Duration,
+    ) -> Result<(), SinkError> {
+        let now = Instant::now();
+        let mut settled = None;
+        while let Some(&(sent, after)) = unsettled.front() {
+            if now.duration_since(sent) < settle {
+                break;
+            }
+            settled = Some(after);
+            unsettled.pop_front();
+        }
+        if let Some(after) = settled {
+            self.sink.check().await?;
+            self.commit(after);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, cursor: Cursor) {
+        self.committed = cursor;
+        self.status.delivered.store(cursor.seq, Ordering::Relaxed);
+        if let Err(e) = cursor.store(&self.cursor_path) {
+            tracing::warn!(path = %self.cursor_path.display(), error = %e, "cannot store an audit delivery cursor");
+        }
+    }
+
+    /// After a failure: back to the last committed record, then wait.
+    async fn failed(
+        &mut self,
+        error: &SinkError,
+        unsettled: &mut std::collections::VecDeque<(Instant, Cursor)>,
+        retry: &mut Duration,
+    ) {
+        self.status.failures.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.status.last_error) = Some(error.to_string());
+        tracing::warn!(
+            tenant = %self.status.tenant,
+            sink = %self.status.name,
+            %error,
+            retry_ms = retry.as_millis() as u64,
+            "audit delivery failed; it will be retried"
+        );
+        unsettled.clear();
+        self.next = self.committed;
+        self.reader = None;
+        tokio::time::sleep(jitter(*retry)).await;
+        *retry = (*retry * 2).min(self.options.retry_max);
+    }
+
+    /// Reads the records after `self.next`, up to `synced` and the sink's batch size.
+    async fn read(&mut self, synced: u64) -> Result<Vec<Outgoing>, String> {
+        let reader = self.reader.take();
+        let (path, next, max) = (self.file.clone(), self.next, self.sink.max_batch());
+        let (reader, result) = tokio::task::spawn_blocking(move || {
+            let mut reader = match reader {
+                Some(reader) => reader,
+                None => match open_at(&path, next.offset) {
+                    Ok(reader) => reader,
+                    Err(e) => return (None, Err(ReadError::Other(e))),
+                },
+            };
+            let result = read_batch(&mut reader, next, synced, max);
+            (Some(reader), result)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match result {
+            Ok((batch, offset)) => {
+                self.reader = reader;
+                if let Some(last) = batch.last() {
+                    self.next = Cursor { seq: last.seq, offset };
+                }
+                Ok(batch)
+            }
+            Err(ReadError::Reset) => {
+                // The cursor does not point at the record after it (the file was replaced):
+                // find the place again from the start.
+                self.next = Cursor { seq: self.next.seq, offset: 0 };
+                self.committed.offset = 0;
+                Ok(Vec::new())
+            }
+            Err(ReadError::Other(e)) => Err(e),
+        }
+    }
+}
+
+enum ReadError {
+    Reset,
+    Other(String),
+}
+
+impl From<String> for ReadError {
+    fn from(e: String) -> Self {
+        Self::Other(e)
+    }
+}
+
+fn open_at(path: &Path, offset: u64) -> Result<BufReader<File>, String> {
+    let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+    Ok(BufReader::with_capacity(256 * 1024, file))
+}
+
+/// Reads whole records after `next` (skipping those up to `next.seq` when reading from the
+/// start), at most `max`, none past `synced`. Returns them and the offset after the last.
+fn read_batch(
+    reader: &mut BufReader<File>,
+    next: Cursor,
+    synced: u64,
+    max: usize,
+) -> Result<(Vec<Outgoing>, u64), ReadError> {
+    let mut batch = Vec::new();
+    let mut offset = next.offset;
+    let mut expected = next.seq + 1;
+    let mut line = String::new();
+    while batch.len() < max && expected <= synced {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        if n == 0 || !line.ends_with('\n') {
+            // The end of what is written: go back to the start of this line.
+            reader.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+            break;
+        }
+        let record: Record = match serde_json::from_str(line.trim_end()) {
+            Ok(record) => record,
+            Err(_) if next.offset > 0 && batch.is_empty() => return Err(ReadError::Reset),
+            Err(e) => return Err(format!("record after seq {}: {e}", expected - 1).into()),
+        };
+        offset += n as u64;
+        if record.seq < expected && next.offset == 0 {
+            continue; // reading from the start: delivered before
+        }
+        if record.seq != expected {
+            if next.offset > 0 && batch.is_empty() {
+                return Err(ReadError::Reset);
+            }
+            return Err(format!("expected record {expected}, found {}", record.seq).into());
+        }
+        expected += 1;
+        let trimmed = line.trim_end().to_owned();
+        batch.push(Outgoing { seq: record.seq, line: trimmed, record });
+    }
+    Ok((batch, offset))
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `wait` ± 20 %, so that many streams failing together do not retry together.
+fn jitter(wait: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let factor = 0.8 + f64::from(nanos % 1000) / 2500.0;
+    wait.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{AuditEvent, EventKind};
+    use std::sync::Mutex;
+
+    /// Records what it receives; fails while `failing` is set.
+    #[derive(Clone, Default)]
+    struct Collector {
+        received: Arc<Mutex<Vec<u64>>>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Collector {
+        async fn send(&mut self, _tenant: &str, records: &[Outgoing]) -> Result<(), SinkError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(SinkError::Unreachable {
+                    target: "test".into(),
+                    reason: "down".into(),
+                });
+            }
+            self.received.lock().unwrap().extend(records.iter().map(|r| r.seq));
+            Ok(())
+        }
+        fn max_batch(&self) -> usize {
+            7
+        }
+    }
+
+    async fn append(spool: &Spool, tenant: &str, n: usize) {
+        for _ in 0..n {
+            spool.append(AuditEvent::new(EventKind::Data, tenant, "wrap")).await.unwrap();
+        }
+    }
+
+    async fn wait_for(collector: &Collector, n: usize) {
+        for _ in 0..500 {
+            if collector.received.lock().unwrap().len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("only {:?} delivered", collector.received.lock().unwrap());
+    }
+
+    fn options() -> DeliveryOptions {
+        DeliveryOptions {
+            retry_min: Duration::from_millis(10),
+            retry_max: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_record_arrives_in_order_through_failures_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 64).unwrap();
+        append(&spool, "acme", 10).await;
+        let collector = Collector::default();
+        let target = |c: &Collector| Target {
+            tenant: "acme".into(),
+            name: "siem".into(),
+            sink: Box::new(c.clone()),
+        };
+        let delivery = Delivery::start(&spool, vec![target(&collector)], options()).unwrap();
+        wait_for(&collector, 10).await;
+        assert_eq!(spool.backlog("acme"), 0);
+
+        // The SIEM goes down: records wait, the backlog grows, nothing is lost.
+        collector.failing.store(true, Ordering::Relaxed);
+        append(&spool, "acme", 20).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(spool.backlog("acme"), 20);
+        assert!(delivery.status()[0].failures.load(Ordering::Relaxed) > 0);
+        collector.failing.store(false, Ordering::Relaxed);
+        wait_for(&collector, 30).await;
+        assert_eq!(*collector.received.lock().unwrap(), (1..=30).collect::<Vec<_>>());
+        drop(delivery);
+
+        // A restart resumes at the cursor: nothing is sent twice, new records follow.
+        drop(spool);
+        let spool = Spool::open(dir.path(), 64).unwrap();
+        let again = Collector::default();
+        let _delivery = Delivery::start(&spool, vec![target(&again)], options()).unwrap();
+        append(&spool, "acme", 3).await;
+        wait_for(&again, 3).await;
+        assert_eq!(*again.received.lock().unwrap(), vec![31, 32, 33]);
+    }
+
+    #[tokio::test]
+    async fn a_lost_cursor_sends_everything_again_and_a_new_sink_gets_the_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 64).unwrap();
+        append(&spool, "acme", 5).await;
+        let first = Collector::default();
+        let delivery = Delivery::start(
+            &spool,
+            vec![Target {
+                tenant: "acme".into(),
+                name: "siem".into(),
+                sink: Box::new(first.clone()),
+            }],
+            options(),
+        )
+        .unwrap();
+        wait_for(&first, 5).await;
+        drop(delivery);
+        std::fs::write(dir.path().join("cursors/siem/acme.cursor"), b"garbage").unwrap();
+        let second = Collector::default();
+        let _delivery = Delivery::start(
+            &spool,
+            vec![Target {
+                tenant: "acme".into(),
+                name: "siem".into(),
+                sink: Box::new(second.clone()),
+            }],
+            options(),
+        )
+        .unwrap();
+        wait_for(&second, 5).await;
+        assert_eq!(*second.received.lock().unwrap(), (1..=5).collect::<Vec<_>>());
+    }
+}
