@@ -74,7 +74,7 @@ impl ChainHead {
     }
 }
 
-fn link_hash(prev: &[u8; 32], seq: u64, event: &Value) -> [u8; 32] {
+pub(crate) fn link_hash(prev: &[u8; 32], seq: u64, event: &Value) -> [u8; 32] {
     let mut canonical = Vec::with_capacity(512);
     write_canonical(event, &mut canonical);
     let mut hasher = Sha256::new();
@@ -135,6 +135,14 @@ pub struct Verified {
     pub duplicates: u64,
     /// The head after the last record.
     pub head: ChainHead,
+    /// Checkpoint records seen (their signatures checked when a public key was given).
+    pub checkpoints: u64,
+    /// The last `seq` a checkpoint signed (0: none).
+    pub last_signed: u64,
+    /// When that checkpoint was written (its event's time).
+    pub last_signed_time: Option<String>,
+    /// Whether checkpoint signatures were checked (a public key was given).
+    pub signatures_checked: bool,
 }
 
 /// Where and how a stream fails verification.
@@ -181,6 +189,15 @@ pub enum Problem {
         /// The record.
         seq: u64,
     },
+    /// A checkpoint that does not sign the record before it, or whose signature is not the
+    /// given key's.
+    #[error("record {seq} is a checkpoint that does not verify: {reason}")]
+    BadCheckpoint {
+        /// The checkpoint record.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// How many recent hashes verification remembers to recognize records delivered twice.
@@ -194,6 +211,10 @@ pub struct Verifier {
     recent: std::collections::VecDeque<[u8; 32]>,
     records: u64,
     duplicates: u64,
+    public_key: Option<Vec<u8>>,
+    checkpoints: u64,
+    last_signed: u64,
+    last_signed_time: Option<String>,
 }
 
 impl Verifier {
@@ -204,7 +225,17 @@ impl Verifier {
             recent: std::collections::VecDeque::new(),
             records: 0,
             duplicates: 0,
+            public_key: None,
+            checkpoints: 0,
+            last_signed: 0,
+            last_signed_time: None,
         }
+    }
+
+    /// Also checks every checkpoint's signature against this Ed25519 public key.
+    pub fn with_public_key(mut self, public_key: Vec<u8>) -> Self {
+        self.public_key = Some(public_key);
+        self
     }
 
     /// Checks the next record.
@@ -237,6 +268,9 @@ impl Verifier {
                 return Err(Problem::BrokenLink { seq: record.seq });
             }
         }
+        if let Some(value) = record.event.get("checkpoint") {
+            self.check_checkpoint(record, value)?;
+        }
         self.head = Some(ChainHead { seq: record.seq, hash: stated });
         if self.recent.len() == DUPLICATE_WINDOW {
             self.recent.pop_front();
@@ -246,12 +280,38 @@ impl Verifier {
         Ok(())
     }
 
+    fn check_checkpoint(&mut self, record: &Record, value: &Value) -> Result<(), Problem> {
+        let bad = |reason: &str| Problem::BadCheckpoint { seq: record.seq, reason: reason.into() };
+        let checkpoint: crate::checkpoint::Checkpoint =
+            serde_json::from_value(value.clone()).map_err(|e| bad(&e.to_string()))?;
+        if checkpoint.signed_seq + 1 != record.seq || checkpoint.signed_hash != record.prev {
+            return Err(bad("it does not sign the record before it"));
+        }
+        if let Some(key) = &self.public_key {
+            let tenant = record.event.get("tenant").and_then(Value::as_str).unwrap_or_default();
+            if checkpoint.key_id != crate::checkpoint::key_id(key) {
+                return Err(bad("signed by another key"));
+            }
+            if !crate::checkpoint::verify_signature(key, tenant, &checkpoint) {
+                return Err(bad("the signature is not valid"));
+            }
+        }
+        self.checkpoints += 1;
+        self.last_signed = checkpoint.signed_seq;
+        self.last_signed_time = record.event.get("time").and_then(Value::as_str).map(str::to_owned);
+        Ok(())
+    }
+
     /// What was checked.
     pub fn finish(&self) -> Verified {
         Verified {
             records: self.records,
             duplicates: self.duplicates,
             head: self.head.unwrap_or_default(),
+            checkpoints: self.checkpoints,
+            last_signed: self.last_signed,
+            last_signed_time: self.last_signed_time.clone(),
+            signatures_checked: self.public_key.is_some(),
         }
     }
 }

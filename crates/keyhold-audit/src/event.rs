@@ -68,6 +68,10 @@ pub struct AuditEvent {
     /// The proxy instance that recorded it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub proxy: String,
+    /// For checkpoints (kind periodic, operation `checkpoint`): the signature of the stream so
+    /// far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<crate::checkpoint::Checkpoint>,
 }
 
 impl AuditEvent {
@@ -92,6 +96,7 @@ impl AuditEvent {
             lease_id: None,
             event_time_millis: None,
             proxy: String::new(),
+            checkpoint: None,
         }
     }
 }

@@ -28,8 +28,12 @@ pub fn verify_export(
     format: ExportFormat,
     tenant: Option<&str>,
     from_middle: bool,
+    public_key: Option<Vec<u8>>,
 ) -> Result<Verified, VerifyError> {
     let mut verifier = Verifier::new(from_middle);
+    if let Some(key) = public_key {
+        verifier = verifier.with_public_key(key);
+    }
     let records = match format {
         ExportFormat::JsonLines | ExportFormat::Syslog => line_records(input, format)?,
         ExportFormat::OpenSearch => opensearch_records(input)?,
@@ -129,14 +133,16 @@ mod tests {
             .iter()
             .map(|r| format!("<110>1 2026-12-01T10:00:00.000Z p1 keyhold - audit - {r}\n"))
             .collect();
-        let check = |tenant| verify_export(capture.as_bytes(), ExportFormat::Syslog, tenant, false);
+        let check =
+            |tenant| verify_export(capture.as_bytes(), ExportFormat::Syslog, tenant, false, None);
         assert_eq!(check(Some("acme")).unwrap().records, 3);
         assert_eq!(check(Some("beta")).unwrap().records, 2);
         // Both tenants as one stream: the second record is a conflict/gap, not a pass.
         assert!(check(None).is_err());
         let altered = capture.replacen("\"acme\"", "\"acne\"", 1);
-        let err = verify_export(altered.as_bytes(), ExportFormat::Syslog, Some("acme"), false)
-            .unwrap_err();
+        let err =
+            verify_export(altered.as_bytes(), ExportFormat::Syslog, Some("acme"), false, None)
+                .unwrap_err();
         // Record 1 left the tenant's stream: record 2 is the first seen, after a gap.
         assert!(matches!(err.problem, Problem::Gap { previous: 0, found: 2 }), "{err}");
     }
@@ -152,21 +158,33 @@ mod tests {
         let answer = serde_json::json!({"hits": {"total": {"value": 4}, "hits": hits}});
         let text = answer.to_string();
         assert_eq!(
-            verify_export(text.as_bytes(), ExportFormat::OpenSearch, None, false).unwrap().records,
+            verify_export(text.as_bytes(), ExportFormat::OpenSearch, None, false, None)
+                .unwrap()
+                .records,
             4
         );
         let mut altered = answer.clone();
         altered["hits"]["hits"][1]["_source"]["event"]["operation"] = "unwrap".into();
-        let err =
-            verify_export(altered.to_string().as_bytes(), ExportFormat::OpenSearch, None, false)
-                .unwrap_err();
+        let err = verify_export(
+            altered.to_string().as_bytes(),
+            ExportFormat::OpenSearch,
+            None,
+            false,
+            None,
+        )
+        .unwrap_err();
         // hits[1] is seq 3 (reversed order).
         assert_eq!(err.problem, Problem::Altered { seq: 3 });
         let mut deleted = answer;
         deleted["hits"]["hits"].as_array_mut().unwrap().remove(2);
-        let err =
-            verify_export(deleted.to_string().as_bytes(), ExportFormat::OpenSearch, None, false)
-                .unwrap_err();
+        let err = verify_export(
+            deleted.to_string().as_bytes(),
+            ExportFormat::OpenSearch,
+            None,
+            false,
+            None,
+        )
+        .unwrap_err();
         assert_eq!(err.problem, Problem::Gap { previous: 1, found: 3 });
     }
 }

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`event`] | what an event holds (never key material) |
 //! | [`chain`] | chained records, and [`chain::verify`] |
+//! | [`checkpoint`] | Ed25519-signed checkpoints in each chain |
 //! | [`export`] | verifying what a syslog receiver or OpenSearch stored |
 //! | [`spool`] | group-committed, synced, per-tenant append-only files |
 //! | [`sink`] | syslog (TCP/TLS), OpenSearch, Splunk HEC, Datadog, signed webhook, file |
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod checkpoint;
 pub mod deliver;
 pub mod event;
 pub mod export;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 
 use crate::chain::{ChainHead, Record};
+use crate::checkpoint::CheckpointSigner;
 use crate::event::AuditEvent;
 
 /// Most events one group commit takes.
@@ -53,14 +54,58 @@ pub enum SpoolError {
 
 struct Job {
     event: AuditEvent,
-    done: tokio::sync::oneshot::Sender<Result<u64, SpoolError>>,
+    /// Who waits for the outcome (none for the spool's own checkpoints).
+    done: Option<tokio::sync::oneshot::Sender<Result<u64, SpoolError>>>,
+}
+
+impl Job {
+    fn answer(self, outcome: Result<u64, SpoolError>) {
+        if let Some(done) = self.done {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+/// What the writer thread receives.
+enum Message {
+    Append(Job),
+    /// Time for checkpoints.
+    Tick,
+}
+
+/// How a spool works.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// Most events waiting to be written; callers wait when it is full.
+    pub queue_capacity: usize,
+    /// Signs checkpoints (none: no checkpoints).
+    pub signer: Option<Arc<CheckpointSigner>>,
+    /// A tenant's stream gets a checkpoint at least this often when it has new records.
+    pub checkpoint_interval: std::time::Duration,
+    /// ... and after at most this many records.
+    pub checkpoint_every: u64,
+    /// This proxy's name, in checkpoint events.
+    pub instance: String,
+}
+
+impl SpoolOptions {
+    /// No checkpoints, `queue_capacity` events waiting at most.
+    pub fn new(queue_capacity: usize) -> Self {
+        Self {
+            queue_capacity,
+            signer: None,
+            checkpoint_interval: std::time::Duration::from_secs(60),
+            checkpoint_every: 10_000,
+            instance: String::new(),
+        }
+    }
 }
 
 /// The spool of one proxy.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
-    queue: tokio::sync::mpsc::Sender<Job>,
+    queue: tokio::sync::mpsc::Sender<Message>,
     tenants: Arc<Tenants>,
 }
 
@@ -112,6 +157,11 @@ impl Spool {
     /// Opens (creating it, mode 0700) the spool directory and starts its writer thread.
     /// `queue_capacity` bounds the events waiting to be written; callers wait when it is full.
     pub fn open(dir: &Path, queue_capacity: usize) -> Result<Arc<Self>, SpoolError> {
+        Self::open_with(dir, SpoolOptions::new(queue_capacity))
+    }
+
+    /// Opens the spool with checkpoints and other [`SpoolOptions`].
+    pub fn open_with(dir: &Path, options: SpoolOptions) -> Result<Arc<Self>, SpoolError> {
         create_private_dir(dir)?;
         let tenants = Arc::new(Tenants::default());
         // Open (and repair) every existing stream now, so readers know how far each is.
@@ -133,8 +183,25 @@ impl Spool {
                 files.insert(tenant, file);
             }
         }
-        let (queue, jobs) = tokio::sync::mpsc::channel(queue_capacity.max(1));
-        let writer = Writer { dir: dir.to_owned(), files, tenants: Arc::clone(&tenants) };
+        let (queue, jobs) = tokio::sync::mpsc::channel(options.queue_capacity.max(1));
+        if options.signer.is_some() {
+            // Ticks for time-based checkpoints; stops when the spool is dropped.
+            let ticks = queue.downgrade();
+            let interval = options.checkpoint_interval.max(std::time::Duration::from_millis(10));
+            std::thread::Builder::new()
+                .name("keyhold-audit-checkpoints".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(interval);
+                        let Some(queue) = ticks.upgrade() else { break };
+                        if queue.blocking_send(Message::Tick).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| io_error(dir, &e))?;
+        }
+        let writer = Writer { dir: dir.to_owned(), files, tenants: Arc::clone(&tenants), options };
         std::thread::Builder::new()
             .name("keyhold-audit-spool".into())
             .spawn(move || writer.run(jobs))
@@ -185,7 +252,8 @@ impl Spool {
     /// Appends `event` to its tenant's chain and returns its `seq` once it is on disk.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, SpoolError> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        self.queue.send(Job { event, done }).await.map_err(|_| SpoolError::Closed)?;
+        let job = Job { event, done: Some(done) };
+        self.queue.send(Message::Append(job)).await.map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -218,31 +286,70 @@ struct TenantFile {
     file: File,
     path: PathBuf,
     head: ChainHead,
+    /// The `seq` the last checkpoint signed (or the checkpoint's own, when it is the last).
+    checkpointed: u64,
 }
 
 struct Writer {
     dir: PathBuf,
     files: HashMap<String, TenantFile>,
     tenants: Arc<Tenants>,
+    options: SpoolOptions,
 }
 
 impl Writer {
-    fn run(mut self, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
+    fn run(mut self, mut jobs: tokio::sync::mpsc::Receiver<Message>) {
         while let Some(first) = jobs.blocking_recv() {
-            let mut batch = vec![first];
-            drain(&mut jobs, &mut batch);
+            let mut tick = false;
+            let mut batch = Vec::new();
+            match first {
+                Message::Append(job) => batch.push(job),
+                Message::Tick => tick = true,
+            }
+            drain(&mut jobs, &mut batch, &mut tick);
             let mut written = self.write(batch);
             // Events that arrived while this batch was written share its sync.
             while written.len() < MAX_BATCH {
                 let mut more = Vec::new();
-                drain(&mut jobs, &mut more);
+                drain(&mut jobs, &mut more, &mut tick);
                 if more.is_empty() {
                     break;
                 }
                 written.extend(self.write(more));
             }
             self.sync(written);
+            self.checkpoint(tick);
         }
+    }
+
+    /// Appends a signed checkpoint to each stream that needs one: after `checkpoint_every`
+    /// records, or on a tick when it has records since its last checkpoint.
+    fn checkpoint(&mut self, tick: bool) {
+        let Some(signer) = self.options.signer.clone() else { return };
+        let every = self.options.checkpoint_every.max(1);
+        let mut jobs = Vec::new();
+        for (tenant, file) in &self.files {
+            let since = file.head.seq.saturating_sub(file.checkpointed);
+            if since == 0 || (!tick && since < every) {
+                continue;
+            }
+            let mut event =
+                AuditEvent::new(crate::event::EventKind::Periodic, tenant, "checkpoint");
+            event.proxy = self.options.instance.clone();
+            event.checkpoint = Some(signer.sign(tenant, &file.head));
+            jobs.push(Job { event, done: None });
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        // One write per stream, so that each checkpoint signs the head it follows.
+        let written = self.write(jobs);
+        for (tenant, _, seq) in &written {
+            if let Some(file) = self.files.get_mut(tenant) {
+                file.checkpointed = *seq;
+            }
+        }
+        self.sync(written);
     }
 
     /// Appends a batch to the tenants' files (not yet synced); returns each written job with
@@ -277,7 +384,7 @@ impl Writer {
                     Err(e) => {
                         let error =
                             SpoolError::Io { path: file.path.clone(), reason: e.to_string() };
-                        let _ = job.done.send(Err(error));
+                        job.answer(Err(error));
                     }
                 }
             }
@@ -326,7 +433,7 @@ impl Writer {
                 Some(Err(error)) => Err(error.clone()),
                 None => Err(SpoolError::Closed),
             };
-            let _ = job.done.send(answer);
+            job.answer(answer);
         }
     }
 
@@ -339,11 +446,12 @@ impl Writer {
     }
 }
 
-/// Moves the jobs waiting in the queue into `batch`, up to [`MAX_BATCH`].
-fn drain(jobs: &mut tokio::sync::mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+/// Moves the jobs waiting in the queue into `batch`, up to [`MAX_BATCH`] (noting a tick).
+fn drain(jobs: &mut tokio::sync::mpsc::Receiver<Message>, batch: &mut Vec<Job>, tick: &mut bool) {
     while batch.len() < MAX_BATCH {
         match jobs.try_recv() {
-            Ok(job) => batch.push(job),
+            Ok(Message::Append(job)) => batch.push(job),
+            Ok(Message::Tick) => *tick = true,
             Err(_) => break,
         }
     }
@@ -351,7 +459,7 @@ fn drain(jobs: &mut tokio::sync::mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
 
 fn answer_all(jobs: impl IntoIterator<Item = Job>, error: &SpoolError) {
     for job in jobs {
-        let _ = job.done.send(Err(error.clone()));
+        job.answer(Err(error.clone()));
     }
 }
 
@@ -362,16 +470,18 @@ fn open_tenant_file(path: &Path) -> Result<(TenantFile, Option<String>), SpoolEr
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(|e| io_error(path, &e))?;
-    let (head, tenant) = recover(&mut file, path)?;
-    Ok((TenantFile { file, path: path.to_owned(), head }, tenant))
+    let (head, tenant, checkpointed) = recover(&mut file, path)?;
+    Ok((TenantFile { file, path: path.to_owned(), head, checkpointed }, tenant))
 }
 
 /// Finds the chain head at the end of `file` (and the tenant of its last record), first cutting
 /// off a record left incomplete by a crash.
-fn recover(file: &mut File, path: &Path) -> Result<(ChainHead, Option<String>), SpoolError> {
+/// Also returns up to where the stream is checkpointed (its last seq if the last record is a
+/// checkpoint, else 0: the next tick adds one).
+fn recover(file: &mut File, path: &Path) -> Result<(ChainHead, Option<String>, u64), SpoolError> {
     let len = file.metadata().map_err(|e| io_error(path, &e))?.len();
     if len == 0 {
-        return Ok((ChainHead::default(), None));
+        return Ok((ChainHead::default(), None, 0));
     }
     let mut window: u64 = 64 * 1024;
     loop {
@@ -383,7 +493,7 @@ fn recover(file: &mut File, path: &Path) -> Result<(ChainHead, Option<String>), 
         let Some(end) = tail.iter().rposition(|&b| b == b'\n') else {
             if start == 0 {
                 file.set_len(0).map_err(|e| io_error(path, &e))?;
-                return Ok((ChainHead::default(), None));
+                return Ok((ChainHead::default(), None, 0));
             }
             window *= 4;
             continue;
@@ -407,7 +517,8 @@ fn recover(file: &mut File, path: &Path) -> Result<(ChainHead, Option<String>), 
             .map_err(|e| corrupt(e.to_string()))?;
         let head = ChainHead::after(&record).ok_or_else(|| corrupt("bad hash".into()))?;
         let tenant = record.event.get("tenant").and_then(|t| t.as_str()).map(str::to_owned);
-        return Ok((head, tenant));
+        let checkpointed = if record.event.get("checkpoint").is_some() { head.seq } else { 0 };
+        return Ok((head, tenant, checkpointed));
     }
 }
 
@@ -485,6 +596,67 @@ mod tests {
         let spool = Spool::open(dir.path(), 16).unwrap();
         assert_eq!(spool.append(event("acme", 3)).await.unwrap(), 4);
         assert_eq!(verified(&path), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_get_signed_checkpoints_by_count_and_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(CheckpointSigner::load_or_create(&dir.path().join("k")).unwrap());
+        let public = hex::decode(signer.public_key_hex()).unwrap();
+        let mut options = SpoolOptions::new(64);
+        options.signer = Some(Arc::clone(&signer));
+        options.checkpoint_every = 10;
+        options.checkpoint_interval = std::time::Duration::from_millis(200);
+        options.instance = "p1".into();
+        let spool = Spool::open_with(&dir.path().join("spool"), options).unwrap();
+        for i in 0..25 {
+            spool.append(event("acme", i)).await.unwrap();
+        }
+        // The 5 records after the second count checkpoint get one on the next tick.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let path = spool.tenant_file("acme");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let check = |text: &str| {
+            let mut verifier = crate::chain::Verifier::new(false).with_public_key(public.clone());
+            for line in text.lines() {
+                verifier.push(&serde_json::from_str(line).unwrap())?;
+            }
+            Ok::<_, crate::chain::Problem>(verifier.finish())
+        };
+        let verified = check(&text).unwrap();
+        assert_eq!((verified.records, verified.checkpoints), (28, 3), "{text}");
+        // The stream ends in a checkpoint: nothing after the last signed record but it.
+        assert_eq!(verified.last_signed + 1, verified.head.seq);
+        let last: Record = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last.event["operation"], "checkpoint");
+        assert_eq!(last.event["proxy"], "p1");
+        // Cutting off the end is visible: the last checkpoint moves back.
+        let cut: String = text.lines().take(20).map(|l| format!("{l}\n")).collect();
+        assert_eq!(check(&cut).unwrap().last_signed, 10);
+        // A checkpoint re-signed with another key is refused.
+        let other = CheckpointSigner::load_or_create(&dir.path().join("other")).unwrap();
+        let mut forged: Record = serde_json::from_str(text.lines().nth(10).unwrap()).unwrap();
+        let head =
+            ChainHead { seq: 10, hash: hex::decode(&forged.prev).unwrap().try_into().unwrap() };
+        forged.event["checkpoint"] = serde_json::to_value(other.sign("acme", &head)).unwrap();
+        let forged_hash = crate::chain::link_hash(&head.hash, 11, &forged.event);
+        forged.hash = hex::encode(forged_hash);
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines[10] = serde_json::to_string(&forged).unwrap();
+        let err = check(&lines[..11].join("\n")).unwrap_err();
+        assert!(matches!(err, crate::chain::Problem::BadCheckpoint { seq: 11, .. }), "{err}");
+        // Reopened after a clean stop, the stream needs no new checkpoint; new records do.
+        drop(spool);
+        let mut options = SpoolOptions::new(64);
+        options.signer = Some(signer);
+        options.checkpoint_interval = std::time::Duration::from_millis(100);
+        let spool = Spool::open_with(&dir.path().join("spool"), options).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(check(&std::fs::read_to_string(&path).unwrap()).unwrap().records, 28);
+        spool.append(event("acme", 99)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let verified = check(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!((verified.records, verified.last_signed), (30, 29));
     }
 
     #[tokio::test]

@@ -176,6 +176,7 @@ async fn webhook(
         keyhold_audit::export::ExportFormat::JsonLines,
         Some("acme"),
         true,
+        None,
     );
     if verified.is_err() {
         return r.violation("a batch that does not verify".into());

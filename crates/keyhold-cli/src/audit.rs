@@ -31,6 +31,10 @@ enum AuditCommand {
         /// given and check every link after it.
         #[arg(long)]
         from_middle: bool,
+        /// The proxy's audit public key (hex, or a file holding it: `audit-signing.pub` in the
+        /// proxy's spool directory): every checkpoint's signature is checked against it.
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -46,7 +50,8 @@ enum Format {
 
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     match args.command {
-        AuditCommand::Verify { file, format, tenant, from_middle } => {
+        AuditCommand::Verify { file, format, tenant, from_middle, public_key } => {
+            let public_key = public_key.map(|k| read_public_key(&k)).transpose()?;
             let format = match format {
                 Format::Jsonl => ExportFormat::JsonLines,
                 Format::Syslog => ExportFormat::Syslog,
@@ -54,11 +59,11 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
             };
             let tenant = tenant.as_deref();
             let verified = if file.as_os_str() == "-" {
-                verify_export(std::io::stdin().lock(), format, tenant, from_middle)
+                verify_export(std::io::stdin().lock(), format, tenant, from_middle, public_key)
             } else {
                 let opened = std::fs::File::open(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
-                verify_export(BufReader::new(opened), format, tenant, from_middle)
+                verify_export(BufReader::new(opened), format, tenant, from_middle, public_key)
             }
             .with_context(|| format!("{}: the audit chain is broken", file.display()))?;
             let duplicates = match verified.duplicates {
@@ -72,7 +77,33 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 verified.head.seq,
                 hex::encode(verified.head.hash)
             );
+            let signed = if verified.signatures_checked { "valid" } else { "NOT checked" };
+            match (&verified.last_signed_time, verified.checkpoints) {
+                (Some(time), n) => println!(
+                    "{n} checkpoints, signatures {signed}; the last signs seq {} (written {time}); {} events after it are not yet covered by a checkpoint",
+                    verified.last_signed,
+                    verified.head.seq.saturating_sub(verified.last_signed + 1),
+                ),
+                (None, _) => println!(
+                    "no checkpoint: nothing in this stream is signed (records cut off its end would not show)"
+                ),
+            }
+            if !verified.signatures_checked && verified.checkpoints > 0 {
+                println!("(give --public-key to check the checkpoints' signatures)");
+            }
             Ok(())
         }
     }
+}
+
+/// A public key given as hex, or as a file holding hex.
+fn read_public_key(given: &str) -> anyhow::Result<Vec<u8>> {
+    let text = match std::fs::read_to_string(given) {
+        Ok(text) => text,
+        Err(_) => given.to_owned(),
+    };
+    let key = hex::decode(text.trim())
+        .with_context(|| format!("--public-key {given:?} is neither hex nor a file of hex"))?;
+    anyhow::ensure!(key.len() == 32, "--public-key: an Ed25519 public key is 32 bytes");
+    Ok(key)
 }

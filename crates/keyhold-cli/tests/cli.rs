@@ -400,6 +400,8 @@ fn no_answered_access_is_lost_when_the_proxy_is_killed_and_the_chain_verifies() 
         "{before} accesses answered before the kill, {} after the restart",
         answered.len() - before
     );
+    // The demo signs a checkpoint every second.
+    std::thread::sleep(Duration::from_millis(1500));
     drop(second);
 
     let text = std::fs::read_to_string(&audit_file).unwrap();
@@ -425,6 +427,21 @@ fn no_answered_access_is_lost_when_the_proxy_is_killed_and_the_chain_verifies() 
     let out = keyhold(dir.path(), &["audit", "verify", ".keyhold/audit/demo-tenant.jsonl"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("chain intact"));
+    // ... with the checkpoints signed by the proxy's key, and by no other.
+    let pub_file = ".keyhold/audit/audit-signing.pub";
+    let out = keyhold(
+        dir.path(),
+        &["audit", "verify", ".keyhold/audit/demo-tenant.jsonl", "--public-key", pub_file],
+    );
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && report.contains("signatures valid"), "{report}");
+    let other = "11".repeat(32);
+    let out = keyhold(
+        dir.path(),
+        &["audit", "verify", ".keyhold/audit/demo-tenant.jsonl", "--public-key", &other],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("another key"), "{}", stderr(&out));
     // ... and fails at the one event altered or deleted in a copy.
     let lines: Vec<&str> = text.lines().collect();
     let mut altered = lines.clone();

@@ -128,7 +128,11 @@ pub fn init_data_dir(
          [audit]\n\
          # Every key access, written and synced here before it is answered: one hash-chained\n\
          # JSON-lines file per tenant (check one with `keyhold audit verify`). docs/audit.md\n\
-         spool_dir = \"audit\"\n\n\
+         spool_dir = \"audit\"\n\
+         # Each file gets a checkpoint signed with this proxy's key (audit/audit-signing.key;\n\
+         # the public half is audit/audit-signing.pub) every second while events come; the\n\
+         # production default is every minute.\n\
+         checkpoint_interval_ms = 1000\n\n\
          [local_keystore]\n\
          path = \"keystore\"\n\
          root_key_file = \"root.key\"\n"

@@ -174,6 +174,18 @@ pub struct AuditConfig {
     /// Sinks that receive every tenant's events (the vendor's own copy).
     #[serde(default)]
     pub vendor_sinks: Vec<SinkEntry>,
+    /// The proxy's Ed25519 key that signs checkpoints (PKCS#8; made on first start, mode
+    /// 0600; its public half is written beside it as `<file>.pub`). Default:
+    /// `<spool_dir>/audit-signing.key`.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// A stream with new records gets a signed checkpoint at least this often, in ms (default
+    /// 60000).
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// ... and after at most this many records (default 10000).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
 }
 
 /// The spool-full policy (docs/audit.md).
@@ -205,6 +217,12 @@ pub struct SinkEntry {
 
 fn default_audit_queue() -> usize {
     65_536
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    60_000
+}
+fn default_checkpoint_every() -> u64 {
+    10_000
 }
 fn default_audit_retry_max_ms() -> u64 {
     30_000
@@ -611,6 +629,12 @@ impl ProxyConfig {
             }
             if audit.retry_max_ms == 0 {
                 return invalid("[audit] retry_max_ms must be positive".into());
+            }
+            if audit.checkpoint_interval_ms < 10 || audit.checkpoint_every == 0 {
+                return invalid(
+                    "[audit] checkpoint_interval_ms must be at least 10 and checkpoint_every positive"
+                        .into(),
+                );
             }
         }
         Ok(())

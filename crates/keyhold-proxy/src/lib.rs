@@ -93,10 +93,23 @@ impl AppState {
             },
         );
         if let Some(audit) = &config.audit {
-            let spool =
-                keyhold_audit::Spool::open(&config.resolve(&audit.spool_dir), audit.queue_capacity)
-                    .map_err(ProxyError::Audit)?;
             let instance = audit.instance.clone().unwrap_or_else(default_instance);
+            let spool_dir = config.resolve(&audit.spool_dir);
+            let key_file = audit
+                .signing_key_file
+                .as_ref()
+                .map_or_else(|| spool_dir.join("audit-signing.key"), |f| config.resolve(f));
+            let signer = keyhold_audit::checkpoint::CheckpointSigner::load_or_create(&key_file)
+                .map_err(ProxyError::AuditKey)?;
+            let options = keyhold_audit::spool::SpoolOptions {
+                queue_capacity: audit.queue_capacity,
+                signer: Some(std::sync::Arc::new(signer)),
+                checkpoint_interval: std::time::Duration::from_millis(audit.checkpoint_interval_ms),
+                checkpoint_every: audit.checkpoint_every,
+                instance: instance.clone(),
+            };
+            let spool =
+                keyhold_audit::Spool::open_with(&spool_dir, options).map_err(ProxyError::Audit)?;
             let targets = audit_targets(config, audit, &instance)?;
             let delivery = keyhold_audit::Delivery::start(
                 &spool,

@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// The audit spool could not be opened.
     #[error(transparent)]
     Audit(keyhold_audit::SpoolError),
+    /// The audit signing key could not be read or made.
+    #[error(transparent)]
+    AuditKey(keyhold_audit::checkpoint::KeyError),
     /// An audit sink could not be set up (its name, and why).
     #[error("audit sink {0:?}: {1}")]
     AuditSink(String, String),

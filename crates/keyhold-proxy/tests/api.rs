@@ -454,12 +454,16 @@ async fn health_readiness_and_metrics() {
     assert!(!text.contains(dek));
 }
 
-/// The records of `tenant`'s audit spool file, after checking its chain.
+/// The records of `tenant`'s audit spool file, after checking its chain (without checkpoints).
 fn audit_records(p: &TestProxy, tenant: &str) -> Vec<serde_json::Value> {
     let path = keyhold_audit::spool::tenant_file(&p.path("audit"), tenant);
     let text = std::fs::read_to_string(&path).unwrap();
     keyhold_audit::verify(text.as_bytes(), false).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    // Checkpoints come on a timer: leave them out of what the tests compare.
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"]["operation"] != "checkpoint")
+        .collect()
 }
 
 #[tokio::test]
@@ -541,4 +545,89 @@ async fn an_access_that_cannot_be_audited_is_refused() {
     assert!(body.get("dek").is_none());
     // Other tenants are served.
     restarted.wrap("tenant-b").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_siem_falls_behind_is_refused_until_it_catches_up() {
+    // A syslog SIEM that is down (nothing listens on the port yet).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let p = TestProxy::with_config(|t| {
+        *t = t.replacen(
+            "spool_dir = \"audit\"\n",
+            "spool_dir = \"audit\"\nmax_backlog = 5\nretry_max_ms = 200\n",
+            1,
+        );
+        *t = t.replacen(
+            "[[tenants]]\nid = \"tenant-b\"",
+            &format!(
+                "[[tenants.audit_sinks]]\nname = \"siem\"\ntype = \"syslog\"\naddress = \"127.0.0.1:{port}\"\n\n[[tenants]]\nid = \"tenant-b\""
+            ),
+            1,
+        );
+    });
+    // Requests are answered while the backlog is below the limit, then refused.
+    let mut answered = 0;
+    let refusal = loop {
+        let (status, body) = p.post("/api/1/document/wrap", meta("tenant-a")).await;
+        if status != StatusCode::OK {
+            break body;
+        }
+        answered += 1;
+        assert!(answered <= 5, "never refused");
+    };
+    assert_eq!(code(&refusal), 100, "{refusal}");
+    assert!(refusal["message"].as_str().unwrap().contains("wait for delivery"), "{refusal}");
+    let (_, metrics) = p.get("/metrics").await;
+    assert!(
+        metrics.contains("keyhold_audit_backlog_refusals_total{tenant=\"tenant-a\"} 1"),
+        "{metrics}"
+    );
+    // Other tenants are not held back.
+    p.wrap("tenant-b").await;
+
+    // The SIEM comes up: delivery catches up, and the tenant is served again.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut connection, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut connection, &mut tokio::io::sink()).await;
+            });
+        }
+    });
+    let began = std::time::Instant::now();
+    loop {
+        let (status, _) = p.post("/api/1/document/wrap", meta("tenant-a")).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(began.elapsed() < std::time::Duration::from_secs(10), "still refused");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn audit_sinks_are_checked_when_the_configuration_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data =
+        keyhold_proxy::bootstrap::init_data_dir(dir.path(), &["tenant-a"], "127.0.0.1:0").unwrap();
+    let text = std::fs::read_to_string(&data.config_path).unwrap();
+    for (sinks, expected) in [
+        ("[[tenants.audit_sinks]]\nname = \"a b\"\ntype = \"file\"\npath = \"x\"\n", "1 to 64"),
+        (
+            "[[tenants.audit_sinks]]\nname = \"hec\"\ntype = \"splunk\"\nurl = \"https://s:8088\"\n",
+            "needs a `secret`",
+        ),
+        (
+            "[[tenants.audit_sinks]]\nname = \"s\"\ntype = \"file\"\npath = \"x\"\n[[tenants.audit_sinks]]\nname = \"s\"\ntype = \"file\"\npath = \"y\"\n",
+            "two audit sinks",
+        ),
+        (
+            "[[tenants.audit_sinks]]\nname = \"s\"\ntype = \"syslog\"\naddress = \"h:1\"\ntsl = true\n",
+            "tsl",
+        ),
+    ] {
+        std::fs::write(&data.config_path, format!("{text}\n{sinks}")).unwrap();
+        let err = keyhold_proxy::ProxyConfig::load(&data.config_path).unwrap_err().to_string();
+        assert!(err.contains(expected), "{sinks}: {err}");
+    }
 }

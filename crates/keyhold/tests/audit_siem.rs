@@ -78,6 +78,13 @@ impl RunningProxy {
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
+    /// The proxy's audit public key (to check checkpoints).
+    fn public_key(&self) -> Vec<u8> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("audit/audit-signing.pub")).unwrap();
+        hex::decode(text.trim()).unwrap()
+    }
+
     fn spooled_ids(&self) -> BTreeSet<String> {
         self.spooled().iter().map(|r| r["event"]["id"].as_str().unwrap().to_owned()).collect()
     }
@@ -229,6 +236,8 @@ index = "{index}"
     let foreign = proxy.client.encrypt(&document, &meta_b).await.unwrap();
     // (Asked of the proxy directly: the SDK itself refuses a document of another tenant.)
     proxy.client.unwrap_key(&foreign.edek, &metadata(99)).await.unwrap_err();
+    // Let a signed checkpoint follow (every second in this configuration).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let expected = proxy.spooled_ids();
     // 5 wraps, 5 unwraps, 1 refused unwrap, and the first lease's periodic event.
@@ -285,17 +294,33 @@ index = "{index}"
     // What each SIEM stored verifies as the tenant's chain, and any change to it is caught.
     for log in [&tcp_log, &tls_log] {
         let capture = syslog_records(log, &expected).join("\n");
-        let verified =
-            verify_export(capture.as_bytes(), ExportFormat::Syslog, None, false).unwrap();
+        let verified = verify_export(
+            capture.as_bytes(),
+            ExportFormat::Syslog,
+            None,
+            false,
+            Some(proxy.public_key()),
+        )
+        .unwrap();
         assert_eq!(verified.records as usize, expected.len());
+        assert!(verified.checkpoints >= 1 && verified.signatures_checked);
         let altered = capture.replacen("\"data_label\":\"PII\"", "\"data_label\":\"public\"", 1);
-        let err = verify_export(altered.as_bytes(), ExportFormat::Syslog, None, false).unwrap_err();
+        let err =
+            verify_export(altered.as_bytes(), ExportFormat::Syslog, None, false, None).unwrap_err();
         assert!(matches!(err.problem, keyhold_audit::chain::Problem::Altered { .. }), "{err}");
     }
     let hits = opensearch_hits(&opensearch, &index).await;
     let export = serde_json::json!({"hits": {"hits": hits}}).to_string();
-    let verified = verify_export(export.as_bytes(), ExportFormat::OpenSearch, None, false).unwrap();
+    let verified = verify_export(
+        export.as_bytes(),
+        ExportFormat::OpenSearch,
+        None,
+        false,
+        Some(proxy.public_key()),
+    )
+    .unwrap();
     assert_eq!(verified.records as usize, expected.len());
+    assert!(verified.checkpoints >= 1);
 }
 
 /// Waits for a TCP port to accept connections.
@@ -430,8 +455,16 @@ index = "{index}"
     // What rsyslog stored is the tenant's whole chain (events sent again after the restart
     // are exact repeats).
     let capture = syslog_records(&rsyslog.log, &expected).join("\n");
-    let verified = verify_export(capture.as_bytes(), ExportFormat::Syslog, None, false).unwrap();
+    let verified = verify_export(
+        capture.as_bytes(),
+        ExportFormat::Syslog,
+        None,
+        false,
+        Some(proxy.public_key()),
+    )
+    .unwrap();
     assert_eq!(verified.records as usize, expected.len());
+    assert!(verified.checkpoints > 10, "{verified:?}");
     // And the proxy knows it (syslog counts a batch delivered once it has settled).
     let mut settled = false;
     for _ in 0..50 {
