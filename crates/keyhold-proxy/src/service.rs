@@ -174,7 +174,18 @@ impl KeyService {
     pub async fn wrap(&self, meta: &RequestMetadata) -> Result<WrappedKey, ServiceError> {
         self.admit(&meta.tenant_id)?;
         let result = self.wrap_inner(meta).await;
-        self.record(meta, "wrap", result.as_ref().err(), 1).await?;
+        let ids = match &result {
+            Ok(wrapped) => KeyIds::of_edek(&wrapped.edek, &meta.tenant_id),
+            Err(_) => KeyIds {
+                kms_config_id: self
+                    .registry
+                    .tenant(&meta.tenant_id)
+                    .and_then(|t| t.primary())
+                    .map(|c| c.id),
+                lease_id: None,
+            },
+        };
+        self.record(meta, "wrap", result.as_ref().err(), 1, ids).await?;
         result
     }
 
@@ -206,7 +217,8 @@ impl KeyService {
     pub async fn unwrap(&self, meta: &RequestMetadata, edek: &str) -> Result<Dek, ServiceError> {
         self.admit(&meta.tenant_id)?;
         let result = self.unwrap_inner(meta, edek).await;
-        self.record(meta, "unwrap", result.as_ref().err(), 1).await?;
+        let ids = KeyIds::of_edek(edek, &meta.tenant_id);
+        self.record(meta, "unwrap", result.as_ref().err(), 1, ids).await?;
         result
     }
 
@@ -273,7 +285,8 @@ impl KeyService {
         let tenant = match self.tenant(&meta.tenant_id).and_then(|t| primary(t).map(|c| (t, c))) {
             Ok(found) => found,
             Err(e) => {
-                self.record(meta, "batch_wrap", Some(&e), document_ids.len()).await?;
+                self.record(meta, "batch_wrap", Some(&e), document_ids.len(), KeyIds::default())
+                    .await?;
                 return Err(e);
             }
         };
@@ -305,9 +318,9 @@ impl KeyService {
         }
         // One event per outcome (not per id): a batch's events cost one spool write each.
         for (error, count) in refused.values() {
-            self.record(meta, "batch_wrap", Some(error), *count).await?;
+            self.record(meta, "batch_wrap", Some(error), *count, KeyIds::default()).await?;
         }
-        self.record(meta, "batch_wrap", None, response.keys.len()).await?;
+        self.record(meta, "batch_wrap", None, response.keys.len(), KeyIds::default()).await?;
         Ok(response)
     }
 
@@ -322,7 +335,7 @@ impl KeyService {
         let tenant = match self.tenant(&meta.tenant_id) {
             Ok(t) => t,
             Err(e) => {
-                self.record(meta, "batch_unwrap", Some(&e), edeks.len()).await?;
+                self.record(meta, "batch_unwrap", Some(&e), edeks.len(), KeyIds::default()).await?;
                 return Err(e);
             }
         };
@@ -350,9 +363,9 @@ impl KeyService {
         }
         // One event per outcome (not per id): a batch's events cost one spool write each.
         for (error, count) in refused.values() {
-            self.record(meta, "batch_unwrap", Some(error), *count).await?;
+            self.record(meta, "batch_unwrap", Some(error), *count, KeyIds::default()).await?;
         }
-        self.record(meta, "batch_unwrap", None, response.keys.len()).await?;
+        self.record(meta, "batch_unwrap", None, response.keys.len(), KeyIds::default()).await?;
         Ok(response)
     }
 
@@ -367,7 +380,11 @@ impl KeyService {
         self.admit(&meta.tenant_id)?;
         self.admit(new_tenant_id)?;
         let result = self.rekey_inner(meta, edek, new_tenant_id).await;
-        self.record(meta, "rekey", result.as_ref().err(), 1).await?;
+        let ids = match &result {
+            Ok(wrapped) => KeyIds::of_edek(&wrapped.edek, new_tenant_id),
+            Err(_) => KeyIds::of_edek(edek, &meta.tenant_id),
+        };
+        self.record(meta, "rekey", result.as_ref().err(), 1, ids).await?;
         result
     }
 
@@ -449,6 +466,7 @@ impl KeyService {
         operation: &'static str,
         error: Option<&ServiceError>,
         keys: usize,
+        ids: KeyIds,
     ) -> Result<(), ServiceError> {
         if keys == 0 {
             return Ok(());
@@ -487,6 +505,8 @@ impl KeyService {
         event.outcome = outcome.to_owned();
         event.code = code;
         event.keys = u64::try_from(keys).unwrap_or(u64::MAX);
+        event.kms_config_id = ids.kms_config_id;
+        event.lease_id = ids.lease_id;
         self.spool(event).await
     }
 
@@ -512,6 +532,28 @@ impl KeyService {
             tracing::error!(error = %e, "audit spool: an event could not be recorded; refusing the request");
             ServiceError::AuditUnavailable(e.to_string())
         })
+    }
+}
+
+/// The KMS configuration and lease behind a key access, for its audit event.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyIds {
+    kms_config_id: Option<i32>,
+    lease_id: Option<i32>,
+}
+
+impl KeyIds {
+    /// What an EDEK names: its entry for `tenant_id` (else its first). Nothing for an EDEK
+    /// that does not parse (the event's code says why it was refused).
+    fn of_edek(edek: &str, tenant_id: &str) -> Self {
+        let Ok(envelope) = EncryptedDeks::from_base64(edek) else { return Self::default() };
+        let entries = &envelope.encrypted_deks;
+        let entry = entries.iter().find(|e| e.tenant_id == tenant_id).or_else(|| entries.first());
+        let Some(entry) = entry else { return Self::default() };
+        Self {
+            kms_config_id: Some(entry.kms_config_id).filter(|id| *id != 0),
+            lease_id: Some(entry.leased_key_id).filter(|id| *id != 0),
+        }
     }
 }
 
