@@ -57,13 +57,19 @@ impl ChainHead {
     /// Links `event` after this head: returns the JSON line (with its newline) and moves the
     /// head to it.
     pub fn append(&mut self, event: &AuditEvent) -> Result<Vec<u8>, serde_json::Error> {
-        let value = serde_json::to_value(event)?;
+        // An event serializes to its canonical form directly (its fields are declared in key
+        // order): one pass, and the same bytes go into the hash and the line.
+        let canonical = serde_json::to_vec(event)?;
         let seq = self.seq + 1;
-        let hash = link_hash(&self.hash, seq, &value);
-        let record =
-            Record { seq, prev: hex::encode(self.hash), hash: hex::encode(hash), event: value };
-        let mut line = serde_json::to_vec(&record)?;
-        line.push(b'\n');
+        let hash = hash_canonical(&self.hash, seq, &canonical);
+        let mut line = Vec::with_capacity(canonical.len() + 180);
+        line.extend_from_slice(format!("{{\"seq\":{seq},\"prev\":\"").as_bytes());
+        line.extend_from_slice(hex::encode(self.hash).as_bytes());
+        line.extend_from_slice(b"\",\"hash\":\"");
+        line.extend_from_slice(hex::encode(hash).as_bytes());
+        line.extend_from_slice(b"\",\"event\":");
+        line.extend_from_slice(&canonical);
+        line.extend_from_slice(b"}\n");
         *self = ChainHead { seq, hash };
         Ok(line)
     }
@@ -77,11 +83,15 @@ impl ChainHead {
 pub(crate) fn link_hash(prev: &[u8; 32], seq: u64, event: &Value) -> [u8; 32] {
     let mut canonical = Vec::with_capacity(512);
     write_canonical(event, &mut canonical);
+    hash_canonical(prev, seq, &canonical)
+}
+
+fn hash_canonical(prev: &[u8; 32], seq: u64, canonical: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(LABEL);
     hasher.update(prev);
     hasher.update(seq.to_be_bytes());
-    hasher.update(&canonical);
+    hasher.update(canonical);
     hasher.finalize().into()
 }
 
@@ -354,6 +364,41 @@ mod tests {
 
     fn check(lines: &[String]) -> Result<Verified, VerifyError> {
         verify(lines.concat().as_bytes(), false)
+    }
+
+    #[test]
+    fn an_event_serializes_to_its_canonical_form() {
+        // Every field set, so that each is checked for its place in key order.
+        let mut event = AuditEvent::new(EventKind::Data, "acme \"quoted\" é", "wrap");
+        event.requesting_id = "alice".into();
+        event.data_label = "PII".into();
+        event.source_ip = "203.0.113.7".into();
+        event.object_id = "doc\n1".into();
+        event.request_id = "req-1".into();
+        event.custom = [("z".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())].into();
+        event.kms_config_id = Some(3);
+        event.lease_id = Some(-4);
+        event.event_time_millis = Some(u64::MAX);
+        event.proxy = "p1".into();
+        event.checkpoint = Some(crate::checkpoint::Checkpoint {
+            key_id: "k".into(),
+            signature: "s".into(),
+            signed_hash: "h".into(),
+            signed_seq: 9,
+        });
+        let mut canonical = Vec::new();
+        write_canonical(&serde_json::to_value(&event).unwrap(), &mut canonical);
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec(&event).unwrap()).unwrap(),
+            String::from_utf8(canonical).unwrap()
+        );
+        // And a line made from it verifies and parses back to the event (a checkpoint that
+        // signs nothing would not verify).
+        event.checkpoint = None;
+        let line = ChainHead::default().append(&event).unwrap();
+        let record: Record = serde_json::from_slice(&line).unwrap();
+        assert_eq!(serde_json::from_value::<AuditEvent>(record.event).unwrap(), event);
+        assert_eq!(verify(line.as_slice(), false).unwrap().records, 1);
     }
 
     #[test]

@@ -20,17 +20,18 @@ use crate::chain::ChainHead;
 
 const LABEL: &[u8] = b"keyhold/audit-checkpoint/v1\0";
 
-/// What a checkpoint record carries (in its event's `checkpoint` field).
+/// What a checkpoint record carries (in its event's `checkpoint` field). Fields in
+/// alphabetical order, as in [`crate::event::AuditEvent`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
-    /// The `seq` of the record signed: the one just before the checkpoint.
-    pub signed_seq: u64,
-    /// That record's hash (hex).
-    pub signed_hash: String,
     /// The first 16 hex digits of SHA-256 of the public key: which key signed.
     pub key_id: String,
     /// The Ed25519 signature (hex).
     pub signature: String,
+    /// That record's hash (hex).
+    pub signed_hash: String,
+    /// The `seq` of the record signed: the one just before the checkpoint.
+    pub signed_seq: u64,
 }
 
 /// Why the audit key could not be loaded.

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chain::Record;
 use crate::sink::{Outgoing, Sink, SinkError};
 use crate::spool::{Spool, SpoolError, tenant_file};
 
@@ -356,7 +355,7 @@ fn read_batch(
             reader.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
             break;
         }
-        let record: Record = match serde_json::from_str(line.trim_end()) {
+        let record = match Outgoing::parse(line.trim_end().to_owned()) {
             Ok(record) => record,
             Err(_) if next.offset > 0 && batch.is_empty() => return Err(ReadError::Reset),
             Err(e) => return Err(format!("record after seq {}: {e}", expected - 1).into()),
@@ -372,8 +371,7 @@ fn read_batch(
             return Err(format!("expected record {expected}, found {}", record.seq).into());
         }
         expected += 1;
-        let trimmed = line.trim_end().to_owned();
-        batch.push(Outgoing { seq: record.seq, line: trimmed, record });
+        batch.push(record);
     }
     Ok((batch, offset))
 }

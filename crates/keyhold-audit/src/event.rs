@@ -20,58 +20,62 @@ pub enum EventKind {
 
 /// One audit event. Never carries key material or plaintext; ids and addresses as the caller
 /// gave them.
+///
+/// The fields are declared in alphabetical order, so that serializing an event gives its
+/// canonical JSON (sorted keys, no whitespace: see [`crate::chain`]) in one pass. A test checks
+/// it; keep new fields in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
-    /// Unique and time-ordered (UUID v7): receivers deduplicate at-least-once delivery by it.
-    pub id: String,
-    /// When the proxy recorded it, RFC 3339 UTC with milliseconds.
-    pub time: String,
-    /// What kind of event.
-    pub kind: EventKind,
-    /// The tenant whose keys (or configuration) it concerns.
-    pub tenant: String,
-    /// `wrap`, `unwrap`, `batch_wrap`, `batch_unwrap`, `rekey`, a security event name, …
-    pub operation: String,
-    /// `granted` or `refused`.
-    pub outcome: String,
+    /// For checkpoints (kind periodic, operation `checkpoint`): the signature of the stream so
+    /// far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<crate::checkpoint::Checkpoint>,
     /// 0 when granted, else the wire error code.
     pub code: u16,
-    /// How many keys the event covers (batches record one event per outcome).
-    pub keys: u64,
-    /// The application's user or service that asked.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub requesting_id: String,
-    /// The data label the application gave.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub data_label: String,
-    /// The end user's IP address, as the application gave it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub source_ip: String,
-    /// The object (document) id.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub object_id: String,
-    /// The application's request id.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub request_id: String,
     /// Free-form fields from the request.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub custom: BTreeMap<String, String>,
+    /// The data label the application gave.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data_label: String,
+    /// For security events: when the application says the event happened (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time_millis: Option<u64>,
+    /// Unique and time-ordered (UUID v7): receivers deduplicate at-least-once delivery by it.
+    pub id: String,
+    /// How many keys the event covers (batches record one event per outcome).
+    pub keys: u64,
+    /// What kind of event.
+    pub kind: EventKind,
     /// The tenant KMS configuration concerned, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_config_id: Option<i32>,
     /// The lease concerned, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<i32>,
-    /// For security events: when the application says the event happened (ms since the epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_time_millis: Option<u64>,
+    /// The object (document) id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub object_id: String,
+    /// `wrap`, `unwrap`, `batch_wrap`, `batch_unwrap`, `rekey`, a security event name, …
+    pub operation: String,
+    /// `granted` or `refused`.
+    pub outcome: String,
     /// The proxy instance that recorded it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub proxy: String,
-    /// For checkpoints (kind periodic, operation `checkpoint`): the signature of the stream so
-    /// far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<crate::checkpoint::Checkpoint>,
+    /// The application's request id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// The application's user or service that asked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub requesting_id: String,
+    /// The end user's IP address, as the application gave it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_ip: String,
+    /// The tenant whose keys (or configuration) it concerns.
+    pub tenant: String,
+    /// When the proxy recorded it, RFC 3339 UTC with milliseconds.
+    pub time: String,
 }
 
 impl AuditEvent {

@@ -67,6 +67,8 @@ impl Job {
 }
 
 /// What the writer thread receives.
+// Ticks are rare; boxing every event instead would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Append(Job),
     /// Time for checkpoints.

@@ -1,5 +1,5 @@
 //! The proxy's HTTP API, driven through the router without sockets.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 mod common;
 
@@ -500,8 +500,8 @@ async fn every_key_access_is_in_the_tenants_audit_spool_before_it_is_answered() 
     assert_eq!(event["custom"]["org"], "sales");
     assert!(event["id"].as_str().unwrap().len() == 36 && event["proxy"].is_string(), "{event}");
     // Which KMS configuration and which lease the key came from.
-    let edek = keyhold_core::edek::EncryptedDeks::from_base64(wrapped["edek"].as_str().unwrap())
-        .unwrap();
+    let edek =
+        keyhold_core::edek::EncryptedDeks::from_base64(wrapped["edek"].as_str().unwrap()).unwrap();
     let entry = &edek.encrypted_deks[0];
     assert_eq!(event["kms_config_id"], entry.kms_config_id);
     assert!(entry.leased_key_id != 0);

@@ -95,7 +95,7 @@ impl HttpSink {
             Api::OpenSearch { index, .. } => {
                 let mut body = Vec::new();
                 for record in records {
-                    let action = json!({"index": {"_index": index, "_id": record.field("id")}});
+                    let action = json!({"index": {"_index": index, "_id": record.id}});
                     body.extend_from_slice(action.to_string().as_bytes());
                     body.push(b'\n');
                     body.extend_from_slice(record.line.as_bytes());
@@ -107,19 +107,24 @@ impl HttpSink {
                 // HEC takes events one after the other, not in an array.
                 let mut body = Vec::new();
                 for record in records {
-                    let mut event = serde_json::Map::new();
-                    if let Some(time) = epoch_seconds(record.field("time")) {
-                        event.insert("time".into(), json!(time));
+                    // The record goes in as spooled (no re-encoding): `event` comes last.
+                    let mut head = serde_json::Map::new();
+                    if let Some(time) = epoch_seconds(&record.time) {
+                        head.insert("time".into(), json!(time));
                     }
-                    event.insert("host".into(), json!(self.instance));
-                    event.insert("source".into(), json!("keyhold"));
-                    event.insert("sourcetype".into(), json!(sourcetype));
+                    head.insert("host".into(), json!(self.instance));
+                    head.insert("source".into(), json!("keyhold"));
+                    head.insert("sourcetype".into(), json!(sourcetype));
                     if let Some(index) = index {
-                        event.insert("index".into(), json!(index));
+                        head.insert("index".into(), json!(index));
                     }
-                    event.insert("event".into(), json!(record.record));
-                    let event = Value::Object(event);
-                    body.extend_from_slice(event.to_string().as_bytes());
+                    let head = Value::Object(head).to_string();
+                    let event = format!(
+                        "{},\"event\":{}}}",
+                        head.strip_suffix('}').unwrap_or(&head),
+                        record.line
+                    );
+                    body.extend_from_slice(event.as_bytes());
                 }
                 (body, "application/json")
             }

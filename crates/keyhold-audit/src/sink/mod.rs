@@ -15,26 +15,51 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::chain::Record;
-
 pub use http::webhook_signature;
 pub use syslog::format_message as syslog_message;
 
-/// One record on its way to a sink.
-#[derive(Debug, Clone)]
+/// One record on its way to a sink: the spooled line, and the few fields sinks need from it
+/// (read without building the whole record).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     /// Its `seq` in the tenant's stream.
     pub seq: u64,
     /// The record as spooled: one JSON object, no newline.
     pub line: String,
-    /// The same, parsed.
-    pub record: Record,
+    /// The event's id.
+    pub id: String,
+    /// The event's time (RFC 3339).
+    pub time: String,
+    /// `granted` or `refused` (empty for events without an outcome).
+    pub outcome: String,
 }
 
 impl Outgoing {
-    /// A text field of the event (`""` when absent).
-    pub fn field(&self, name: &str) -> &str {
-        self.record.event.get(name).and_then(|v| v.as_str()).unwrap_or_default()
+    /// Reads a spooled record line.
+    pub fn parse(line: String) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Light<'a> {
+            seq: u64,
+            #[serde(borrow)]
+            event: LightEvent<'a>,
+        }
+        #[derive(Deserialize)]
+        struct LightEvent<'a> {
+            #[serde(borrow)]
+            id: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            time: std::borrow::Cow<'a, str>,
+            #[serde(default, borrow)]
+            outcome: std::borrow::Cow<'a, str>,
+        }
+        let light: Light<'_> = serde_json::from_str(&line)?;
+        let (seq, id, time, outcome) = (
+            light.seq,
+            light.event.id.into_owned(),
+            light.event.time.into_owned(),
+            light.event.outcome.into_owned(),
+        );
+        Ok(Self { seq, line, id, time, outcome })
     }
 }
 

@@ -195,10 +195,9 @@ impl Sink for SyslogSink {
 /// One record as an RFC 5424 message (without framing).
 pub fn format_message(record: &Outgoing, app_name: &str, hostname: &str) -> String {
     // Facility 13 (log audit); severity 6 (informational) or 5 (notice) for refusals.
-    let severity = if record.field("outcome") == "granted" { 6 } else { 5 };
+    let severity = if record.outcome == "refused" { 5 } else { 6 };
     let priority = 13 * 8 + severity;
-    let time = record.field("time");
-    let timestamp = if time.is_empty() { "-" } else { time };
+    let timestamp = if record.time.is_empty() { "-" } else { record.time.as_str() };
     format!("<{priority}>1 {timestamp} {hostname} {app_name} - audit - {}", record.line)
 }
 
@@ -212,23 +211,21 @@ fn header_token(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{ChainHead, Record};
+    use crate::chain::ChainHead;
     use crate::event::{AuditEvent, EventKind};
 
     fn outgoing(outcome: &str) -> Outgoing {
         let mut event = AuditEvent::new(EventKind::Data, "acme", "wrap");
         event.outcome = outcome.to_owned();
         let line = String::from_utf8(ChainHead::default().append(&event).unwrap()).unwrap();
-        let line = line.trim_end().to_owned();
-        let record: Record = serde_json::from_str(&line).unwrap();
-        Outgoing { seq: 1, line, record }
+        Outgoing::parse(line.trim_end().to_owned()).unwrap()
     }
 
     #[test]
     fn messages_follow_rfc5424() {
         let record = outgoing("granted");
         let message = format_message(&record, "keyhold", &header_token("proxy 1", 255));
-        let time = record.field("time");
+        let time = &record.time;
         assert_eq!(message, format!("<110>1 {time} proxy_1 keyhold - audit - {}", record.line));
         assert!(format_message(&outgoing("refused"), "k", "h").starts_with("<109>1 "));
         assert_eq!(header_token("", 10), "-");
