@@ -186,6 +186,11 @@ pub struct AuditConfig {
     /// ... and after at most this many records (default 10000).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
+    /// KMS failures of key accesses become `kms_failure` periodic events: the first at once,
+    /// then one summary per this many ms per KMS configuration while they go on (default
+    /// 60000).
+    #[serde(default = "default_kms_failure_interval_ms")]
+    pub kms_failure_interval_ms: u64,
 }
 
 /// The spool-full policy (docs/audit.md).
@@ -219,6 +224,9 @@ fn default_audit_queue() -> usize {
     65_536
 }
 fn default_checkpoint_interval_ms() -> u64 {
+    60_000
+}
+fn default_kms_failure_interval_ms() -> u64 {
     60_000
 }
 fn default_checkpoint_every() -> u64 {

@@ -32,6 +32,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod error;
 mod kms_call;
+mod kms_failures;
 pub mod lease;
 pub mod metrics;
 pub mod registry;
@@ -121,7 +122,12 @@ impl AppState {
             )
             .map_err(ProxyError::Audit)?;
             let limit = (audit.when_full == config::WhenFull::Refuse).then_some(audit.max_backlog);
-            service = service.with_audit(spool, instance).with_delivery(delivery, limit);
+            service = service
+                .with_audit(spool, instance)
+                .with_kms_failure_interval(std::time::Duration::from_millis(
+                    audit.kms_failure_interval_ms,
+                ))
+                .with_delivery(delivery, limit);
         }
         let service = Arc::new(service);
         Ok(Self {

@@ -51,6 +51,8 @@ pub struct KeyService {
     delivery: Option<keyhold_audit::Delivery>,
     /// Refuse a tenant's data operations while this many of its events wait for delivery.
     backlog_limit: Option<u64>,
+    /// KMS failures of key accesses, reported as periodic audit events.
+    kms_failures: Option<Arc<crate::kms_failures::KmsFailureLog>>,
 }
 
 impl KeyService {
@@ -87,6 +89,7 @@ impl KeyService {
             instance: String::new(),
             delivery: None,
             backlog_limit: None,
+            kms_failures: None,
         }
     }
 
@@ -96,8 +99,26 @@ impl KeyService {
         for leases in self.leases.values().flat_map(HashMap::values) {
             leases.set_audit(Arc::clone(&spool), instance.clone());
         }
+        self.kms_failures = Some(crate::kms_failures::KmsFailureLog::start(
+            Arc::clone(&spool),
+            instance.clone(),
+            Duration::from_secs(60),
+        ));
         self.audit = Some(spool);
         self.instance = instance;
+        self
+    }
+
+    /// Reports KMS failures of key accesses at most once per `interval` per KMS configuration
+    /// (after the first, at once; default one minute). Needs [`KeyService::with_audit`] first.
+    pub fn with_kms_failure_interval(mut self, interval: Duration) -> Self {
+        if let (Some(spool), Some(_)) = (&self.audit, &self.kms_failures) {
+            self.kms_failures = Some(crate::kms_failures::KmsFailureLog::start(
+                Arc::clone(spool),
+                self.instance.clone(),
+                interval,
+            ));
+        }
         self
     }
 
@@ -452,9 +473,22 @@ impl KeyService {
             backend: config.kms.kind(),
             timeout: self.limits.kms_timeout,
         };
-        site.call(operation, kind, call)
-            .await
-            .map_err(|source| ServiceError::Kms { operation: kind, source })
+        let result = site.call(operation, kind, call).await;
+        match result {
+            Ok(value) => Ok(value),
+            Err(source) => {
+                let error = ServiceError::Kms { operation: kind, source };
+                // A bad EDEK is the caller's problem, not the KMS failing.
+                let kms_failed = !matches!(
+                    &error,
+                    ServiceError::Kms { source: KmsError::InvalidCiphertext, .. }
+                );
+                if let (Some(log), true) = (&self.kms_failures, kms_failed) {
+                    log.note(&tenant.id, config.id, error.code().code(), &error.to_string()).await;
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Counts `keys` key accesses and records their audit event: in the audit spool, when there

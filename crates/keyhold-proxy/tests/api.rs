@@ -638,3 +638,58 @@ fn audit_sinks_are_checked_when_the_configuration_is_read() {
         assert!(err.contains(expected), "{sinks}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_failures_become_periodic_events_at_once_then_one_summary_per_interval() {
+    let p = TestProxy::with_config(|t| {
+        *t = t.replacen("[leasing]\n", "[leasing]\nenabled = false\n", 1);
+        *t = t.replacen(
+            "spool_dir = \"audit\"\n",
+            "spool_dir = \"audit\"\nkms_failure_interval_ms = 300\n",
+            1,
+        );
+    });
+    p.keystore().set_enabled("tenant-a", false).unwrap();
+    for _ in 0..5 {
+        let (status, body) = p.post("/api/1/document/wrap", meta("tenant-a")).await;
+        assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, 206), "{body}");
+    }
+    let failures = |p: &TestProxy| -> Vec<(u64, u64, String)> {
+        audit_records(p, "tenant-a")
+            .iter()
+            .map(|r| &r["event"])
+            .filter(|e| e["operation"] == "kms_failure")
+            .map(|e| {
+                assert_eq!(
+                    (e["kind"].as_str(), e["kms_config_id"].as_i64()),
+                    (Some("periodic"), Some(1))
+                );
+                (
+                    e["keys"].as_u64().unwrap(),
+                    e["code"].as_u64().unwrap(),
+                    e["custom"]["error"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    // The first failure at once (the five refused wraps are data events as well).
+    let first = failures(&p);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!((first[0].0, first[0].1), (1, 206));
+    assert!(first[0].2.contains("disabled"), "{first:?}");
+    // The other four in one summary after the interval; then nothing while the KMS is quiet.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let all = failures(&p);
+    assert_eq!(all.iter().map(|f| f.0).collect::<Vec<_>>(), [1, 4], "{all:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(failures(&p).len(), 2);
+    // A failure after a quiet interval is reported at once again.
+    let (status, _) = p.post("/api/1/document/wrap", meta("tenant-a")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(failures(&p).iter().map(|f| f.0).collect::<Vec<_>>(), [1, 4, 1]);
+    let data = audit_records(&p, "tenant-a")
+        .iter()
+        .filter(|r| r["event"]["kind"] == "data" && r["event"]["outcome"] == "refused")
+        .count();
+    assert_eq!(data, 6);
+}
