@@ -221,7 +221,7 @@ pub struct Verifier {
     recent: std::collections::VecDeque<[u8; 32]>,
     records: u64,
     duplicates: u64,
-    public_key: Option<Vec<u8>>,
+    public_keys: Vec<Vec<u8>>,
     checkpoints: u64,
     last_signed: u64,
     last_signed_time: Option<String>,
@@ -235,16 +235,17 @@ impl Verifier {
             recent: std::collections::VecDeque::new(),
             records: 0,
             duplicates: 0,
-            public_key: None,
+            public_keys: Vec::new(),
             checkpoints: 0,
             last_signed: 0,
             last_signed_time: None,
         }
     }
 
-    /// Also checks every checkpoint's signature against this Ed25519 public key.
+    /// Also checks every checkpoint's signature: it must be made by this Ed25519 public key
+    /// (or another one given; each proxy has its own).
     pub fn with_public_key(mut self, public_key: Vec<u8>) -> Self {
-        self.public_key = Some(public_key);
+        self.public_keys.push(public_key);
         self
     }
 
@@ -297,11 +298,13 @@ impl Verifier {
         if checkpoint.signed_seq + 1 != record.seq || checkpoint.signed_hash != record.prev {
             return Err(bad("it does not sign the record before it"));
         }
-        if let Some(key) = &self.public_key {
+        if !self.public_keys.is_empty() {
             let tenant = record.event.get("tenant").and_then(Value::as_str).unwrap_or_default();
-            if checkpoint.key_id != crate::checkpoint::key_id(key) {
-                return Err(bad("signed by another key"));
-            }
+            let key = self
+                .public_keys
+                .iter()
+                .find(|key| crate::checkpoint::key_id(key) == checkpoint.key_id)
+                .ok_or_else(|| bad("signed by another key than those given"))?;
             if !crate::checkpoint::verify_signature(key, tenant, &checkpoint) {
                 return Err(bad("the signature is not valid"));
             }
@@ -321,7 +324,7 @@ impl Verifier {
             checkpoints: self.checkpoints,
             last_signed: self.last_signed,
             last_signed_time: self.last_signed_time.clone(),
-            signatures_checked: self.public_key.is_some(),
+            signatures_checked: !self.public_keys.is_empty(),
         }
     }
 }

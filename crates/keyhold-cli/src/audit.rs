@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use keyhold_audit::export::{ExportFormat, verify_export};
+use keyhold_audit::export::{ExportFormat, verify_chains};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -31,10 +31,11 @@ enum AuditCommand {
         /// given and check every link after it.
         #[arg(long)]
         from_middle: bool,
-        /// The proxy's audit public key (hex, or a file holding it: `audit-signing.pub` in the
-        /// proxy's spool directory): every checkpoint's signature is checked against it.
+        /// A proxy's audit public key (hex, or a file holding it: `audit-signing.pub` in the
+        /// proxy's spool directory); repeat it for exports from several proxies. Every
+        /// checkpoint must then be signed by one of them.
         #[arg(long)]
-        public_key: Option<String>,
+        public_key: Vec<String>,
     },
 }
 
@@ -51,48 +52,66 @@ enum Format {
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     match args.command {
         AuditCommand::Verify { file, format, tenant, from_middle, public_key } => {
-            let public_key = public_key.map(|k| read_public_key(&k)).transpose()?;
+            let public_keys = public_key
+                .iter()
+                .map(|k| read_public_key(k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let format = match format {
                 Format::Jsonl => ExportFormat::JsonLines,
                 Format::Syslog => ExportFormat::Syslog,
                 Format::Opensearch => ExportFormat::OpenSearch,
             };
             let tenant = tenant.as_deref();
-            let verified = if file.as_os_str() == "-" {
-                verify_export(std::io::stdin().lock(), format, tenant, from_middle, public_key)
+            let chains = if file.as_os_str() == "-" {
+                verify_chains(std::io::stdin().lock(), format, tenant, from_middle, &public_keys)
             } else {
                 let opened = std::fs::File::open(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
-                verify_export(BufReader::new(opened), format, tenant, from_middle, public_key)
+                verify_chains(BufReader::new(opened), format, tenant, from_middle, &public_keys)
             }
             .with_context(|| format!("{}: the audit chain is broken", file.display()))?;
-            let duplicates = match verified.duplicates {
-                0 => String::new(),
-                n => format!(" ({n} delivered twice, identical)"),
-            };
-            println!(
-                "{}: {} events{duplicates}, chain intact (last seq {}, hash {})",
-                file.display(),
-                verified.records,
-                verified.head.seq,
-                hex::encode(verified.head.hash)
-            );
-            let signed = if verified.signatures_checked { "valid" } else { "NOT checked" };
-            match (&verified.last_signed_time, verified.checkpoints) {
-                (Some(time), n) => println!(
-                    "{n} checkpoints, signatures {signed}; the last signs seq {} (written {time}); {} events after it are not yet covered by a checkpoint",
-                    verified.last_signed,
-                    verified.head.seq.saturating_sub(verified.last_signed + 1),
-                ),
-                (None, _) => println!(
-                    "no checkpoint: nothing in this stream is signed (records cut off its end would not show)"
-                ),
-            }
-            if !verified.signatures_checked && verified.checkpoints > 0 {
-                println!("(give --public-key to check the checkpoints' signatures)");
+            anyhow::ensure!(!chains.is_empty(), "{}: no audit records", file.display());
+            for chain in &chains {
+                report(&file, chain, chains.len() > 1);
             }
             Ok(())
         }
+    }
+}
+
+/// Prints what the check of one chain found.
+fn report(file: &std::path::Path, chain: &keyhold_audit::export::ChainReport, several: bool) {
+    let verified = &chain.verified;
+    let which = if several {
+        format!(" [tenant {}, proxy {}]", chain.tenant, chain.proxy)
+    } else {
+        String::new()
+    };
+    let duplicates = match verified.duplicates {
+        0 => String::new(),
+        n => format!(" ({n} delivered twice, identical)"),
+    };
+    println!(
+        "{}{which}: {} events{duplicates}, chain intact (last seq {}, hash {})",
+        file.display(),
+        verified.records,
+        verified.head.seq,
+        hex::encode(verified.head.hash)
+    );
+    let signed = if verified.signatures_checked { "valid" } else { "NOT checked" };
+    match &verified.last_signed_time {
+        Some(time) => println!(
+            "{} checkpoints, signatures {signed}; the last signs seq {} (written {time}); {} events after it are not yet covered by a checkpoint",
+            verified.checkpoints,
+            verified.last_signed,
+            verified.head.seq.saturating_sub(verified.last_signed + 1),
+        ),
+        None => println!(
+            "no checkpoint: nothing in this stream is signed (records cut off its end would not show)"
+        ),
+    }
+    if !verified.signatures_checked && verified.checkpoints > 0 {
+        println!("(give --public-key to check the checkpoints' signatures)");
     }
 }
 

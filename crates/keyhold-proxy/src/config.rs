@@ -175,8 +175,8 @@ pub struct AuditConfig {
     #[serde(default)]
     pub vendor_sinks: Vec<SinkEntry>,
     /// The proxy's Ed25519 key that signs checkpoints (PKCS#8; made on first start, mode
-    /// 0600; its public half is written beside it as `<file>.pub`). Default:
-    /// `<spool_dir>/audit-signing.key`.
+    /// 0600; its public half is written beside it, hex, with the extension `.pub`: by
+    /// default `<spool_dir>/audit-signing.key` and `audit-signing.pub`).
     #[serde(default)]
     pub signing_key_file: Option<PathBuf>,
     /// A stream with new records gets a signed checkpoint at least this often, in ms (default
@@ -638,6 +638,9 @@ impl ProxyConfig {
             if audit.retry_max_ms == 0 {
                 return invalid("[audit] retry_max_ms must be positive".into());
             }
+            if audit.max_backlog == 0 {
+                return invalid("[audit] max_backlog must be positive".into());
+            }
             if audit.checkpoint_interval_ms < 10 || audit.checkpoint_every == 0 {
                 return invalid(
                     "[audit] checkpoint_interval_ms must be at least 10 and checkpoint_every positive"
@@ -709,6 +712,33 @@ mod tests {
                 let parsed = format!("{:?}", config.tenants[0].kms_configs[0].kms);
                 assert!(parsed.to_lowercase().starts_with(kind), "{kind}: {parsed}");
             }
+        }
+    }
+
+    /// The complete example of docs/audit.md is a valid configuration, with every sink type.
+    #[test]
+    fn the_audit_page_example_parses() {
+        let page = include_str!("../../../docs/audit.md");
+        let block = page
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .find(|block| block.contains("[[audit.vendor_sinks]]"))
+            .unwrap();
+        // (The API key file does not exist here.)
+        let block = block
+            .replace("api_key_file = \"secrets/api-key\"", "api_key = \"0123456789abcdef0123\"");
+        let config = ProxyConfig::from_toml(&block).unwrap();
+        config.validate().unwrap();
+        let kinds: Vec<&str> = config
+            .tenants
+            .iter()
+            .flat_map(|t| &t.audit_sinks)
+            .chain(&config.audit.as_ref().unwrap().vendor_sinks)
+            .map(|s| s.settings.kind())
+            .collect();
+        for kind in ["syslog", "opensearch", "splunk", "datadog", "webhook", "file"] {
+            assert!(kinds.contains(&kind), "{kind} missing from docs/audit.md's example");
         }
     }
 
