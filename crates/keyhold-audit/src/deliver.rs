@@ -135,8 +135,12 @@ impl Delivery {
 struct Cursor {
     /// The last record delivered (0: none).
     seq: u64,
-    /// The byte offset just after it in the tenant's file.
+    /// The byte offset just after it in the file that holds it.
     offset: u64,
+    /// Which file that is: the `seq` of its first record (0: not known; the place is then
+    /// found by reading from the start of the file that holds the next record).
+    #[serde(default)]
+    file_first: u64,
 }
 
 impl Cursor {
@@ -169,7 +173,8 @@ struct Worker {
     committed: Cursor,
     /// Where reading goes on (ahead of `committed` while batches settle).
     next: Cursor,
-    reader: Option<BufReader<File>>,
+    /// The open file and the `seq` of its first record.
+    reader: Option<(BufReader<File>, u64)>,
     sink: Box<dyn Sink>,
     status: Arc<TargetStatus>,
     options: DeliveryOptions,
@@ -199,12 +204,12 @@ impl Worker {
                         continue;
                     }
                 };
-                let Some(last) = batch.last() else {
-                    // Synced but not readable yet: look again shortly.
+                if batch.is_empty() {
+                    // Synced but not readable yet (or in the next segment): look again shortly.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
-                };
-                let after = Cursor { seq: last.seq, offset: self.next.offset };
+                }
+                let after = self.next;
                 match self.sink.send(&self.status.tenant, &batch).await {
                     Ok(()) => {
                         retry = self.options.retry_min;
@@ -286,31 +291,47 @@ impl Worker {
         let reader = self.reader.take();
         let (path, next, max) = (self.file.clone(), self.next, self.sink.max_batch());
         let (reader, result) = tokio::task::spawn_blocking(move || {
-            let mut reader = match reader {
-                Some(reader) => reader,
-                None => match open_at(&path, next.offset) {
-                    Ok(reader) => reader,
+            let (mut reader, next) = match reader {
+                Some(reader) => (reader, next),
+                None => match open_for(&path, next) {
+                    Ok(opened) => opened,
                     Err(e) => return (None, Err(ReadError::Other(e))),
                 },
             };
-            let result = read_batch(&mut reader, next, synced, max);
+            let result = read_batch(&mut reader.0, next, synced, max).map(|r| (r, next));
             (Some(reader), result)
         })
         .await
         .map_err(|e| e.to_string())?;
         match result {
-            Ok((batch, offset)) => {
-                self.reader = reader;
-                if let Some(last) = batch.last() {
-                    self.next = Cursor { seq: last.seq, offset };
+            Ok(((batch, offset), from)) => {
+                if from.seq > self.next.seq {
+                    tracing::warn!(
+                        tenant = %self.status.tenant,
+                        sink = %self.status.name,
+                        missing = from.seq - self.next.seq,
+                        "audit delivery: records this sink never received were already deleted from the spool (delivered to every other sink); going on after them"
+                    );
+                    self.next.seq = from.seq;
+                }
+                let file_first = reader.as_ref().map_or(0, |r| r.1);
+                match batch.last() {
+                    Some(last) => {
+                        self.next = Cursor { seq: last.seq, offset, file_first };
+                        self.reader = reader;
+                    }
+                    // At the end of this file: the next records may be in the next one (the
+                    // spool began a new segment), so find the file again next time.
+                    None => self.reader = None,
                 }
                 Ok(batch)
             }
             Err(ReadError::Reset) => {
-                // The cursor does not point at the record after it (the file was replaced):
-                // find the place again from the start.
-                self.next = Cursor { seq: self.next.seq, offset: 0 };
+                // The cursor does not point at the record after it: find the place again by
+                // reading from the start of the file that holds it.
+                self.next = Cursor { seq: self.next.seq, offset: 0, file_first: 0 };
                 self.committed.offset = 0;
+                self.committed.file_first = 0;
                 Ok(Vec::new())
             }
             Err(ReadError::Other(e)) => Err(e),
@@ -329,10 +350,33 @@ impl From<String> for ReadError {
     }
 }
 
-fn open_at(path: &Path, offset: u64) -> Result<BufReader<File>, String> {
-    let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    file.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
-    Ok(BufReader::with_capacity(256 * 1024, file))
+/// Opens the file that holds the record after `next` (a closed segment, or the current file)
+/// where reading goes on; returns it with its first `seq`, and the cursor to read from (its
+/// `seq` moved forward if the records after `next` were deleted).
+fn open_for(current: &Path, next: Cursor) -> Result<((BufReader<File>, u64), Cursor), String> {
+    let wanted = next.seq + 1;
+    let mut files = crate::spool::segments(current);
+    let current_first = crate::spool::first_record_seq(current).map_err(|e| e.to_string())?;
+    if current_first > 0 {
+        files.push((current_first, current.to_owned()));
+    }
+    let (first, path, mut from) = match files.iter().rev().find(|(first, _)| *first <= wanted) {
+        Some((first, path)) => (*first, path.clone(), next),
+        // Everything from `wanted` on was deleted: go on from the oldest record left.
+        None => match files.first() {
+            Some((first, path)) => {
+                (*first, path.clone(), Cursor { seq: first - 1, offset: 0, file_first: 0 })
+            }
+            None => (0, current.to_owned(), next),
+        },
+    };
+    // The byte offset holds only in the file it was taken in; elsewhere read from the start.
+    if next.file_first == 0 || next.file_first != first {
+        from.offset = 0;
+    }
+    let mut file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.seek(SeekFrom::Start(from.offset)).map_err(|e| e.to_string())?;
+    Ok(((BufReader::with_capacity(256 * 1024, file), first), from))
 }
 
 /// Reads whole records after `next` (skipping those up to `next.seq` when reading from the
@@ -477,6 +521,85 @@ mod tests {
         append(&spool, "acme", 3).await;
         wait_for(&again, 3).await;
         assert_eq!(*again.received.lock().unwrap(), vec![31, 32, 33]);
+    }
+
+    /// Every record of the spool directory's files for `tenant` (closed segments, then the
+    /// current file), as one text.
+    fn spooled(spool: &Spool, tenant: &str) -> String {
+        let current = spool.tenant_file(tenant);
+        let mut files: Vec<PathBuf> =
+            crate::spool::segments(&current).into_iter().map(|(_, p)| p).collect();
+        files.push(current);
+        files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_are_read_in_order_and_deleted_once_every_sink_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool_options = crate::spool::SpoolOptions::new(64);
+        spool_options.segment_bytes = 2000; // a few records each
+        spool_options.checkpoint_interval = Duration::from_millis(50);
+        let spool = Spool::open_with(dir.path(), spool_options.clone()).unwrap();
+        append(&spool, "acme", 40).await;
+        let (fast, slow) = (Collector::default(), Collector::default());
+        slow.failing.store(true, Ordering::Relaxed);
+        let target = |c: &Collector, name: &str| Target {
+            tenant: "acme".into(),
+            name: name.into(),
+            sink: Box::new(c.clone()),
+        };
+        let delivery =
+            Delivery::start(&spool, vec![target(&fast, "fast"), target(&slow, "slow")], options())
+                .unwrap();
+        wait_for(&fast, 40).await;
+        assert_eq!(*fast.received.lock().unwrap(), (1..=40).collect::<Vec<_>>());
+        let segments = || crate::spool::segments(&spool.tenant_file("acme")).len();
+        assert!(segments() >= 5, "{}", segments());
+        // The slow sink has nothing yet: nothing is deleted.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = spooled(&spool, "acme");
+        assert_eq!(crate::chain::verify(text.as_bytes(), false).unwrap().records, 40);
+        // Once it has everything, the delivered segments go.
+        slow.failing.store(false, Ordering::Relaxed);
+        wait_for(&slow, 40).await;
+        assert_eq!(*slow.received.lock().unwrap(), (1..=40).collect::<Vec<_>>());
+        for _ in 0..100 {
+            if segments() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(segments(), 0);
+        // The chain goes on in the current file, and delivery with it.
+        append(&spool, "acme", 10).await;
+        wait_for(&fast, 50).await;
+        assert_eq!(*fast.received.lock().unwrap(), (1..=50).collect::<Vec<_>>());
+        let text = spooled(&spool, "acme");
+        let verified = crate::chain::verify(text.as_bytes(), true).unwrap();
+        assert_eq!(verified.head.seq, 50);
+        drop(delivery);
+
+        // A restart, with the current file lost right after a rotation: the chain goes on
+        // from the last segment.
+        drop(spool);
+        let current = dir.path().join("acme.jsonl");
+        let first = crate::spool::first_record_seq(&current).unwrap();
+        if first > 0 {
+            let mut name = current.file_name().unwrap().to_os_string();
+            name.push(format!(".{first:020}"));
+            std::fs::rename(&current, current.with_file_name(name)).unwrap();
+        }
+        let spool = Spool::open_with(dir.path(), spool_options).unwrap();
+        assert_eq!(
+            spool.append(AuditEvent::new(EventKind::Data, "acme", "wrap")).await.unwrap(),
+            51
+        );
+        let again = Collector::default();
+        let _delivery = Delivery::start(&spool, vec![target(&again, "fast")], options()).unwrap();
+        wait_for(&again, 1).await;
+        assert_eq!(*again.received.lock().unwrap(), vec![51]);
+        let text = spooled(&spool, "acme");
+        assert_eq!(crate::chain::verify(text.as_bytes(), true).unwrap().head.seq, 51);
     }
 
     #[tokio::test]

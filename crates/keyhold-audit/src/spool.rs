@@ -88,6 +88,12 @@ pub struct SpoolOptions {
     pub checkpoint_every: u64,
     /// This proxy's name, in checkpoint events.
     pub instance: String,
+    /// A tenant's file is closed as a segment once it holds this many bytes, and a new one
+    /// begun (the chain goes on across them).
+    pub segment_bytes: u64,
+    /// Delete the segments every reader of the tenant has acknowledged (only tenants with
+    /// readers: without sinks, the spool is the only copy and is kept).
+    pub delete_delivered: bool,
 }
 
 impl SpoolOptions {
@@ -99,6 +105,8 @@ impl SpoolOptions {
             checkpoint_interval: std::time::Duration::from_secs(60),
             checkpoint_every: 10_000,
             instance: String::new(),
+            segment_bytes: 64 * 1024 * 1024,
+            delete_delivered: true,
         }
     }
 }
@@ -138,6 +146,13 @@ impl Tenants {
         f(streams.entry(tenant.to_owned()).or_insert_with(|| TenantStream::new(0)))
     }
 
+    /// The lowest `seq` every reader of `tenant` acknowledged (none: it has no reader).
+    fn acknowledged(&self, tenant: &str) -> Option<u64> {
+        let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stream = streams.get(tenant)?;
+        stream.readers.iter().map(|r| r.load(std::sync::atomic::Ordering::Relaxed)).min()
+    }
+
     fn set_synced(&self, tenant: &str, seq: u64) {
         self.with(tenant, |stream| {
             stream.synced.send_if_modified(|current| {
@@ -168,11 +183,17 @@ impl Spool {
         let tenants = Arc::new(Tenants::default());
         // Open (and repair) every existing stream now, so readers know how far each is.
         let mut files = HashMap::new();
+        let mut paths = std::collections::BTreeSet::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))? {
             let path = entry.map_err(|e| io_error(dir, &e))?.path();
-            if path.extension().is_none_or(|ext| ext != "jsonl") {
-                continue;
+            if path.extension().is_some_and(|ext| ext == "jsonl") {
+                paths.insert(path);
+            } else if let Some(base) = segment_base(&path) {
+                // A segment whose current file is missing (a crash right after a rotation).
+                paths.insert(base);
             }
+        }
+        for path in paths {
             let (file, tenant) = match open_tenant_file(&path) {
                 Ok(opened) => opened,
                 // That tenant's appends fail (and say why) until an operator looks at the file;
@@ -186,8 +207,9 @@ impl Spool {
             }
         }
         let (queue, jobs) = tokio::sync::mpsc::channel(options.queue_capacity.max(1));
-        if options.signer.is_some() {
-            // Ticks for time-based checkpoints; stops when the spool is dropped.
+        if options.signer.is_some() || options.delete_delivered {
+            // Ticks for time-based checkpoints and for deleting delivered segments; stops when
+            // the spool is dropped.
             let ticks = queue.downgrade();
             let interval = options.checkpoint_interval.max(std::time::Duration::from_millis(10));
             std::thread::Builder::new()
@@ -290,6 +312,10 @@ struct TenantFile {
     head: ChainHead,
     /// The `seq` the last checkpoint signed (or the checkpoint's own, when it is the last).
     checkpointed: u64,
+    /// The `seq` of the file's first record (0: the file is empty).
+    first_seq: u64,
+    /// The file's length.
+    bytes: u64,
 }
 
 struct Writer {
@@ -327,6 +353,12 @@ impl Writer {
     /// Appends a signed checkpoint to each stream that needs one: after `checkpoint_every`
     /// records, or on a tick when it has records since its last checkpoint.
     fn checkpoint(&mut self, tick: bool) {
+        if tick {
+            let tenants: Vec<String> = self.files.keys().cloned().collect();
+            for tenant in &tenants {
+                self.prune(tenant);
+            }
+        }
         let Some(signer) = self.options.signer.clone() else { return };
         let every = self.options.checkpoint_every.max(1);
         let mut jobs = Vec::new();
@@ -392,6 +424,10 @@ impl Writer {
             }
             match file.file.write_all(&lines) {
                 Ok(()) => {
+                    if file.first_seq == 0 {
+                        file.first_seq = appended.first().map_or(0, |(_, seq)| *seq);
+                    }
+                    file.bytes += lines.len() as u64;
                     file.head = head;
                     written
                         .extend(appended.into_iter().map(|(job, seq)| (tenant.clone(), job, seq)));
@@ -427,6 +463,9 @@ impl Writer {
         for (tenant, outcome) in &outcomes {
             if let (Ok(()), Some(file)) = (outcome, self.files.get(tenant)) {
                 self.tenants.set_synced(tenant, file.head.seq);
+                if file.bytes >= self.options.segment_bytes {
+                    self.rotate(tenant);
+                }
             }
         }
         for (tenant, job, seq) in written {
@@ -436,6 +475,56 @@ impl Writer {
                 None => Err(SpoolError::Closed),
             };
             job.answer(answer);
+        }
+    }
+
+    /// Closes `tenant`'s file as a segment and begins a new one; then deletes what every
+    /// reader has acknowledged. A failure is logged: the file just goes on growing.
+    fn rotate(&mut self, tenant: &str) {
+        let Some(file) = self.files.get_mut(tenant) else { return };
+        let segment = segment_path(&file.path, file.first_seq);
+        let rotated = std::fs::rename(&file.path, &segment)
+            .and_then(|()| sync_dir(&self.dir))
+            .map_err(|e| io_error(&segment, &e))
+            .and_then(|()| create_file(&file.path));
+        match rotated {
+            Ok(new) => {
+                file.file = new;
+                file.first_seq = 0;
+                file.bytes = 0;
+            }
+            Err(error) => {
+                tracing::error!(%error, "audit spool: cannot begin a new segment");
+                // Reopened (and its head found again) on next use.
+                self.files.remove(tenant);
+                return;
+            }
+        }
+        self.prune(tenant);
+    }
+
+    /// Deletes `tenant`'s segments whose every record all its readers have acknowledged.
+    fn prune(&self, tenant: &str) {
+        if !self.options.delete_delivered {
+            return;
+        }
+        let (Some(acknowledged), Some(file)) =
+            (self.tenants.acknowledged(tenant), self.files.get(tenant))
+        else {
+            return;
+        };
+        let segments = segments(&file.path);
+        let next_firsts = segments.iter().skip(1).map(|(first, _)| *first).chain(std::iter::once(
+            if file.first_seq > 0 { file.first_seq } else { file.head.seq + 1 },
+        ));
+        for ((_, path), next_first) in segments.iter().zip(next_firsts) {
+            if next_first.saturating_sub(1) > acknowledged {
+                break;
+            }
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "audit spool: cannot delete a delivered segment");
+                break;
+            }
         }
     }
 
@@ -472,8 +561,91 @@ fn open_tenant_file(path: &Path) -> Result<(TenantFile, Option<String>), SpoolEr
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(|e| io_error(path, &e))?;
-    let (head, tenant, checkpointed) = recover(&mut file, path)?;
-    Ok((TenantFile { file, path: path.to_owned(), head, checkpointed }, tenant))
+    let (mut head, mut tenant, mut checkpointed) = recover(&mut file, path)?;
+    let bytes = file.metadata().map_err(|e| io_error(path, &e))?.len();
+    let first_seq = if bytes == 0 {
+        // A new file after a rotation: the chain goes on from the last segment.
+        if let Some((_, last)) = segments(path).pop() {
+            let mut segment = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&last)
+                .map_err(|e| io_error(&last, &e))?;
+            (head, tenant, checkpointed) = recover(&mut segment, &last)?;
+        }
+        0
+    } else {
+        first_record_seq(path)?
+    };
+    Ok((TenantFile { file, path: path.to_owned(), head, checkpointed, first_seq, bytes }, tenant))
+}
+
+fn create_file(path: &Path) -> Result<File, SpoolError> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(|e| io_error(path, &e))
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// The name a tenant file gets as a closed segment: `<file>.<first seq, 20 digits>`.
+fn segment_path(current: &Path, first_seq: u64) -> PathBuf {
+    let mut name = current.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{first_seq:020}"));
+    current.with_file_name(name)
+}
+
+/// The current file a segment belongs to, if `path` is a segment's name.
+fn segment_base(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let (base, digits) = name.rsplit_once('.')?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) && base.ends_with(".jsonl"))
+        .then(|| path.with_file_name(base))
+}
+
+/// The closed segments of the tenant file `current`, oldest first, with their first `seq`.
+pub fn segments(current: &Path) -> Vec<(u64, PathBuf)> {
+    let Some(dir) = current.parent() else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if segment_base(&path)? != current {
+                return None;
+            }
+            let first = path.extension()?.to_str()?.parse().ok()?;
+            Some((first, path))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The `seq` of the first record of a file (0 if it has none).
+pub fn first_record_seq(path: &Path) -> Result<u64, SpoolError> {
+    use std::io::BufRead as _;
+    let file = File::open(path).map_err(|e| io_error(path, &e))?;
+    let mut line = String::new();
+    std::io::BufReader::new(file).read_line(&mut line).map_err(|e| io_error(path, &e))?;
+    if !line.ends_with('\n') {
+        return Ok(0);
+    }
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    serde_json::from_str::<Seq>(line.trim_end())
+        .map(|s| s.seq)
+        .map_err(|e| SpoolError::Corrupt { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// Finds the chain head at the end of `file` (and the tenant of its last record), first cutting

@@ -191,6 +191,14 @@ pub struct AuditConfig {
     /// 60000).
     #[serde(default = "default_kms_failure_interval_ms")]
     pub kms_failure_interval_ms: u64,
+    /// A tenant's spool file is closed as a segment at this size, in bytes, and a new one
+    /// begun (default 64 MiB).
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Delete a tenant's segments once every one of its sinks has them (default true). A
+    /// tenant without sinks keeps its whole spool: it is the only copy.
+    #[serde(default = "default_true")]
+    pub delete_delivered: bool,
 }
 
 /// The spool-full policy (docs/audit.md).
@@ -225,6 +233,9 @@ fn default_audit_queue() -> usize {
 }
 fn default_checkpoint_interval_ms() -> u64 {
     60_000
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_kms_failure_interval_ms() -> u64 {
     60_000
@@ -640,6 +651,9 @@ impl ProxyConfig {
             }
             if audit.max_backlog == 0 {
                 return invalid("[audit] max_backlog must be positive".into());
+            }
+            if audit.segment_bytes < 4096 {
+                return invalid("[audit] segment_bytes must be at least 4096".into());
             }
             if audit.checkpoint_interval_ms < 10 || audit.checkpoint_every == 0 {
                 return invalid(

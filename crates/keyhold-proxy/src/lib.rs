@@ -108,6 +108,8 @@ impl AppState {
                 checkpoint_interval: std::time::Duration::from_millis(audit.checkpoint_interval_ms),
                 checkpoint_every: audit.checkpoint_every,
                 instance: instance.clone(),
+                segment_bytes: audit.segment_bytes,
+                delete_delivered: audit.delete_delivered,
             };
             let spool =
                 keyhold_audit::Spool::open_with(&spool_dir, options).map_err(ProxyError::Audit)?;
