@@ -60,18 +60,27 @@ impl ChainHead {
         // An event serializes to its canonical form directly (its fields are declared in key
         // order): one pass, and the same bytes go into the hash and the line.
         let canonical = serde_json::to_vec(event)?;
-        let seq = self.seq + 1;
-        let hash = hash_canonical(&self.hash, seq, &canonical);
         let mut line = Vec::with_capacity(canonical.len() + 180);
-        line.extend_from_slice(format!("{{\"seq\":{seq},\"prev\":\"").as_bytes());
-        line.extend_from_slice(hex::encode(self.hash).as_bytes());
-        line.extend_from_slice(b"\",\"hash\":\"");
-        line.extend_from_slice(hex::encode(hash).as_bytes());
-        line.extend_from_slice(b"\",\"event\":");
-        line.extend_from_slice(&canonical);
-        line.extend_from_slice(b"}\n");
-        *self = ChainHead { seq, hash };
+        self.append_canonical(&canonical, &mut line);
         Ok(line)
+    }
+
+    /// Links an event given as its canonical JSON (`serde_json::to_vec` of an
+    /// [`AuditEvent`]): appends the record's line (with its newline) to `out` and moves the
+    /// head to it. (The spool serializes events before they reach its single writer thread.)
+    pub fn append_canonical(&mut self, canonical: &[u8], out: &mut Vec<u8>) {
+        let seq = self.seq + 1;
+        let hash = hash_canonical(&self.hash, seq, canonical);
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"prev\":\"");
+        out.extend_from_slice(hex::encode(self.hash).as_bytes());
+        out.extend_from_slice(b"\",\"hash\":\"");
+        out.extend_from_slice(hex::encode(hash).as_bytes());
+        out.extend_from_slice(b"\",\"event\":");
+        out.extend_from_slice(canonical);
+        out.extend_from_slice(b"}\n");
+        *self = ChainHead { seq, hash };
     }
 
     /// The head after `record`, if `record` is well formed (for resuming a stream).

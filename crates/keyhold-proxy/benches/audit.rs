@@ -11,7 +11,7 @@
 //! ```sh
 //! cargo bench -p keyhold-proxy --bench audit
 //! ```
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
 
 use std::net::SocketAddr;
 
@@ -95,10 +95,74 @@ fn http(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         });
     }
     group.finish();
-    // Every answered wrap is in the spool, and the sink kept up with it.
+    alternate(runtime, &servers, &client, &body);
+    // Every answered wrap is in the spool (the current segment: delivered ones are deleted).
     let spool = keyhold_audit::spool::tenant_file(&on_dir.path().join("audit"), TENANT);
     let text = std::fs::read_to_string(spool).unwrap();
-    keyhold_audit::verify(text.as_bytes(), false).unwrap();
+    keyhold_audit::verify(text.as_bytes(), true).unwrap();
+}
+
+/// Audit on and off in turn, a few seconds each, with `HTTP_IN_FLIGHT` requests always in
+/// flight; the order within a round alternates. This machine's speed drifts by ±10 % over
+/// minutes, so the ratio of two separate criterion runs is noisy; the median of these
+/// side-by-side rounds is the figure docs/benchmarks.md §4 reports.
+fn alternate(
+    runtime: &tokio::runtime::Runtime,
+    servers: &[(&str, (String, String)); 2],
+    client: &reqwest::Client,
+    body: &serde_json::Value,
+) {
+    const ROUNDS: usize = 7;
+    const EACH: std::time::Duration = std::time::Duration::from_secs(3);
+    let mut ratios = Vec::new();
+    for round in 0..ROUNDS {
+        let mut rates = [0.0f64; 2];
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (url, auth) = &servers[i].1;
+            rates[i] = runtime.block_on(rate(client, url, auth, body, EACH));
+        }
+        ratios.push(rates[0] / rates[1]);
+        println!(
+            "wrap-http alternating, round {round}: {} {:.0}/s, {} {:.0}/s, on/off {:.0} %",
+            servers[0].0,
+            rates[0],
+            servers[1].0,
+            rates[1],
+            100.0 * rates[0] / rates[1]
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "wrap-http alternating: median on/off {:.0} % (of {ROUNDS} rounds; min {:.0} %, max {:.0} %)",
+        100.0 * ratios[ROUNDS / 2],
+        100.0 * ratios[0],
+        100.0 * ratios[ROUNDS - 1]
+    );
+}
+
+/// Wraps per second for `each`, keeping `HTTP_IN_FLIGHT` requests in flight.
+async fn rate(
+    client: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    body: &serde_json::Value,
+    each: std::time::Duration,
+) -> f64 {
+    use futures::StreamExt as _;
+    let send = || client.post(url).header("authorization", auth).json(body).send();
+    let started = std::time::Instant::now();
+    let mut in_flight: futures::stream::FuturesUnordered<_> =
+        (0..HTTP_IN_FLIGHT).map(|_| send()).collect();
+    let mut done = 0u64;
+    while let Some(response) = in_flight.next().await {
+        assert!(response.unwrap().status().is_success());
+        done += 1;
+        if started.elapsed() < each {
+            in_flight.push(send());
+        }
+    }
+    done as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn state(dir: &std::path::Path, audit: bool) -> AppState {

@@ -199,6 +199,10 @@ pub struct AuditConfig {
     /// tenant without sinks keeps its whole spool: it is the only copy.
     #[serde(default = "default_true")]
     pub delete_delivered: bool,
+    /// Under concurrent load, how long (µs) the spool lets events gather before one commit
+    /// (one write and one disk sync for all): default 1000. A lone request never waits for it.
+    #[serde(default = "default_commit_window_us")]
+    pub commit_window_us: u64,
 }
 
 /// The spool-full policy (docs/audit.md).
@@ -233,6 +237,9 @@ fn default_audit_queue() -> usize {
 }
 fn default_checkpoint_interval_ms() -> u64 {
     60_000
+}
+fn default_commit_window_us() -> u64 {
+    1000
 }
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
@@ -651,6 +658,9 @@ impl ProxyConfig {
             }
             if audit.max_backlog == 0 {
                 return invalid("[audit] max_backlog must be positive".into());
+            }
+            if audit.commit_window_us > 100_000 {
+                return invalid("[audit] commit_window_us must be at most 100000 (0.1 s)".into());
             }
             if audit.segment_bytes < 4096 {
                 return invalid("[audit] segment_bytes must be at least 4096".into());
