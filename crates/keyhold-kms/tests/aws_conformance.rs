@@ -331,6 +331,13 @@ async fn moto_backend(url: &str, key: &str, id: &str, secret: &str, extra: &str)
     .unwrap()
 }
 
+/// `secret` with its last character changed (to `x`, or to `y` if it already was an `x`: the
+/// secret is random, and once in a while it ends in `x`).
+fn wrong(secret: &str) -> String {
+    let last = if secret.ends_with('x') { 'y' } else { 'x' };
+    format!("{}{last}", &secret[..secret.len() - 1])
+}
+
 #[tokio::test]
 async fn moto_signatures_are_checked() {
     let Some((url, id, secret, _)) = moto() else { return };
@@ -342,7 +349,7 @@ async fn moto_signatures_are_checked() {
     assert_eq!(right.unwrap(&made.wrapped, &ctx).await.unwrap(), made.dek);
     right.health().await.unwrap();
 
-    let wrong_secret = format!("{}x", &secret[..secret.len() - 1]);
+    let wrong_secret = wrong(&secret);
     let wrong = moto_backend(&url, &key, &id, &wrong_secret, "").await;
     let generate = wrong.generate(&ctx).await.map(|_| ());
     // moto answers auth failures in XML, which a JSON-protocol client cannot parse: the HTTP
@@ -372,7 +379,7 @@ async fn moto_assumed_role_credentials_work() {
     assert_eq!(kms.unwrap(&made.wrapped, &ctx).await.unwrap(), made.dek);
 
     // STS refuses a badly signed AssumeRole: that is a denial, not an outage.
-    let wrong_secret = format!("{}x", &secret[..secret.len() - 1]);
+    let wrong_secret = wrong(&secret);
     let denied =
         moto_backend(&url, &key, &id, &wrong_secret, &format!("role_arn = {role:?}")).await;
     let generate = denied.generate(&ctx).await.map(|_| ());
