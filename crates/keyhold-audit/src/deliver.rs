@@ -355,8 +355,8 @@ impl From<String> for ReadError {
 /// `seq` moved forward if the records after `next` were deleted).
 fn open_for(current: &Path, next: Cursor) -> Result<((BufReader<File>, u64), Cursor), String> {
     let wanted = next.seq + 1;
-    let mut files = crate::spool::segments(current);
-    let current_first = crate::spool::first_record_seq(current).map_err(|e| e.to_string())?;
+    let mut files = crate::segment::segments(current);
+    let current_first = crate::segment::first_record_seq(current).map_err(|e| e.to_string())?;
     if current_first > 0 {
         files.push((current_first, current.to_owned()));
     }
@@ -528,7 +528,7 @@ mod tests {
     fn spooled(spool: &Spool, tenant: &str) -> String {
         let current = spool.tenant_file(tenant);
         let mut files: Vec<PathBuf> =
-            crate::spool::segments(&current).into_iter().map(|(_, p)| p).collect();
+            crate::segment::segments(&current).into_iter().map(|(_, p)| p).collect();
         files.push(current);
         files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
     }
@@ -553,7 +553,7 @@ mod tests {
                 .unwrap();
         wait_for(&fast, 40).await;
         assert_eq!(*fast.received.lock().unwrap(), (1..=40).collect::<Vec<_>>());
-        let segments = || crate::spool::segments(&spool.tenant_file("acme")).len();
+        let segments = || crate::segment::segments(&spool.tenant_file("acme")).len();
         assert!(segments() >= 5, "{}", segments());
         // The slow sink has nothing yet: nothing is deleted.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -583,7 +583,7 @@ mod tests {
         // from the last segment.
         drop(spool);
         let current = dir.path().join("acme.jsonl");
-        let first = crate::spool::first_record_seq(&current).unwrap();
+        let first = crate::segment::first_record_seq(&current).unwrap();
         if first > 0 {
             let mut name = current.file_name().unwrap().to_os_string();
             name.push(format!(".{first:020}"));

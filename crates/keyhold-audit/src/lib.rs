@@ -11,6 +11,7 @@
 //! | [`checkpoint`] | Ed25519-signed checkpoints in each chain |
 //! | [`export`] | verifying what a syslog receiver or OpenSearch stored |
 //! | [`spool`] | group-committed, synced, per-tenant append-only files |
+//! | [`segment`] | naming and listing a tenant file's closed segments |
 //! | [`sink`] | syslog (TCP/TLS), OpenSearch, Splunk HEC, Datadog, signed webhook, file |
 //! | [`deliver`] | at-least-once delivery from the spool to the sinks, with cursors and retries |
 
@@ -22,6 +23,7 @@ pub mod checkpoint;
 pub mod deliver;
 pub mod event;
 pub mod export;
+pub mod segment;
 pub mod sink;
 pub mod spool;
 
