@@ -271,15 +271,17 @@ impl Spool {
     /// How many of `tenant`'s records the slowest reader has not yet acknowledged (0 without
     /// readers).
     pub fn backlog(&self, tenant: &str) -> u64 {
-        self.tenants.with(tenant, |stream| {
-            let synced = *stream.synced.borrow();
-            stream
-                .readers
-                .iter()
-                .map(|r| synced.saturating_sub(r.load(std::sync::atomic::Ordering::Relaxed)))
-                .max()
-                .unwrap_or(0)
-        })
+        // Asked before every data operation: look up only (no entry made, no allocation).
+        let streams =
+            self.tenants.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(stream) = streams.get(tenant) else { return 0 };
+        let synced = *stream.synced.borrow();
+        stream
+            .readers
+            .iter()
+            .map(|r| synced.saturating_sub(r.load(std::sync::atomic::Ordering::Relaxed)))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The tenants with a stream in this spool.
