@@ -123,12 +123,49 @@ pub struct ProxyConfig {
     /// The vendor-held keystore, for KMS configurations of type `local`.
     #[serde(default)]
     pub local_keystore: Option<LocalKeystoreConfig>,
-    /// The tenants this proxy serves.
+    /// The tenants this proxy serves (without `[broker]`; with it, they come from the broker).
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// Tenants from a Configuration Broker instead of this file (docs/broker.md §3).
+    #[serde(default)]
+    pub broker: Option<BrokerSource>,
     /// Directory of the file this was read from (for relative paths).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// Where the proxy pulls its tenants from (docs/broker.md §3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSource {
+    /// The broker's base URL, e.g. `http://127.0.0.1:32805` (use https across a network).
+    pub url: String,
+    /// File holding the proxy token the broker expects (`KEYHOLD_BROKER_TOKEN` overrides).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The broker signing keys this proxy trusts (base64 of Ed25519 public keys); a snapshot
+    /// signed by any other key is refused.
+    pub public_keys: Vec<String>,
+    /// Files holding the fleet's X25519 private keys (base64), which open the credentials
+    /// tenants sealed in their browser. Several during a key rotation.
+    pub fleet_key_files: Vec<PathBuf>,
+    /// How long a change may take to arrive, in ms: the long-poll wait, and the pause after a
+    /// failed poll (default 10000).
+    #[serde(default = "default_broker_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// The last good signed snapshot, kept so the proxy serves through a broker outage and
+    /// starts without the broker (default `broker-snapshot.json` beside this file).
+    #[serde(default)]
+    pub cache_file: Option<PathBuf>,
+    /// Accept file paths (`*_file`, `module`) and `{file}`/`{env}` credential indirections in
+    /// the broker's settings. Off by default: they would let whoever can change a tenant's
+    /// configuration make this proxy read its own files, environment or libraries.
+    #[serde(default)]
+    pub allow_local_paths: bool,
+}
+
+fn default_broker_poll_ms() -> u64 {
+    10_000
 }
 
 /// Where the local keystore lives.
@@ -562,6 +599,23 @@ impl ProxyConfig {
             return invalid("kms_retries must be at most 10".into());
         }
         self.api_keys()?;
+        if let Some(broker) = &self.broker {
+            if !self.tenants.is_empty() {
+                return invalid(
+                    "with [broker], tenants come from the broker: remove the [[tenants]] entries"
+                        .into(),
+                );
+            }
+            if broker.public_keys.is_empty() || broker.fleet_key_files.is_empty() {
+                return invalid(
+                    "[broker] needs public_keys (the broker's signing keys) and fleet_key_files"
+                        .into(),
+                );
+            }
+            if broker.poll_interval_ms < 100 {
+                return invalid("[broker] poll_interval_ms must be at least 100".into());
+            }
+        }
         if self.leasing.cache_capacity == 0 {
             return invalid("leasing.cache_capacity must be positive".into());
         }

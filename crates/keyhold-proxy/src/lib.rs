@@ -15,6 +15,7 @@
 //! |---|---|
 //! | [`config`] | the typed configuration (TOML + `KEYHOLD_*` environment) |
 //! | [`registry`] | tenants and their KMS configurations |
+//! | [`broker`] | tenants from a Configuration Broker: signed snapshots, sealed credentials |
 //! | [`service`] | what each call does, free of HTTP |
 //! | [`api`] | handlers, router, body parsing |
 //! | [`auth`] | API keys, compared in constant time |
@@ -29,6 +30,7 @@
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod broker;
 pub mod config;
 pub mod error;
 mod kms_call;
@@ -49,12 +51,20 @@ pub use server::{Proxy, ProxyError, shutdown_signal};
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    /// Set while a proxy configured from a broker has no snapshot yet (none cached, broker not
+    /// reached): it would refuse every tenant.
+    awaiting_config: AtomicBool,
 }
 
 impl Health {
-    /// True once the proxy serves, false again while it shuts down.
+    /// True once the proxy serves (with its tenants), false again while it shuts down.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.awaiting_config.load(Ordering::Acquire)
+    }
+
+    /// Marks whether the proxy still waits for its first configuration.
+    pub fn set_awaiting_config(&self, waiting: bool) {
+        self.awaiting_config.store(waiting, Ordering::Release);
     }
 
     /// Marks the proxy ready or not.
@@ -81,7 +91,20 @@ pub struct AppState {
 impl AppState {
     /// Builds the state from a validated configuration (opens the keystore, builds backends).
     pub async fn from_config(config: &ProxyConfig) -> Result<Self, ProxyError> {
-        let registry = Arc::new(registry::TenantRegistry::from_config(config).await?);
+        let health = Arc::new(Health::default());
+        let mut from_broker = None;
+        let registry = match &config.broker {
+            None => Arc::new(registry::TenantRegistry::from_config(config).await?),
+            Some(source) => {
+                let client = broker::BrokerClient::new(config, source)?;
+                let keystore = registry::open_keystore(config)?;
+                let (registry, version) =
+                    broker_first_registry(config, &client, keystore.clone()).await;
+                health.set_awaiting_config(version.is_none());
+                from_broker = Some((client, keystore, version));
+                Arc::new(registry)
+            }
+        };
         let metrics = Arc::new(metrics::Metrics::new());
         metrics.tenants.set(i64::try_from(registry.len()).unwrap_or(i64::MAX));
         let mut service = service::KeyService::new(
@@ -133,11 +156,21 @@ impl AppState {
                 .with_delivery(delivery, limit);
         }
         let service = Arc::new(service);
+        if let Some((client, keystore, version)) = from_broker {
+            tokio::spawn(broker_poll(
+                config.clone(),
+                client,
+                keystore,
+                version,
+                Arc::downgrade(&service),
+                Arc::clone(&health),
+            ));
+        }
         Ok(Self {
             service,
             api_keys: auth::ApiKeys::new(&config.api_keys()?),
             metrics,
-            health: Arc::new(Health::default()),
+            health,
             max_body_bytes: config.max_body_bytes,
         })
     }
@@ -182,4 +215,115 @@ fn default_instance() -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "keyhold-proxy".to_owned())
+}
+
+/// The first registry of a proxy configured from a broker: the broker's snapshot if it answers
+/// at once, else the cached one, else none (the proxy is then not ready until one arrives).
+async fn broker_first_registry(
+    config: &ProxyConfig,
+    client: &broker::BrokerClient,
+    keystore: Option<Arc<keyhold_kms::local::Keystore>>,
+) -> (registry::TenantRegistry, Option<u64>) {
+    let cached = client.load_cache();
+    let known = cached.as_ref().map(|(_, s)| s.version);
+    let fresh = match client.fetch(known, std::time::Duration::ZERO).await {
+        Ok(Some((signed, snapshot))) if known.is_none_or(|k| snapshot.version > k) => {
+            if let Err(e) = client.store_cache(&signed) {
+                tracing::warn!(error = %e, "cannot keep the broker snapshot on disk");
+            }
+            Some(snapshot)
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, cached = known, "no snapshot from the broker at start; serving the cached one if any");
+            None
+        }
+    };
+    let Some(snapshot) = fresh.or(cached.map(|(_, s)| s)) else {
+        tracing::warn!("no tenant configuration yet: not ready until the broker answers");
+        return (registry::TenantRegistry::default(), None);
+    };
+    let tenants = broker::prepare(&snapshot, client.fleet(), client.allow_local_paths);
+    let (registry, problems) =
+        registry::TenantRegistry::from_broker(config, tenants, keystore, None).await;
+    for problem in problems {
+        tracing::error!(version = snapshot.version, %problem, "a KMS configuration from the broker cannot be used");
+    }
+    tracing::info!(
+        version = snapshot.version,
+        tenants = registry.len(),
+        "configuration from the broker"
+    );
+    (registry, Some(snapshot.version))
+}
+
+/// Follows the broker: long polls for newer snapshots and swaps each in. Ends when the
+/// service is dropped.
+async fn broker_poll(
+    config: ProxyConfig,
+    client: broker::BrokerClient,
+    keystore: Option<Arc<keyhold_kms::local::Keystore>>,
+    mut version: Option<u64>,
+    service: std::sync::Weak<service::KeyService>,
+    health: Arc<Health>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let result = client.fetch(version, client.poll_interval).await;
+        let Some(service) = service.upgrade() else { return };
+        match result {
+            Ok(None) => failures = 0,
+            Ok(Some((signed, snapshot))) => {
+                failures = 0;
+                if let Some(current) = version.filter(|&v| snapshot.version <= v) {
+                    if snapshot.version < current {
+                        let e = broker::BrokerError::Older { offered: snapshot.version, current };
+                        tracing::error!(error = %e, "broker snapshot refused");
+                        service.metrics().broker_snapshots_refused.inc();
+                    }
+                    tokio::time::sleep(client.poll_interval).await;
+                    continue;
+                }
+                let tenants = broker::prepare(&snapshot, client.fleet(), client.allow_local_paths);
+                let previous = service.registry();
+                let (registry, problems) = registry::TenantRegistry::from_broker(
+                    &config,
+                    tenants,
+                    keystore.clone(),
+                    Some(&previous),
+                )
+                .await;
+                for problem in problems {
+                    tracing::error!(version = snapshot.version, %problem, "a KMS configuration from the broker cannot be used");
+                }
+                service.replace_registry(Arc::new(registry));
+                version = Some(snapshot.version);
+                service
+                    .metrics()
+                    .config_version
+                    .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+                health.set_awaiting_config(false);
+                tracing::info!(
+                    version = snapshot.version,
+                    "new configuration from the broker applied"
+                );
+                if let Err(e) = client.store_cache(&signed) {
+                    tracing::warn!(error = %e, "cannot keep the broker snapshot on disk");
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if matches!(e, broker::BrokerError::Refused(_)) {
+                    service.metrics().broker_snapshots_refused.inc();
+                }
+                service.metrics().broker_poll_failures.inc();
+                // Once per outage is enough in the log; the metric counts every failure.
+                if failures == 1 {
+                    tracing::warn!(error = %e, version, "cannot get the configuration from the broker; serving the last good one");
+                }
+                drop(service);
+                tokio::time::sleep(client.poll_interval).await;
+            }
+        }
+    }
 }

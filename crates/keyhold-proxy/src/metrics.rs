@@ -151,6 +151,12 @@ pub struct Metrics {
     pub ready: Gauge,
     /// Number of tenants configured.
     pub tenants: Gauge,
+    /// Version of the broker snapshot in use (0: none, or tenants from the file).
+    pub config_version: Gauge,
+    /// Broker snapshots refused: bad signature, unknown key, older than the one in use.
+    pub broker_snapshots_refused: Counter,
+    /// Polls of the broker that failed (the proxy keeps serving its last good snapshot).
+    pub broker_poll_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -178,6 +184,24 @@ impl Metrics {
         let security_events = Family::default();
         let ready = Gauge::default();
         let tenants = Gauge::default();
+        let config_version = Gauge::default();
+        let broker_snapshots_refused = Counter::default();
+        let broker_poll_failures = Counter::default();
+        registry.register(
+            "config_version",
+            "Version of the broker snapshot in use (0: none, or tenants from the file)",
+            config_version.clone(),
+        );
+        registry.register(
+            "broker_snapshots_refused",
+            "Broker snapshots refused (bad signature, unknown key, older than the one in use)",
+            broker_snapshots_refused.clone(),
+        );
+        registry.register(
+            "broker_poll_failures",
+            "Failed polls of the broker (the last good snapshot keeps serving)",
+            broker_poll_failures.clone(),
+        );
         let lease_cache = Family::default();
         let lease_key_age = Family::default();
         let lease_since_renewal = Family::default();
@@ -262,6 +286,9 @@ impl Metrics {
             audit_backlog_refusals,
             ready,
             tenants,
+            config_version,
+            broker_snapshots_refused,
+            broker_poll_failures,
         }
     }
 

@@ -7,7 +7,10 @@ use keyhold_kms::local::{Keystore, KeystoreError, LocalKms, load_root_key};
 use keyhold_kms::resilience::ResilientKms;
 use keyhold_kms::{ConnectOptions, Kms};
 
-use crate::config::{KmsConfigStatus, KmsSettings, ProxyConfig};
+use keyhold_core::secret::Dek;
+use keyhold_kms::{KeyContext, KmsError};
+
+use crate::config::{KmsConfigEntry, KmsConfigStatus, KmsSettings, ProxyConfig};
 use crate::lease::LeasePolicy;
 
 /// Why the registry could not be built.
@@ -50,6 +53,9 @@ pub struct KmsConfig {
     pub status: KmsConfigStatus,
     /// The backend.
     pub kms: Arc<dyn Kms>,
+    /// For configurations from the broker: what they were built from (type, settings, sealed
+    /// credentials), so an unchanged one keeps its backend and leases across snapshots.
+    pub fingerprint: Option<String>,
 }
 
 /// One tenant.
@@ -95,89 +101,18 @@ impl TenantRegistry {
     /// Builds the registry: opens the keystore and makes a backend per KMS configuration.
     /// Remote backends are wrapped in [`ResilientKms`] (timeouts, retries, circuit breaker).
     pub async fn from_config(config: &ProxyConfig) -> Result<Self, RegistryError> {
-        let keystore = match &config.local_keystore {
-            Some(ks) => {
-                let root =
-                    load_root_key(ks.root_key_file.as_ref().map(|p| config.resolve(p)).as_deref())?;
-                let keystore = Keystore::open(config.resolve(&ks.path), root)?;
-                keystore
-                    .set_check_interval(std::time::Duration::from_millis(ks.reload_interval_ms));
-                Some(Arc::new(keystore))
-            }
-            None => None,
-        };
-        let options = ConnectOptions {
-            base_dir: config.base_dir.clone(),
-            request_timeout: config.kms_retry_policy().attempt_timeout,
-        };
-        let resilient = |kms: Arc<dyn Kms>| -> Arc<dyn Kms> {
-            Arc::new(ResilientKms::new(kms, config.kms_retry_policy(), config.kms_breaker_policy()))
-        };
+        let keystore = open_keystore(config)?;
         let mut tenants = HashMap::new();
         for tenant in &config.tenants {
             let mut configs = Vec::new();
             for entry in &tenant.kms_configs {
-                let remote_error = |source| RegistryError::Kms {
-                    tenant: tenant.id.clone(),
-                    config_id: entry.id,
-                    source,
-                };
-                let kms: Arc<dyn Kms> = match (&entry.kms, &keystore) {
-                    (KmsSettings::Local { key }, Some(ks)) => {
-                        if ks.info(key).is_none() {
-                            return Err(RegistryError::MissingLocalKey {
-                                tenant: tenant.id.clone(),
-                                config_id: entry.id,
-                                key: key.clone(),
-                            });
-                        }
-                        Arc::new(LocalKms::new(Arc::clone(ks), key.clone()))
-                    }
-                    (KmsSettings::Local { key }, None) => {
-                        return Err(RegistryError::MissingLocalKey {
-                            tenant: tenant.id.clone(),
-                            config_id: entry.id,
-                            key: key.clone(),
-                        });
-                    }
-                    #[cfg(feature = "aws")]
-                    (KmsSettings::Aws(settings), _) => resilient(Arc::new(
-                        keyhold_kms::aws::AwsKms::connect(settings, &options)
-                            .await
-                            .map_err(remote_error)?,
-                    )),
-                    #[cfg(feature = "vault")]
-                    (KmsSettings::Vault(settings), _) => resilient(Arc::new(
-                        keyhold_kms::vault::VaultKms::connect(settings, &options)
-                            .await
-                            .map_err(remote_error)?,
-                    )),
-                    #[cfg(feature = "pkcs11")]
-                    (KmsSettings::Pkcs11(settings), _) => resilient(Arc::new(
-                        keyhold_kms::pkcs11::Pkcs11Kms::connect(settings, &options)
-                            .await
-                            .map_err(remote_error)?,
-                    )),
-                    #[cfg(feature = "kmip")]
-                    (KmsSettings::Kmip(settings), _) => resilient(Arc::new(
-                        keyhold_kms::kmip::KmipKms::connect(settings, &options)
-                            .await
-                            .map_err(remote_error)?,
-                    )),
-                    #[cfg(feature = "gcp")]
-                    (KmsSettings::Gcp(settings), _) => resilient(Arc::new(
-                        keyhold_kms::gcp::GcpKms::connect(settings, &options)
-                            .await
-                            .map_err(remote_error)?,
-                    )),
-                    #[cfg(feature = "azure")]
-                    (KmsSettings::Azure(settings), _) => resilient(Arc::new(
-                        keyhold_kms::azure::AzureKms::connect(settings, &options)
-                            .await
-                            .map_err(remote_error)?,
-                    )),
-                };
-                configs.push(KmsConfig { id: entry.id, status: entry.status, kms });
+                let kms = connect(config, &tenant.id, entry, keystore.as_ref()).await?;
+                configs.push(KmsConfig {
+                    id: entry.id,
+                    status: entry.status,
+                    kms,
+                    fingerprint: None,
+                });
             }
             let lease_policy = config.lease_policy(tenant);
             tenants.insert(
@@ -186,6 +121,61 @@ impl TenantRegistry {
             );
         }
         Ok(Self { tenants, keystore })
+    }
+
+    /// Builds the registry of a broker snapshot's tenants (already converted by
+    /// [`crate::broker`]). A configuration whose settings are unchanged since `previous` keeps
+    /// its backend (no new connection, and its leases stay valid); one that cannot be built
+    /// answers every request with "configuration invalid" (207) and the reason, so one tenant's
+    /// mistake never stops the others.
+    pub async fn from_broker(
+        config: &ProxyConfig,
+        tenants: Vec<crate::broker::BrokerTenant>,
+        keystore: Option<Arc<Keystore>>,
+        previous: Option<&TenantRegistry>,
+    ) -> (Self, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut registry = HashMap::new();
+        for tenant in tenants {
+            let old = previous.and_then(|p| p.tenant(&tenant.config.id));
+            let mut configs = Vec::new();
+            for prepared in tenant.kms_configs {
+                let reused = old
+                    .and_then(|t| t.config(prepared.id))
+                    .filter(|c| c.fingerprint.as_deref() == Some(prepared.fingerprint.as_str()))
+                    .map(|c| Arc::clone(&c.kms));
+                let kms = match (reused, prepared.entry) {
+                    (Some(kms), _) => kms,
+                    (None, Ok(entry)) => {
+                        match connect(config, &tenant.config.id, &entry, keystore.as_ref()).await {
+                            Ok(kms) => kms,
+                            Err(e) => {
+                                problems.push(e.to_string());
+                                Arc::new(BrokenKms(e.to_string()))
+                            }
+                        }
+                    }
+                    (None, Err(reason)) => {
+                        let message = format!(
+                            "tenant {:?}: KMS configuration {}: {reason}",
+                            tenant.config.id, prepared.id
+                        );
+                        problems.push(message.clone());
+                        Arc::new(BrokenKms(message))
+                    }
+                };
+                configs.push(KmsConfig {
+                    id: prepared.id,
+                    status: prepared.status,
+                    kms,
+                    fingerprint: Some(prepared.fingerprint),
+                });
+            }
+            let lease_policy = config.lease_policy(&tenant.config);
+            let id = tenant.config.id;
+            registry.insert(id.clone(), Arc::new(Tenant { id, configs, lease_policy }));
+        }
+        (Self { tenants: registry, keystore }, problems)
     }
 
     /// A registry from ready-made tenants (for embedding and tests), without leasing.
@@ -231,5 +221,106 @@ impl TenantRegistry {
     /// The local keystore, if configured.
     pub fn keystore(&self) -> Option<&Arc<Keystore>> {
         self.keystore.as_ref()
+    }
+}
+
+/// Opens the local keystore, if configured.
+pub fn open_keystore(config: &ProxyConfig) -> Result<Option<Arc<Keystore>>, RegistryError> {
+    let Some(ks) = &config.local_keystore else { return Ok(None) };
+    let root = load_root_key(ks.root_key_file.as_ref().map(|p| config.resolve(p)).as_deref())?;
+    let keystore = Keystore::open(config.resolve(&ks.path), root)?;
+    keystore.set_check_interval(std::time::Duration::from_millis(ks.reload_interval_ms));
+    Ok(Some(Arc::new(keystore)))
+}
+
+/// The backend of one KMS configuration. Remote backends are wrapped in [`ResilientKms`].
+async fn connect(
+    config: &ProxyConfig,
+    tenant: &str,
+    entry: &KmsConfigEntry,
+    keystore: Option<&Arc<Keystore>>,
+) -> Result<Arc<dyn Kms>, RegistryError> {
+    #[allow(unused_variables)]
+    let options = ConnectOptions {
+        base_dir: config.base_dir.clone(),
+        request_timeout: config.kms_retry_policy().attempt_timeout,
+    };
+    #[allow(unused_variables)]
+    let resilient = |kms: Arc<dyn Kms>| -> Arc<dyn Kms> {
+        Arc::new(ResilientKms::new(kms, config.kms_retry_policy(), config.kms_breaker_policy()))
+    };
+    #[allow(unused_variables)]
+    let remote_error =
+        |source| RegistryError::Kms { tenant: tenant.to_owned(), config_id: entry.id, source };
+    let kms: Arc<dyn Kms> = match (&entry.kms, keystore) {
+        (KmsSettings::Local { key }, Some(ks)) => {
+            if ks.info(key).is_none() {
+                return Err(RegistryError::MissingLocalKey {
+                    tenant: tenant.to_owned(),
+                    config_id: entry.id,
+                    key: key.clone(),
+                });
+            }
+            Arc::new(LocalKms::new(Arc::clone(ks), key.clone()))
+        }
+        (KmsSettings::Local { key }, None) => {
+            return Err(RegistryError::MissingLocalKey {
+                tenant: tenant.to_owned(),
+                config_id: entry.id,
+                key: key.clone(),
+            });
+        }
+        #[cfg(feature = "aws")]
+        (KmsSettings::Aws(settings), _) => resilient(Arc::new(
+            keyhold_kms::aws::AwsKms::connect(settings, &options).await.map_err(remote_error)?,
+        )),
+        #[cfg(feature = "vault")]
+        (KmsSettings::Vault(settings), _) => resilient(Arc::new(
+            keyhold_kms::vault::VaultKms::connect(settings, &options)
+                .await
+                .map_err(remote_error)?,
+        )),
+        #[cfg(feature = "pkcs11")]
+        (KmsSettings::Pkcs11(settings), _) => resilient(Arc::new(
+            keyhold_kms::pkcs11::Pkcs11Kms::connect(settings, &options)
+                .await
+                .map_err(remote_error)?,
+        )),
+        #[cfg(feature = "kmip")]
+        (KmsSettings::Kmip(settings), _) => resilient(Arc::new(
+            keyhold_kms::kmip::KmipKms::connect(settings, &options).await.map_err(remote_error)?,
+        )),
+        #[cfg(feature = "gcp")]
+        (KmsSettings::Gcp(settings), _) => resilient(Arc::new(
+            keyhold_kms::gcp::GcpKms::connect(settings, &options).await.map_err(remote_error)?,
+        )),
+        #[cfg(feature = "azure")]
+        (KmsSettings::Azure(settings), _) => resilient(Arc::new(
+            keyhold_kms::azure::AzureKms::connect(settings, &options)
+                .await
+                .map_err(remote_error)?,
+        )),
+    };
+    Ok(kms)
+}
+
+/// A configuration from the broker that could not be built: every call fails with
+/// "configuration invalid" (207) and the reason.
+#[derive(Debug)]
+struct BrokenKms(String);
+
+#[async_trait::async_trait]
+impl Kms for BrokenKms {
+    fn kind(&self) -> &'static str {
+        "invalid"
+    }
+    async fn wrap(&self, _dek: &Dek, _context: &KeyContext<'_>) -> Result<Vec<u8>, KmsError> {
+        Err(KmsError::ConfigurationInvalid(self.0.clone()))
+    }
+    async fn unwrap(&self, _wrapped: &[u8], _context: &KeyContext<'_>) -> Result<Dek, KmsError> {
+        Err(KmsError::ConfigurationInvalid(self.0.clone()))
+    }
+    async fn health(&self) -> Result<(), KmsError> {
+        Err(KmsError::ConfigurationInvalid(self.0.clone()))
     }
 }

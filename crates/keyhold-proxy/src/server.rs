@@ -20,6 +20,9 @@ pub enum ProxyError {
     /// The tenants or their KMS configurations could not be set up.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The broker settings are unusable (keys, token).
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
     /// The audit spool could not be opened.
     #[error(transparent)]
     Audit(keyhold_audit::SpoolError),

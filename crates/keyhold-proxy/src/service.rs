@@ -38,11 +38,10 @@ pub struct ServiceLimits {
 /// Wraps, unwraps and rekeys data keys for the tenants of a registry.
 #[derive(Debug)]
 pub struct KeyService {
-    registry: Arc<TenantRegistry>,
+    /// The tenants and their leases; replaced whole when the broker sends a new snapshot.
+    tenants: arc_swap::ArcSwap<TenantSet>,
     metrics: Arc<Metrics>,
     limits: ServiceLimits,
-    /// Leases by tenant and KMS configuration, for tenants that lease keys.
-    leases: HashMap<String, HashMap<i32, Arc<ConfigLeases>>>,
     /// Where every key access is recorded before it is answered (none: the log only).
     audit: Option<Arc<Spool>>,
     /// This proxy's name in audit events.
@@ -62,29 +61,11 @@ impl KeyService {
         metrics: Arc<Metrics>,
         limits: ServiceLimits,
     ) -> Self {
-        let mut leases: HashMap<String, HashMap<i32, Arc<ConfigLeases>>> = HashMap::new();
-        for tenant in registry.tenants() {
-            let Some(policy) = tenant.lease_policy else { continue };
-            for config in tenant.configs() {
-                if config.status == KmsConfigStatus::Disabled {
-                    continue;
-                }
-                let config_leases = ConfigLeases::new(
-                    &tenant.id,
-                    config.id,
-                    Arc::clone(&config.kms),
-                    policy,
-                    limits.kms_timeout,
-                    Arc::clone(&metrics),
-                );
-                leases.entry(tenant.id.clone()).or_default().insert(config.id, config_leases);
-            }
-        }
+        let set = TenantSet::new(registry, None, &metrics, limits.kms_timeout, None);
         Self {
-            registry,
+            tenants: arc_swap::ArcSwap::from_pointee(set),
             metrics,
             limits,
-            leases,
             audit: None,
             instance: String::new(),
             delivery: None,
@@ -96,7 +77,7 @@ impl KeyService {
     /// Records every key access in `spool` before answering it; `instance` names this proxy in
     /// the events.
     pub fn with_audit(mut self, spool: Arc<Spool>, instance: String) -> Self {
-        for leases in self.leases.values().flat_map(HashMap::values) {
+        for leases in self.tenants.load().leases.values().flat_map(HashMap::values) {
             leases.set_audit(Arc::clone(&spool), instance.clone());
         }
         self.kms_failures = Some(crate::kms_failures::KmsFailureLog::start(
@@ -175,20 +156,43 @@ impl KeyService {
     }
 
     /// The leases of a tenant's KMS configuration, if the tenant leases keys.
-    pub fn leases(&self, tenant_id: &str, config_id: i32) -> Option<&Arc<ConfigLeases>> {
-        self.leases.get(tenant_id)?.get(&config_id)
+    pub fn leases(&self, tenant_id: &str, config_id: i32) -> Option<Arc<ConfigLeases>> {
+        self.tenants.load().leases.get(tenant_id)?.get(&config_id).cloned()
     }
 
     /// Updates the lease age gauges (before metrics are rendered).
     pub fn refresh_lease_gauges(&self) {
-        for leases in self.leases.values().flat_map(HashMap::values) {
+        for leases in self.tenants.load().leases.values().flat_map(HashMap::values) {
             leases.refresh_gauges();
         }
     }
 
-    /// The registry.
-    pub fn registry(&self) -> &Arc<TenantRegistry> {
-        &self.registry
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The registry in use now.
+    pub fn registry(&self) -> Arc<TenantRegistry> {
+        Arc::clone(&self.tenants.load().registry)
+    }
+
+    /// Serves `registry` from now on (a new broker snapshot). Requests in flight finish with
+    /// the registry they started with. Leases of configurations whose backend is unchanged
+    /// carry over; the others start afresh, and the leases of removed or disabled
+    /// configurations are dropped (their renewal tasks end with them).
+    pub fn replace_registry(&self, registry: Arc<TenantRegistry>) {
+        let audit = self.audit.as_ref().map(|spool| (Arc::clone(spool), self.instance.clone()));
+        let previous = self.tenants.load_full();
+        let set = TenantSet::new(
+            registry,
+            Some(&previous),
+            &self.metrics,
+            self.limits.kms_timeout,
+            audit,
+        );
+        self.metrics.tenants.set(i64::try_from(set.registry.len()).unwrap_or(i64::MAX));
+        self.tenants.store(Arc::new(set));
     }
 
     /// A new data key and its EDEK, from the tenant's primary KMS configuration.
@@ -199,7 +203,7 @@ impl KeyService {
             Ok(wrapped) => KeyIds::of_edek(&wrapped.edek, &meta.tenant_id),
             Err(_) => KeyIds {
                 kms_config_id: self
-                    .registry
+                    .registry()
                     .tenant(&meta.tenant_id)
                     .and_then(|t| t.primary())
                     .map(|c| c.id),
@@ -212,8 +216,8 @@ impl KeyService {
 
     async fn wrap_inner(&self, meta: &RequestMetadata) -> Result<WrappedKey, ServiceError> {
         let tenant = self.tenant(&meta.tenant_id)?;
-        let config = primary(tenant)?;
-        self.generate_for(tenant, config).await
+        let config = primary(&tenant)?;
+        self.generate_for(&tenant, config).await
     }
 
     async fn generate_for(
@@ -245,7 +249,7 @@ impl KeyService {
 
     async fn unwrap_inner(&self, meta: &RequestMetadata, edek: &str) -> Result<Dek, ServiceError> {
         let tenant = self.tenant(&meta.tenant_id)?;
-        self.unwrap_for(tenant, edek).await
+        self.unwrap_for(&tenant, edek).await
     }
 
     async fn unwrap_for(&self, tenant: &Tenant, edek: &str) -> Result<Dek, ServiceError> {
@@ -303,15 +307,23 @@ impl KeyService {
     ) -> Result<BatchWrapResponse, ServiceError> {
         self.check_batch_size(document_ids.len())?;
         self.admit(&meta.tenant_id)?;
-        let tenant = match self.tenant(&meta.tenant_id).and_then(|t| primary(t).map(|c| (t, c))) {
-            Ok(found) => found,
+        let tenant = match self.tenant(&meta.tenant_id) {
+            Ok(t) => t,
             Err(e) => {
                 self.record(meta, "batch_wrap", Some(&e), document_ids.len(), KeyIds::default())
                     .await?;
                 return Err(e);
             }
         };
-        let (tenant, config) = tenant;
+        let config = match primary(&tenant) {
+            Ok(config) => config,
+            Err(e) => {
+                self.record(meta, "batch_wrap", Some(&e), document_ids.len(), KeyIds::default())
+                    .await?;
+                return Err(e);
+            }
+        };
+        let tenant = &tenant;
         let mut ids = document_ids;
         ids.sort_unstable();
         ids.dedup();
@@ -360,6 +372,7 @@ impl KeyService {
                 return Err(e);
             }
         };
+        let tenant = &tenant;
         let results: Vec<(String, Result<Dek, ServiceError>)> = futures::stream::iter(edeks)
             .map(|(id, edek)| async move {
                 let result = self.unwrap_for(tenant, &edek).await;
@@ -420,8 +433,8 @@ impl KeyService {
         })?;
         let old_tenant = self.tenant(&meta.tenant_id)?;
         let new_tenant = self.tenant(new_tenant_id)?;
-        let new_config = primary(new_tenant)?;
-        let dek = self.unwrap_for(old_tenant, edek).await?;
+        let new_config = primary(&new_tenant)?;
+        let dek = self.unwrap_for(&old_tenant, edek).await?;
         if let Some(leases) = self.leases(&new_tenant.id, new_config.id) {
             let entry =
                 leases.seal(&dek).await.map_err(|e| e.into_service_error(KmsOperation::Wrap))?;
@@ -430,20 +443,20 @@ impl KeyService {
         let ctx = KeyContext::new(&new_tenant.id, new_config.id);
         let wrapped = self
             .call_kms(
-                new_tenant,
+                &new_tenant,
                 new_config,
                 "wrap",
                 KmsOperation::Wrap,
                 new_config.kms.wrap(&dek, &ctx),
             )
             .await?;
-        let edek = envelope(new_tenant, new_config, wrapped);
+        let edek = envelope(&new_tenant, new_config, wrapped);
         Ok(WrappedKey { dek, edek: edek.to_base64() })
     }
 
-    fn tenant(&self, id: &str) -> Result<&Arc<Tenant>, ServiceError> {
-        match self.registry.tenant(id) {
-            Some(t) if t.has_active_config() => Ok(t),
+    fn tenant(&self, id: &str) -> Result<Arc<Tenant>, ServiceError> {
+        match self.registry().tenant(id) {
+            Some(t) if t.has_active_config() => Ok(Arc::clone(t)),
             _ => Err(ServiceError::UnknownTenant(id.to_owned())),
         }
     }
@@ -508,7 +521,7 @@ impl KeyService {
         let code = error.map(|e| e.code().code()).unwrap_or(0);
         // Unknown tenants are not used as label values: a caller could otherwise grow the
         // metrics without bound.
-        let known = self.registry.tenant(&meta.tenant_id).is_some();
+        let known = self.registry().tenant(&meta.tenant_id).is_some();
         let tenant = if known { meta.tenant_id.clone() } else { "(unknown)".to_owned() };
         self.metrics
             .key_operations
@@ -628,5 +641,58 @@ fn select_entry<'a, 't>(
         None => Err(ServiceError::InvalidEdek(
             "the EDEK was not made with any KMS configuration of this tenant".into(),
         )),
+    }
+}
+
+/// The tenants a service serves at one moment, with their leases.
+#[derive(Debug)]
+struct TenantSet {
+    registry: Arc<TenantRegistry>,
+    /// Leases by tenant and KMS configuration, for tenants that lease keys.
+    leases: HashMap<String, HashMap<i32, Arc<ConfigLeases>>>,
+}
+
+impl TenantSet {
+    fn new(
+        registry: Arc<TenantRegistry>,
+        previous: Option<&TenantSet>,
+        metrics: &Arc<Metrics>,
+        kms_timeout: Duration,
+        audit: Option<(Arc<Spool>, String)>,
+    ) -> Self {
+        let mut leases: HashMap<String, HashMap<i32, Arc<ConfigLeases>>> = HashMap::new();
+        for tenant in registry.tenants() {
+            let Some(policy) = tenant.lease_policy else { continue };
+            for config in tenant.configs() {
+                if config.status == KmsConfigStatus::Disabled {
+                    continue;
+                }
+                // The same backend and policy: the leases (and their renewal) carry over.
+                let kept = previous
+                    .and_then(|p| Some((p.registry.tenant(&tenant.id)?, p.leases.get(&tenant.id)?)))
+                    .filter(|(old, _)| old.lease_policy == Some(policy))
+                    .and_then(|(old, old_leases)| {
+                        let old_config = old.config(config.id)?;
+                        let same = Arc::ptr_eq(&old_config.kms, &config.kms);
+                        same.then(|| old_leases.get(&config.id).cloned()).flatten()
+                    });
+                let config_leases = kept.unwrap_or_else(|| {
+                    let fresh = ConfigLeases::new(
+                        &tenant.id,
+                        config.id,
+                        Arc::clone(&config.kms),
+                        policy,
+                        kms_timeout,
+                        Arc::clone(metrics),
+                    );
+                    if let Some((spool, instance)) = &audit {
+                        fresh.set_audit(Arc::clone(spool), instance.clone());
+                    }
+                    fresh
+                });
+                leases.entry(tenant.id.clone()).or_default().insert(config.id, config_leases);
+            }
+        }
+        Self { registry, leases }
     }
 }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{TestProxy, code, meta};
@@ -162,7 +160,7 @@ async fn with_leasing_a_disabled_key_is_refused_from_the_next_renewal() {
     let p = TestProxy::new();
     let ks = p.keystore();
     let before = p.wrap("tenant-a").await;
-    let leases = Arc::clone(p.state.service.leases("tenant-a", 1).expect("tenant-a leases"));
+    let leases = p.state.service.leases("tenant-a", 1).expect("tenant-a leases");
 
     ks.set_enabled("tenant-a", false).unwrap();
     // What the renewal task does at the end of the interval (shown in real time in

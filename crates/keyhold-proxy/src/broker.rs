@@ -1,0 +1,515 @@
+//! Tenants from a Configuration Broker (docs/broker.md §3).
+//!
+//! The proxy pulls the broker's signed snapshot at start and then by long poll, verifies its
+//! signature against the broker keys it trusts, refuses one older than what it runs, opens the
+//! credentials tenants sealed to the fleet key, builds a new tenant registry and swaps it in.
+//! The last good snapshot is kept on disk, so a proxy keeps serving — and can restart — while
+//! the broker is down.
+//!
+//! ```text
+//!  broker ──GET /api/proxy/v1/snapshot (If-None-Match, wait)──▶ verify ─▶ newer? ─▶ open sealed
+//!                                                                                  │
+//!      cache file ◀── store ◀── replace_registry ◀── TenantRegistry::from_broker ◀──┘
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhold_core::seal::{FleetSecretKey, SealPurpose};
+use keyhold_core::snapshot::{
+    ConfigSnapshot, ConfigStatus, SignedSnapshot, SnapshotKmsConfig, SnapshotTenant,
+    SnapshotVerifyingKey, TenantStatus,
+};
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::config::{
+    BrokerSource, KmsConfigEntry, KmsConfigStatus, ProxyConfig, TenantConfig, TenantLeasing,
+};
+
+/// Environment variable holding the proxy token (overrides `token_file`).
+pub const BROKER_TOKEN_ENV: &str = "KEYHOLD_BROKER_TOKEN";
+/// Longest long-poll wait the broker accepts, in seconds.
+const MAX_WAIT_SECS: u64 = 60;
+
+/// Why the broker's configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// A key or token file could not be read, or is not a key.
+    #[error("broker settings: {0}")]
+    Setup(String),
+    /// The broker could not be reached or answered with an error.
+    #[error("broker unreachable: {0}")]
+    Unreachable(String),
+    /// The snapshot is not signed by a trusted key, altered, or not a snapshot.
+    #[error("snapshot refused: {0}")]
+    Refused(#[from] keyhold_core::snapshot::SnapshotError),
+    /// The snapshot is older than the one in use (a replay, or a broker restored from an old
+    /// backup): applying it could undo a revocation.
+    #[error("snapshot refused: version {offered} is older than version {current} in use")]
+    Older {
+        /// The version offered.
+        offered: u64,
+        /// The version in use.
+        current: u64,
+    },
+}
+
+/// A tenant of a snapshot, ready for [`crate::registry::TenantRegistry::from_broker`].
+#[derive(Debug)]
+pub struct BrokerTenant {
+    /// The tenant as a TOML entry would give it (id, leasing), without KMS configurations.
+    pub config: TenantConfig,
+    /// Its KMS configurations.
+    pub kms_configs: Vec<PreparedKmsConfig>,
+}
+
+/// One KMS configuration of a snapshot, its credentials opened.
+#[derive(Debug)]
+pub struct PreparedKmsConfig {
+    /// The id recorded in EDEKs.
+    pub id: i32,
+    /// What it may be used for.
+    pub status: KmsConfigStatus,
+    /// What it was built from (type, settings, sealed blob), to reuse an unchanged backend.
+    pub fingerprint: String,
+    /// The configuration, or why it cannot be used (never containing a credential).
+    pub entry: Result<KmsConfigEntry, String>,
+}
+
+/// Turns a verified snapshot into the tenants to serve: disabled tenants are left out (they
+/// are then refused as unknown), and every KMS configuration is opened and checked on its own.
+pub fn prepare(
+    snapshot: &ConfigSnapshot,
+    fleet: &[FleetSecretKey],
+    allow_local_paths: bool,
+) -> Vec<BrokerTenant> {
+    let mut seen_ids = std::collections::HashSet::new();
+    snapshot
+        .tenants
+        .iter()
+        .filter(|t| t.status == TenantStatus::Active)
+        .map(|tenant| BrokerTenant {
+            config: tenant_config(tenant),
+            kms_configs: tenant
+                .kms_configs
+                .iter()
+                .map(|c| {
+                    let mut prepared = prepare_config(&tenant.id, c, fleet, allow_local_paths);
+                    if !seen_ids.insert(c.id) {
+                        prepared.entry = Err(format!(
+                            "configuration id {} is used by another tenant too; ids are unique",
+                            c.id
+                        ));
+                    }
+                    prepared
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn tenant_config(tenant: &SnapshotTenant) -> TenantConfig {
+    TenantConfig {
+        id: tenant.id.clone(),
+        leasing: TenantLeasing {
+            enabled: tenant.leasing.enabled,
+            renew_interval_ms: tenant.leasing.renew_interval_ms,
+            max_hold_ms: tenant.leasing.max_hold_ms,
+        },
+        kms_configs: Vec::new(),
+        audit_sinks: Vec::new(),
+    }
+}
+
+fn prepare_config(
+    tenant: &str,
+    config: &SnapshotKmsConfig,
+    fleet: &[FleetSecretKey],
+    allow_local_paths: bool,
+) -> PreparedKmsConfig {
+    let status = match config.status {
+        ConfigStatus::Primary => KmsConfigStatus::Primary,
+        ConfigStatus::Active => KmsConfigStatus::Active,
+        ConfigStatus::Disabled => KmsConfigStatus::Disabled,
+    };
+    let fingerprint = serde_json::to_string(&(&config.kms_type, &config.settings, &config.sealed))
+        .unwrap_or_default();
+    let entry = build_entry(tenant, config, fleet, allow_local_paths);
+    PreparedKmsConfig { id: config.id, status, fingerprint, entry }
+}
+
+fn build_entry(
+    tenant: &str,
+    config: &SnapshotKmsConfig,
+    fleet: &[FleetSecretKey],
+    allow_local_paths: bool,
+) -> Result<KmsConfigEntry, String> {
+    if config.id <= 0 {
+        return Err("configuration ids must be positive".into());
+    }
+    if !allow_local_paths {
+        check_no_local_paths(&config.settings, "")?;
+    }
+    let mut fields = config.settings.clone();
+    // Secret values, to scrub them from any error message.
+    let mut secrets: Vec<Zeroizing<String>> = Vec::new();
+    if let Some(sealed) = &config.sealed {
+        let plaintext = keyhold_core::seal::open(fleet, SealPurpose::Kms, tenant, sealed)
+            .map_err(|e| format!("sealed credentials: {e}"))?;
+        let opened: Map<String, Value> = serde_json::from_slice(&plaintext)
+            .map_err(|_| "sealed credentials: not a JSON object".to_owned())?;
+        for (name, value) in opened {
+            let Value::String(value) = value else {
+                return Err(format!("sealed credential {name:?} is not a string"));
+            };
+            if fields.contains_key(&name) {
+                return Err(format!("{name:?} is both sealed and in the clear settings"));
+            }
+            secrets.push(Zeroizing::new(value.clone()));
+            fields.insert(name, Value::String(value));
+        }
+    }
+    fields.insert("id".into(), Value::from(config.id));
+    fields.insert("status".into(), serde_json::to_value(config.status).unwrap_or(Value::Null));
+    fields.insert("type".into(), Value::String(config.kms_type.clone()));
+    let result = serde_json::from_value::<KmsConfigEntry>(Value::Object(fields));
+    result.map_err(|e| {
+        let mut message = format!("settings: {e}");
+        for secret in &secrets {
+            if !secret.is_empty() {
+                message = message.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        message
+    })
+}
+
+/// Refuses what would make the proxy read its own files or environment on the say-so of
+/// whoever can change a tenant's configuration: `{file}` / `{env}` credential indirections and
+/// path settings (`*_file`, `module`, `path`).
+fn check_no_local_paths(settings: &Map<String, Value>, prefix: &str) -> Result<(), String> {
+    for (name, value) in settings {
+        let path = format!("{prefix}{name}");
+        if name.ends_with("_file") || name == "module" || name == "path" || name.ends_with("_dir") {
+            return Err(format!(
+                "{path:?} names a file on the proxy; a broker configuration may not (the proxy's [broker] allow_local_paths turns this on)"
+            ));
+        }
+        if let Value::Object(inner) = value {
+            if inner.contains_key("file") || inner.contains_key("env") {
+                return Err(format!(
+                    "{path:?} reads a file or environment variable of the proxy; seal the credential instead"
+                ));
+            }
+            check_no_local_paths(inner, &format!("{path}."))?;
+        }
+    }
+    Ok(())
+}
+
+/// Pulls signed snapshots from the broker.
+#[derive(Debug)]
+pub struct BrokerClient {
+    http: reqwest::Client,
+    snapshot_url: String,
+    token: Zeroizing<String>,
+    trusted: Vec<SnapshotVerifyingKey>,
+    fleet: Arc<Vec<FleetSecretKey>>,
+    /// The long-poll wait and the pause after a failure.
+    pub poll_interval: Duration,
+    cache_file: PathBuf,
+    /// Whether settings may name proxy files (see [`BrokerSource::allow_local_paths`]).
+    pub allow_local_paths: bool,
+}
+
+impl BrokerClient {
+    /// A client for `config`'s `[broker]` section.
+    pub fn new(config: &ProxyConfig, source: &BrokerSource) -> Result<Self, BrokerError> {
+        let token = match std::env::var(BROKER_TOKEN_ENV) {
+            Ok(token) => Zeroizing::new(token),
+            Err(_) => {
+                let file = source.token_file.as_ref().ok_or_else(|| {
+                    BrokerError::Setup(format!("[broker] needs token_file or {BROKER_TOKEN_ENV}"))
+                })?;
+                read_secret(&config.resolve(file))?
+            }
+        };
+        let trusted = source
+            .public_keys
+            .iter()
+            .map(|k| SnapshotVerifyingKey::from_base64(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BrokerError::Setup(format!("[broker] public_keys: {e}")))?;
+        let mut fleet = Vec::new();
+        for file in &source.fleet_key_files {
+            let path = config.resolve(file);
+            let text = read_secret(&path)?;
+            fleet.push(
+                FleetSecretKey::from_base64(&text).map_err(|e| {
+                    BrokerError::Setup(format!("fleet key {}: {e}", path.display()))
+                })?,
+            );
+        }
+        let poll_interval = Duration::from_millis(source.poll_interval_ms);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // A long poll lasts up to the wait; give the answer time beyond it.
+            .timeout(
+                poll_interval.min(Duration::from_secs(MAX_WAIT_SECS)) + Duration::from_secs(15),
+            )
+            .build()
+            .map_err(|e| BrokerError::Setup(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            snapshot_url: format!("{}/api/proxy/v1/snapshot", source.url.trim_end_matches('/')),
+            token: Zeroizing::new(token.trim().to_owned()),
+            trusted,
+            fleet: Arc::new(fleet),
+            poll_interval,
+            cache_file: config.resolve(
+                source
+                    .cache_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("broker-snapshot.json")),
+            ),
+            allow_local_paths: source.allow_local_paths,
+        })
+    }
+
+    /// The fleet keys that open sealed credentials.
+    pub fn fleet(&self) -> &[FleetSecretKey] {
+        &self.fleet
+    }
+
+    /// Asks the broker for a snapshot newer than `known` (waiting up to `wait` for one):
+    /// `None` when there is none.
+    pub async fn fetch(
+        &self,
+        known: Option<u64>,
+        wait: Duration,
+    ) -> Result<Option<(SignedSnapshot, ConfigSnapshot)>, BrokerError> {
+        let wait_secs = wait.as_secs().min(MAX_WAIT_SECS);
+        let mut request = self
+            .http
+            .get(format!("{}?wait={wait_secs}", self.snapshot_url))
+            .bearer_auth(self.token.as_str());
+        if let Some(version) = known {
+            request = request.header(reqwest::header::IF_NONE_MATCH, format!("\"{version}\""));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unreachable(e.without_url().to_string()))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(BrokerError::Unreachable(format!(
+                "HTTP {status}: {}",
+                body.chars().take(200).collect::<String>()
+            )));
+        }
+        let signed: SignedSnapshot = response
+            .json()
+            .await
+            .map_err(|e| BrokerError::Unreachable(format!("not a signed snapshot: {e}")))?;
+        let snapshot = self.verify(&signed)?;
+        Ok(Some((signed, snapshot)))
+    }
+
+    /// Verifies a signed snapshot against the trusted broker keys.
+    pub fn verify(&self, signed: &SignedSnapshot) -> Result<ConfigSnapshot, BrokerError> {
+        Ok(keyhold_core::snapshot::verify(signed, &self.trusted)?)
+    }
+
+    /// The last good snapshot from the cache file, verified again (the file is not trusted
+    /// more than the network). `None` if there is none; an invalid one is reported and ignored.
+    pub fn load_cache(&self) -> Option<(SignedSnapshot, ConfigSnapshot)> {
+        let text = match std::fs::read(&self.cache_file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(file = %self.cache_file.display(), error = %e, "cannot read the cached broker snapshot");
+                return None;
+            }
+        };
+        let signed: SignedSnapshot = match serde_json::from_slice(&text) {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::warn!(file = %self.cache_file.display(), error = %e, "the cached broker snapshot is not a signed snapshot; ignored");
+                return None;
+            }
+        };
+        match self.verify(&signed) {
+            Ok(snapshot) => Some((signed, snapshot)),
+            Err(e) => {
+                tracing::warn!(file = %self.cache_file.display(), error = %e, "the cached broker snapshot is refused; ignored");
+                None
+            }
+        }
+    }
+
+    /// Keeps `signed` as the last good snapshot (written aside, synced, then renamed).
+    pub fn store_cache(&self, signed: &SignedSnapshot) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(signed).map_err(std::io::Error::other)?;
+        let tmp = self.cache_file.with_extension("tmp");
+        {
+            use std::io::Write as _;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.cache_file)
+    }
+}
+
+fn read_secret(path: &std::path::Path) -> Result<Zeroizing<String>, BrokerError> {
+    std::fs::read_to_string(path)
+        .map(|t| Zeroizing::new(t.trim().to_owned()))
+        .map_err(|e| BrokerError::Setup(format!("cannot read {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use keyhold_core::seal::seal;
+    use keyhold_core::snapshot::SnapshotLeasing;
+
+    fn vault_config(tenant: &str, fleet: &FleetSecretKey, settings: Value) -> SnapshotKmsConfig {
+        SnapshotKmsConfig {
+            id: 7,
+            status: ConfigStatus::Primary,
+            kms_type: "vault".into(),
+            settings: settings.as_object().unwrap().clone(),
+            sealed: Some(
+                seal(&fleet.public_key(), SealPurpose::Kms, tenant, br#"{"token":"s.t0psecret"}"#)
+                    .unwrap(),
+            ),
+        }
+    }
+
+    fn snapshot(tenants: Vec<SnapshotTenant>) -> ConfigSnapshot {
+        ConfigSnapshot { version: 3, tenants, ..ConfigSnapshot::default() }
+    }
+
+    fn tenant(id: &str, status: TenantStatus, configs: Vec<SnapshotKmsConfig>) -> SnapshotTenant {
+        SnapshotTenant {
+            id: id.into(),
+            status,
+            leasing: SnapshotLeasing::default(),
+            kms_configs: configs,
+            audit_sinks: vec![],
+        }
+    }
+
+    #[test]
+    fn sealed_credentials_are_merged_into_the_settings() {
+        let fleet = FleetSecretKey::generate().unwrap();
+        let settings = serde_json::json!({"address": "http://127.0.0.1:8200", "key": "acme"});
+        let snap = snapshot(vec![tenant(
+            "acme",
+            TenantStatus::Active,
+            vec![vault_config("acme", &fleet, settings)],
+        )]);
+        let tenants = prepare(&snap, &[fleet], false);
+        assert_eq!(tenants.len(), 1);
+        let entry = tenants[0].kms_configs[0].entry.as_ref().unwrap();
+        assert_eq!(entry.id, 7);
+        assert_eq!(entry.status, KmsConfigStatus::Primary);
+        assert!(format!("{entry:?}").contains("127.0.0.1:8200"));
+        assert!(!format!("{entry:?}").contains("t0psecret"), "Debug must not show the token");
+    }
+
+    #[test]
+    fn disabled_tenants_are_left_out() {
+        let snap = snapshot(vec![
+            tenant("on", TenantStatus::Active, vec![]),
+            tenant("off", TenantStatus::Disabled, vec![]),
+        ]);
+        let ids: Vec<_> = prepare(&snap, &[], false).into_iter().map(|t| t.config.id).collect();
+        assert_eq!(ids, ["on"]);
+    }
+
+    #[test]
+    fn a_credential_sealed_for_another_tenant_makes_the_config_invalid_not_the_snapshot() {
+        let fleet = FleetSecretKey::generate().unwrap();
+        let settings = serde_json::json!({"address": "http://127.0.0.1:8200", "key": "k"});
+        // The broker moved tenant a's sealed token to tenant b.
+        let moved = vault_config("a", &fleet, settings);
+        let snap = snapshot(vec![
+            tenant("b", TenantStatus::Active, vec![moved]),
+            tenant("c", TenantStatus::Active, vec![]),
+        ]);
+        let tenants = prepare(&snap, &[fleet], false);
+        assert_eq!(tenants.len(), 2);
+        let err = tenants[0].kms_configs[0].entry.as_ref().unwrap_err();
+        assert!(err.contains("does not open"), "{err}");
+    }
+
+    #[test]
+    fn local_paths_and_indirections_are_refused_unless_allowed() {
+        let fleet = FleetSecretKey::generate().unwrap();
+        for settings in [
+            serde_json::json!({"address": "http://x", "key": "k", "ca_cert_file": "/etc/passwd"}),
+            serde_json::json!({"address": "http://x", "key": "k", "approle": {"role_id": "r", "secret_id": {"env": "KEYHOLD_API_KEY"}}}),
+        ] {
+            let mut config = vault_config("a", &fleet, settings);
+            config.sealed = None;
+            let snap = snapshot(vec![tenant("a", TenantStatus::Active, vec![config])]);
+            let err = prepare(&snap, std::slice::from_ref(&fleet), false)
+                .remove(0)
+                .kms_configs
+                .remove(0)
+                .entry
+                .unwrap_err();
+            assert!(err.contains("proxy"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_secret_in_both_places_and_duplicate_ids_are_refused() {
+        let fleet = FleetSecretKey::generate().unwrap();
+        let both = serde_json::json!({"address": "http://x", "key": "k", "token": "clear"});
+        let fine = serde_json::json!({"address": "http://x", "key": "k"});
+        let snap = snapshot(vec![
+            tenant("a", TenantStatus::Active, vec![vault_config("a", &fleet, both)]),
+            tenant("b", TenantStatus::Active, vec![vault_config("b", &fleet, fine)]),
+        ]);
+        let tenants = prepare(&snap, &[fleet], false);
+        let first = tenants[0].kms_configs[0].entry.as_ref().unwrap_err();
+        assert!(first.contains("both sealed and in the clear"), "{first}");
+        let second = tenants[1].kms_configs[0].entry.as_ref().unwrap_err();
+        assert!(second.contains("unique"), "{second}");
+    }
+
+    #[test]
+    fn error_messages_never_carry_the_credential() {
+        let fleet = FleetSecretKey::generate().unwrap();
+        let mut config = SnapshotKmsConfig {
+            id: 9,
+            status: ConfigStatus::Primary,
+            kms_type: "vault".into(),
+            // "key" missing: the settings do not parse.
+            settings: serde_json::json!({"address": "http://x"}).as_object().unwrap().clone(),
+            sealed: None,
+        };
+        config.sealed = Some(
+            seal(&fleet.public_key(), SealPurpose::Kms, "a", br#"{"token":"hunter2-secret"}"#)
+                .unwrap(),
+        );
+        let snap = snapshot(vec![tenant("a", TenantStatus::Active, vec![config])]);
+        let err =
+            prepare(&snap, &[fleet], false).remove(0).kms_configs.remove(0).entry.unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
