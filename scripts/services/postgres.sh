@@ -2,9 +2,11 @@
 # and scripts/dev-services (bash, `set -euo pipefail`, scripts/lib/services.sh loaded).
 #
 # Debian's PostgreSQL 15 (bookworm's `postgresql`; the packages postgresql-15 and
-# postgresql-client-15 are installed if /usr/lib/postgresql/15/bin/initdb is missing), NOT the system cluster: a throwaway cluster made with initdb under
-# $KEYHOLD_SERVICES_DIR/postgres (removed when the run ends), trust authentication, superuser
-# `postgres`, UTF-8 with the C locale. It listens on 127.0.0.1 on a free port and on a Unix socket
+# postgresql-client-15 are installed if /usr/lib/postgresql/15/bin/initdb is missing), NOT the
+# system cluster: a throwaway cluster made with initdb in a new directory
+# $KEYHOLD_SERVICES_DIR/postgres.XXXXXX (removed when the run ends; a new one each time this is
+# sourced, so sourcing scripts/dev-services again in the same shell starts a second server),
+# trust authentication, superuser `postgres`, UTF-8 with the C locale. It listens on 127.0.0.1 on a free port and on a Unix socket
 # in that same directory, with fsync, synchronous_commit and full_page_writes off: fast, and
 # nothing survives a crash, which is all a test needs (never run a real database like this).
 # PostgreSQL refuses to run as root: as root, initdb and pg_ctl run as the `postgres` user
@@ -13,13 +15,14 @@
 # The postmaster's PID goes into `pids`: scripts/test stops it with SIGTERM, PostgreSQL's "smart"
 # shutdown, which waits for open sessions to end (by then the tests have ended). By hand (after
 # `source scripts/dev-services`): `kill "${pids[@]}"`, or
-# `runuser -u postgres -- "$KEYHOLD_TEST_POSTGRES_BIN/pg_ctl" -D "$KEYHOLD_SERVICES_DIR/postgres/data" -m fast stop`.
+# `runuser -u postgres -- "$KEYHOLD_TEST_POSTGRES_BIN/pg_ctl" -D "$KEYHOLD_TEST_POSTGRES_DATA" -m fast stop`.
 #
 # Exports:
 #   KEYHOLD_TEST_POSTGRES_URL   postgres://postgres@127.0.0.1:PORT/postgres (no password: trust).
 #                               Tests make their own databases (CREATE DATABASE, unique names) or
 #                               schemas rather than share `postgres`.
 #   KEYHOLD_TEST_POSTGRES_BIN   the server's bin directory (initdb, pg_ctl, createdb, psql, ...)
+#   KEYHOLD_TEST_POSTGRES_DATA  the cluster's data directory (its Unix socket is in the parent)
 # By hand: psql "$KEYHOLD_TEST_POSTGRES_URL" -c 'select version()'
 
 postgres_setup() {
@@ -30,8 +33,7 @@ postgres_setup() {
     [ -x "$bin/$tool" ] || service_fail "$name" "postgresql-15 is installed but $bin/$tool is missing"
   done
 
-  dir="$KEYHOLD_SERVICES_DIR/postgres"
-  mkdir -p "$dir"
+  dir=$(mktemp -d "$KEYHOLD_SERVICES_DIR/postgres.XXXXXX")
   if [ "$(id -u)" -eq 0 ]; then
     getent passwd postgres >/dev/null ||
       service_fail "$name" "running as root, but there is no postgres user to run PostgreSQL as"
@@ -75,6 +77,7 @@ postgres_setup() {
 
   export KEYHOLD_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
   export KEYHOLD_TEST_POSTGRES_BIN="$bin"
+  export KEYHOLD_TEST_POSTGRES_DATA="$dir/data"
   service_log "$name" "$("$bin/postgres" --version) ready at $KEYHOLD_TEST_POSTGRES_URL (data $dir/data)"
 }
 postgres_setup
