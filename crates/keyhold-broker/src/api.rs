@@ -556,7 +556,7 @@ async fn fleet_key(State(state): State<AppState>) -> ApiResult<Json<FleetKeyInfo
         .inner
         .fleet_keys
         .first()
-        .ok_or_else(|| crate::error::StoreError::Conflict("no fleet public key is configured".into()))?;
+        .ok_or_else(|| ApiError::NotFound("no fleet public key is configured".into()))?;
     Ok(Json(FleetKeyInfo {
         public_key: key.to_base64(),
         key_id: key.key_id(),

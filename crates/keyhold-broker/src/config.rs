@@ -13,8 +13,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use keyhold_core::seal::FleetPublicKey;
 use keyhold_core::snapshot::SnapshotSigningKey;
 use serde::{Deserialize, Serialize};
@@ -150,9 +148,4 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
     }
     let mut file = options.open(path).map_err(file_error(path))?;
     file.write_all(bytes).and_then(|()| file.sync_all()).map_err(file_error(path))
-}
-
-/// Base64 (standard, padded) of `bytes`.
-pub(crate) fn b64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
 }

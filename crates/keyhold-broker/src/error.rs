@@ -94,6 +94,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no such route")]
     NoRoute,
+    /// Something the broker does not have (no fleet key configured, …).
+    #[error("{0}")]
+    NotFound(String),
     /// What the store said.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -109,7 +112,7 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_field"),
-            Self::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NoRoute | Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Store(e) => match e {
                 StoreError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
                 StoreError::TenantNotFound(_)
