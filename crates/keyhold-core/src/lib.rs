@@ -23,6 +23,8 @@
 //! | [`lease`] | data keys sealed under a lease encryption key (key leasing) |
 //! | [`ironcore`] | IronCore's v3 field layout: read (migration) and write (interoperability) |
 //! | [`metadata`] | request metadata for the audit trail |
+//! | [`seal`] | secrets sealed to the proxy fleet (HPKE), for the broker |
+//! | [`snapshot`] | the broker's signed configuration snapshot |
 //! | [`error_code`] | the stable numeric error codes of the wire API |
 //! | [`wire`] | the JSON bodies of the proxy API |
 //!
@@ -48,7 +50,9 @@ pub mod kdf;
 pub mod lease;
 pub mod metadata;
 pub mod random;
+pub mod seal;
 pub mod secret;
+pub mod snapshot;
 pub mod stream;
 pub mod wire;
 
