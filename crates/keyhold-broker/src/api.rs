@@ -23,8 +23,8 @@ use crate::auth::BearerKey;
 use crate::error::{ApiError, ErrorBody};
 use crate::snapshot::Snapshots;
 use crate::store::{
-    Change, DEFAULT_PAGE_LIMIT, Invitation, KmsConfig, KmsConfigStatus, NewKmsConfig, NewSiemConfig, SiemConfig,
-    SiemConfigStatus, Store, Tenant, TenantStatus,
+    Change, DEFAULT_PAGE_LIMIT, Invitation, KmsConfig, KmsConfigStatus, NewKmsConfig,
+    NewSiemConfig, SiemConfig, SiemConfigStatus, Store, Tenant, TenantStatus,
 };
 
 /// Longest long poll of the snapshot route.
@@ -74,7 +74,15 @@ pub struct AppParts {
 impl AppState {
     /// The state of a router.
     pub fn new(parts: AppParts) -> Self {
-        let AppParts { store, snapshots, vendor_key, proxy_token, fleet_keys, max_body_bytes, shutdown } = parts;
+        let AppParts {
+            store,
+            snapshots,
+            vendor_key,
+            proxy_token,
+            fleet_keys,
+            max_body_bytes,
+            shutdown,
+        } = parts;
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -265,7 +273,11 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn require_vendor_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn require_vendor_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let ok = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -273,7 +285,11 @@ async fn require_vendor_key(State(state): State<AppState>, request: Request, nex
     if ok { next.run(request).await } else { ApiError::Unauthorized.into_response() }
 }
 
-async fn require_proxy_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn require_proxy_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let ok = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -308,7 +324,8 @@ async fn list_tenants(
 ) -> ApiResult<Json<TenantPage>> {
     let Query(query) = query?;
     let limit = page_limit(query.limit)?;
-    let page = state.store().list_tenants(query.after.as_deref(), limit, query.q.as_deref()).await?;
+    let page =
+        state.store().list_tenants(query.after.as_deref(), limit, query.q.as_deref()).await?;
     Ok(Json(TenantPage { items: page.items, next: page.next }))
 }
 
@@ -333,7 +350,8 @@ async fn get_tenant(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Tenant>> {
     let Path(id) = id?;
-    let tenant = state.store().tenant(&id).await?.ok_or(crate::error::StoreError::TenantNotFound(id))?;
+    let tenant =
+        state.store().tenant(&id).await?.ok_or(crate::error::StoreError::TenantNotFound(id))?;
     Ok(Json(tenant))
 }
 
@@ -589,10 +607,14 @@ async fn snapshot(
         changes.borrow_and_update();
         let version = snapshots.version().await?;
         if known != Some(version) {
-            let signed = snapshots.current().await.map_err(|e| ApiError::Internal(e.to_string()))?;
+            let signed =
+                snapshots.current().await.map_err(|e| ApiError::Internal(e.to_string()))?;
             return Ok((
                 StatusCode::OK,
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::ETAG, etag(signed.version))],
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                    (header::ETAG, etag(signed.version)),
+                ],
                 signed.body,
             )
                 .into_response());
@@ -611,7 +633,8 @@ async fn snapshot(
 }
 
 fn etag(version: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+    HeaderValue::from_str(&format!("\"{version}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
 /// `"42"` or `W/"42"` → 42.
@@ -636,7 +659,10 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthBody>) 
     } else if state.store().ping().await {
         (StatusCode::OK, Json(HealthBody { status: "ok".into() }))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(HealthBody { status: "database unreachable".into() }))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(HealthBody { status: "database unreachable".into() }),
+        )
     }
 }
 
@@ -654,8 +680,14 @@ struct SecuritySchemes;
 impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("vendor_key", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
-        components.add_security_scheme("proxy_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "vendor_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "proxy_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 

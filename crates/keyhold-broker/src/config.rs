@@ -64,7 +64,11 @@ fn default_max_body_bytes() -> usize {
 
 impl BrokerConfig {
     /// A configuration with the defaults and these files.
-    pub fn new(signing_key_file: PathBuf, vendor_api_key_file: PathBuf, proxy_token_file: PathBuf) -> Self {
+    pub fn new(
+        signing_key_file: PathBuf,
+        vendor_api_key_file: PathBuf,
+        proxy_token_file: PathBuf,
+    ) -> Self {
         Self {
             listen: default_listen(),
             database_url: default_database_url(),
@@ -83,7 +87,10 @@ impl BrokerConfig {
 
     /// The database URL, `DATABASE_URL` first.
     pub fn effective_database_url(&self) -> String {
-        std::env::var(DATABASE_URL_ENV).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| self.database_url.clone())
+        std::env::var(DATABASE_URL_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| self.database_url.clone())
     }
 
     /// The fleet public keys, parsed.
@@ -91,7 +98,8 @@ impl BrokerConfig {
         self.fleet_public_keys
             .iter()
             .map(|k| {
-                FleetPublicKey::from_base64(k).map_err(|e| BrokerError::Config(format!("fleet_public_keys: {e}")))
+                FleetPublicKey::from_base64(k)
+                    .map_err(|e| BrokerError::Config(format!("fleet_public_keys: {e}")))
             })
             .collect()
     }
@@ -106,7 +114,10 @@ pub fn read_bearer_key(path: &Path, what: &str) -> Result<BearerKey, BrokerError
     let bytes = Zeroizing::new(std::fs::read(path).map_err(file_error(path))?);
     let trimmed = bytes.trim_ascii();
     BearerKey::new(trimmed).ok_or_else(|| {
-        BrokerError::Config(format!("{what} in {} must be at least {MIN_KEY_LEN} bytes", path.display()))
+        BrokerError::Config(format!(
+            "{what} in {} must be at least {MIN_KEY_LEN} bytes",
+            path.display()
+        ))
     })
 }
 

@@ -58,7 +58,10 @@ impl Broker {
 
     /// Serves until `shutdown` completes, then ends long polls and waits for the requests in
     /// flight.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BrokerError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), BrokerError> {
         let Self { listener, state, shutdown: stop } = self;
         let store = state.store().clone();
         let addr = listener.local_addr()?;

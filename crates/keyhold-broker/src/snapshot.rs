@@ -2,8 +2,8 @@
 //! it. The last signed snapshot is kept and reused while the version does not change.
 
 use keyhold_core::snapshot::{
-    ConfigSnapshot, ConfigStatus, FORMAT, SignedSnapshot, SnapshotKmsConfig, SnapshotLeasing, SnapshotSigningKey,
-    SnapshotSink, SnapshotTenant, TenantStatus as SnapshotTenantStatus,
+    ConfigSnapshot, ConfigStatus, FORMAT, SignedSnapshot, SnapshotKmsConfig, SnapshotLeasing,
+    SnapshotSigningKey, SnapshotSink, SnapshotTenant, TenantStatus as SnapshotTenantStatus,
 };
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
@@ -54,8 +54,9 @@ pub fn build(data: &SnapshotData, issued_at: String) -> Result<ConfigSnapshot, S
             .iter()
             .map(|c| {
                 Ok(SnapshotKmsConfig {
-                    id: i32::try_from(c.id)
-                        .map_err(|_| StoreError::Corrupt(format!("KMS configuration id {} is too large", c.id)))?,
+                    id: i32::try_from(c.id).map_err(|_| {
+                        StoreError::Corrupt(format!("KMS configuration id {} is too large", c.id))
+                    })?,
                     status: match c.status {
                         KmsConfigStatus::Primary => ConfigStatus::Primary,
                         KmsConfigStatus::Active => ConfigStatus::Active,
@@ -121,8 +122,10 @@ impl Snapshots {
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
             .unwrap_or_default();
         let snapshot = build(&data, issued_at)?;
-        let envelope: SignedSnapshot = self.key.sign(&snapshot).map_err(|e| SnapshotBuildError::Sign(e.to_string()))?;
-        let body = serde_json::to_vec(&envelope).map_err(|e| SnapshotBuildError::Sign(e.to_string()))?;
+        let envelope: SignedSnapshot =
+            self.key.sign(&snapshot).map_err(|e| SnapshotBuildError::Sign(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&envelope).map_err(|e| SnapshotBuildError::Sign(e.to_string()))?;
         let signed = Signed { version: snapshot.version, body: body.into() };
         *last = Some(signed.clone());
         Ok(signed)

@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -20,9 +21,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::watch;
-use base64::Engine as _;
-use zeroize::Zeroizing;
 use utoipa::ToSchema;
+use zeroize::Zeroizing;
 
 use crate::error::StoreError;
 use crate::validate;
@@ -289,7 +289,8 @@ impl Store {
         let mut options = AnyPoolOptions::new();
         if is_memory_sqlite(url) {
             // Each connection to `sqlite::memory:` is a database of its own: keep exactly one.
-            options = options.max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
+            options =
+                options.max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
         } else if backend == Backend::Sqlite {
             options = options.max_connections(4).after_connect(|conn, _| {
                 Box::pin(async move {
@@ -341,16 +342,20 @@ impl Store {
 
     /// The current version: the largest change id (0 when nothing changed yet).
     pub async fn version(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS v FROM changes").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS v FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<i64, _>("v")?)
     }
 
     /// Starts a mutation: a transaction holding the next change id.
     async fn begin_change(&self) -> Result<(Transaction<'static, Any>, i64), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'change' RETURNING value")
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "UPDATE counters SET value = value + 1 WHERE name = 'change' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         Ok((tx, row.try_get::<i64, _>("value")?))
     }
 
@@ -389,7 +394,12 @@ impl Store {
     // ---- tenants ------------------------------------------------------------------------
 
     /// Creates a tenant; [`StoreError::Conflict`] if the id exists.
-    pub async fn create_tenant(&self, actor: &str, id: &str, name: Option<&str>) -> Result<Tenant, StoreError> {
+    pub async fn create_tenant(
+        &self,
+        actor: &str,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<Tenant, StoreError> {
         validate::tenant_id(id)?;
         let name = name.unwrap_or(id);
         validate::tenant_name(name)?;
@@ -410,12 +420,18 @@ impl Store {
             .bind(&tenant.created_at)
             .execute(&mut *tx)
             .await?;
-        self.commit_change(tx, change, id, actor, "tenant.create", json!({"name": tenant.name})).await?;
+        self.commit_change(tx, change, id, actor, "tenant.create", json!({"name": tenant.name}))
+            .await?;
         Ok(tenant)
     }
 
     /// The tenant, created if missing (for `keyhold up`).
-    pub async fn ensure_tenant(&self, actor: &str, id: &str, name: Option<&str>) -> Result<Tenant, StoreError> {
+    pub async fn ensure_tenant(
+        &self,
+        actor: &str,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<Tenant, StoreError> {
         if let Some(tenant) = self.tenant(id).await? {
             return Ok(tenant);
         }
@@ -451,7 +467,7 @@ impl Store {
         )
         .bind(after.unwrap_or(""))
         .bind(q)
-        .bind(i64::try_from(q.chars().count()).unwrap_or(i64::MAX))
+        .bind(i32::try_from(q.chars().count()).unwrap_or(i32::MAX))
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
@@ -468,8 +484,9 @@ impl Store {
         status: TenantStatus,
     ) -> Result<Tenant, StoreError> {
         let (mut tx, change) = self.begin_change().await?;
-        let mut tenant =
-            fetch_tenant(&mut tx, id).await?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+        let mut tenant = fetch_tenant(&mut tx, id)
+            .await?
+            .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
         if tenant.status == status {
             return Ok(tenant);
         }
@@ -505,7 +522,10 @@ impl Store {
         let expires_at = time::OffsetDateTime::now_utc()
             .checked_add(time::Duration::try_from(ttl).unwrap_or(time::Duration::DAY))
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .ok_or_else(|| StoreError::InvalidField { field: "ttl".into(), message: "out of range".into() })?;
+            .ok_or_else(|| StoreError::InvalidField {
+                field: "ttl".into(),
+                message: "out of range".into(),
+            })?;
         let (mut tx, change) = self.begin_change().await?;
         require_tenant(&mut tx, tenant).await?;
         sqlx::query(
@@ -534,7 +554,8 @@ impl Store {
         new: NewKmsConfig,
     ) -> Result<KmsConfig, StoreError> {
         let sealed_key_id = self.check_sealed(new.sealed.as_deref())?;
-        let settings_text = validate::kms_settings(&new.kind, &new.settings, new.sealed.as_deref())?;
+        let settings_text =
+            validate::kms_settings(&new.kind, &new.settings, new.sealed.as_deref())?;
         let (mut tx, change) = self.begin_change().await?;
         require_tenant(&mut tx, tenant).await?;
         let current_primary = primary_of(&mut tx, tenant).await?;
@@ -543,11 +564,21 @@ impl Store {
         } else {
             KmsConfigStatus::Primary
         });
-        let demoted = if status == KmsConfigStatus::Primary { demote_primary(&mut tx, tenant).await? } else { None };
-        let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'kms_config' RETURNING value")
-            .fetch_one(&mut *tx)
-            .await?;
+        let demoted = if status == KmsConfigStatus::Primary {
+            demote_primary(&mut tx, tenant).await?
+        } else {
+            None
+        };
+        let row = sqlx::query(
+            "UPDATE counters SET value = value + 1 WHERE name = 'kms_config' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let id = row.try_get::<i64, _>("value")?;
+        if i32::try_from(id).is_err() {
+            // EDEKs record the id as a 32-bit number.
+            return Err(StoreError::Conflict("no KMS configuration id is left".into()));
+        }
         let config = KmsConfig {
             id,
             tenant: tenant.to_owned(),
@@ -587,9 +618,10 @@ impl Store {
         tenant: &str,
         new: NewKmsConfig,
     ) -> Result<KmsConfig, StoreError> {
-        let existing = self.kms_configs(tenant).await?.into_iter().find(|c| {
-            c.kind == new.kind && c.settings == new.settings && c.sealed == new.sealed
-        });
+        let existing =
+            self.kms_configs(tenant).await?.into_iter().find(|c| {
+                c.kind == new.kind && c.settings == new.settings && c.sealed == new.sealed
+            });
         match existing {
             Some(config) => Ok(config),
             None => self.add_kms_config(actor, tenant, new).await,
@@ -632,7 +664,11 @@ impl Store {
         if config.status == status {
             return Ok(config);
         }
-        let demoted = if status == KmsConfigStatus::Primary { demote_primary(&mut tx, tenant).await? } else { None };
+        let demoted = if status == KmsConfigStatus::Primary {
+            demote_primary(&mut tx, tenant).await?
+        } else {
+            None
+        };
         sqlx::query("UPDATE kms_configs SET status = $1 WHERE id = $2")
             .bind(status.as_str())
             .bind(id)
@@ -660,14 +696,16 @@ impl Store {
     ) -> Result<SiemConfig, StoreError> {
         validate::siem_name(&new.name)?;
         let sealed_key_id = self.check_sealed(new.sealed.as_deref())?;
-        let settings_text = validate::siem_settings(&new.kind, &new.settings, new.sealed.as_deref())?;
+        let settings_text =
+            validate::siem_settings(&new.kind, &new.settings, new.sealed.as_deref())?;
         let (mut tx, change) = self.begin_change().await?;
         require_tenant(&mut tx, tenant).await?;
-        let exists = sqlx::query("SELECT name FROM siem_configs WHERE tenant_id = $1 AND name = $2")
-            .bind(tenant)
-            .bind(&new.name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let exists =
+            sqlx::query("SELECT name FROM siem_configs WHERE tenant_id = $1 AND name = $2")
+                .bind(tenant)
+                .bind(&new.name)
+                .fetch_optional(&mut *tx)
+                .await?;
         if exists.is_some() {
             return Err(StoreError::Conflict(format!("SIEM configuration {:?} exists", new.name)));
         }
@@ -734,7 +772,8 @@ impl Store {
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
-        let mut config = siem_row(&row.ok_or_else(|| StoreError::SiemConfigNotFound(name.to_owned()))?)?;
+        let mut config =
+            siem_row(&row.ok_or_else(|| StoreError::SiemConfigNotFound(name.to_owned()))?)?;
         if config.status == status {
             return Ok(config);
         }
@@ -796,7 +835,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             // One view of the database for all the statements below.
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
         }
         let version: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS v FROM changes")
             .fetch_one(&mut *tx)
@@ -819,8 +860,10 @@ impl Store {
         .await?;
         tx.commit().await?;
 
-        let mut by_tenant: std::collections::BTreeMap<String, (Tenant, Vec<KmsConfig>, Vec<SiemConfig>)> =
-            std::collections::BTreeMap::new();
+        let mut by_tenant: std::collections::BTreeMap<
+            String,
+            (Tenant, Vec<KmsConfig>, Vec<SiemConfig>),
+        > = std::collections::BTreeMap::new();
         for row in &tenants {
             let tenant = tenant_row(row)?;
             by_tenant.insert(tenant.id.clone(), (tenant, Vec::new(), Vec::new()));
@@ -902,7 +945,10 @@ fn siem_row(row: &AnyRow) -> Result<SiemConfig, StoreError> {
     })
 }
 
-async fn fetch_tenant(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Option<Tenant>, StoreError> {
+async fn fetch_tenant(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+) -> Result<Option<Tenant>, StoreError> {
     let row = sqlx::query("SELECT id, name, status, created_at FROM tenants WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -917,7 +963,10 @@ async fn require_tenant(conn: &mut sqlx::AnyConnection, id: &str) -> Result<(), 
     }
 }
 
-async fn primary_of(conn: &mut sqlx::AnyConnection, tenant: &str) -> Result<Option<i64>, StoreError> {
+async fn primary_of(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+) -> Result<Option<i64>, StoreError> {
     let row = sqlx::query("SELECT id FROM kms_configs WHERE tenant_id = $1 AND status = 'primary'")
         .bind(tenant)
         .fetch_optional(&mut *conn)
@@ -926,10 +975,16 @@ async fn primary_of(conn: &mut sqlx::AnyConnection, tenant: &str) -> Result<Opti
 }
 
 /// Demotes the tenant's primary configuration to `active`; returns its id.
-async fn demote_primary(conn: &mut sqlx::AnyConnection, tenant: &str) -> Result<Option<i64>, StoreError> {
+async fn demote_primary(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+) -> Result<Option<i64>, StoreError> {
     let primary = primary_of(conn, tenant).await?;
     if let Some(id) = primary {
-        sqlx::query("UPDATE kms_configs SET status = 'active' WHERE id = $1").bind(id).execute(&mut *conn).await?;
+        sqlx::query("UPDATE kms_configs SET status = 'active' WHERE id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(primary)
 }

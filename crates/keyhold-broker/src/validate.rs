@@ -35,7 +35,13 @@ struct TypeRules {
 }
 
 const KMS_TYPES: &[TypeRules] = &[
-    TypeRules { name: "local", required: &["key"], optional: &[], secrets: &[], needs_sealed: false },
+    TypeRules {
+        name: "local",
+        required: &["key"],
+        optional: &[],
+        secrets: &[],
+        needs_sealed: false,
+    },
     TypeRules {
         name: "aws",
         required: &["key_id"],
@@ -116,7 +122,13 @@ const SIEM_TYPES: &[TypeRules] = &[
         secrets: &["secret"],
         needs_sealed: true,
     },
-    TypeRules { name: "file", required: &["path"], optional: &[], secrets: &["secret"], needs_sealed: false },
+    TypeRules {
+        name: "file",
+        required: &["path"],
+        optional: &[],
+        secrets: &["secret"],
+        needs_sealed: false,
+    },
 ];
 
 /// The KMS types the broker accepts.
@@ -174,12 +186,19 @@ pub fn siem_name(name: &str) -> Result<(), StoreError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid("name", format!("must be 1 to {MAX_SIEM_NAME_LEN} letters, digits, '-' or '_'")))
+        Err(invalid(
+            "name",
+            format!("must be 1 to {MAX_SIEM_NAME_LEN} letters, digits, '-' or '_'"),
+        ))
     }
 }
 
 /// Checks a KMS configuration's type and settings; returns the settings' JSON text.
-pub fn kms_settings(kind: &str, settings: &Value, sealed: Option<&str>) -> Result<String, StoreError> {
+pub fn kms_settings(
+    kind: &str,
+    settings: &Value,
+    sealed: Option<&str>,
+) -> Result<String, StoreError> {
     let rules = KMS_TYPES.iter().find(|t| t.name == kind).ok_or_else(|| {
         invalid("type", format!("must be one of {}", kms_types().collect::<Vec<_>>().join(", ")))
     })?;
@@ -187,20 +206,29 @@ pub fn kms_settings(kind: &str, settings: &Value, sealed: Option<&str>) -> Resul
 }
 
 /// Checks a SIEM configuration's type and settings; returns the settings' JSON text.
-pub fn siem_settings(kind: &str, settings: &Value, sealed: Option<&str>) -> Result<String, StoreError> {
+pub fn siem_settings(
+    kind: &str,
+    settings: &Value,
+    sealed: Option<&str>,
+) -> Result<String, StoreError> {
     let rules = SIEM_TYPES.iter().find(|t| t.name == kind).ok_or_else(|| {
         invalid("type", format!("must be one of {}", siem_types().collect::<Vec<_>>().join(", ")))
     })?;
     check_settings(rules, settings, sealed)
 }
 
-fn check_settings(rules: &TypeRules, settings: &Value, sealed: Option<&str>) -> Result<String, StoreError> {
+fn check_settings(
+    rules: &TypeRules,
+    settings: &Value,
+    sealed: Option<&str>,
+) -> Result<String, StoreError> {
     let Value::Object(map) = settings else {
         return Err(invalid("settings", "must be a JSON object"));
     };
     check_no_secrets(rules, map, "")?;
     for (field, _) in map {
-        let known = rules.required.contains(&field.as_str()) || rules.optional.contains(&field.as_str());
+        let known =
+            rules.required.contains(&field.as_str()) || rules.optional.contains(&field.as_str());
         if !known {
             return Err(invalid(
                 &format!("settings.{field}"),
@@ -232,13 +260,20 @@ fn check_settings(rules: &TypeRules, settings: &Value, sealed: Option<&str>) -> 
     let text = serde_json::to_string(settings)
         .map_err(|e| invalid("settings", format!("cannot be serialised: {e}")))?;
     if text.len() > MAX_SETTINGS_LEN {
-        return Err(invalid("settings", format!("must be at most {MAX_SETTINGS_LEN} bytes of JSON")));
+        return Err(invalid(
+            "settings",
+            format!("must be at most {MAX_SETTINGS_LEN} bytes of JSON"),
+        ));
     }
     Ok(text)
 }
 
 /// Refuses any secret field in clear, at the top level or in a nested table (`approle.secret_id`).
-fn check_no_secrets(rules: &TypeRules, map: &Map<String, Value>, prefix: &str) -> Result<(), StoreError> {
+fn check_no_secrets(
+    rules: &TypeRules,
+    map: &Map<String, Value>,
+    prefix: &str,
+) -> Result<(), StoreError> {
     for (field, value) in map {
         let path = if prefix.is_empty() { field.clone() } else { format!("{prefix}.{field}") };
         if rules.secrets.contains(&path.as_str()) {
@@ -279,7 +314,8 @@ mod tests {
 
     #[test]
     fn secrets_in_clear_are_refused() {
-        let e = kms_settings("aws", &json!({"key_id": "k", "secret_access_key": "x"}), None).unwrap_err();
+        let e = kms_settings("aws", &json!({"key_id": "k", "secret_access_key": "x"}), None)
+            .unwrap_err();
         assert!(e.to_string().contains("seal"), "{e}");
         let e = kms_settings(
             "vault",

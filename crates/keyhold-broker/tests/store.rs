@@ -10,7 +10,12 @@ use serde_json::json;
 async fn ensure_is_idempotent() {
     for db in common::databases().await {
         let store = Store::connect(&db.url).await.unwrap();
-        let new = || NewKmsConfig { kind: "local".into(), settings: json!({"key": "demo-tenant"}), sealed: None, status: None };
+        let new = || NewKmsConfig {
+            kind: "local".into(),
+            settings: json!({"key": "demo-tenant"}),
+            sealed: None,
+            status: None,
+        };
         let t1 = store.ensure_tenant("keyhold up", "demo-tenant", None).await.unwrap();
         let c1 = store.ensure_kms_config("keyhold up", "demo-tenant", new()).await.unwrap();
         let version = store.version().await.unwrap();
@@ -19,7 +24,12 @@ async fn ensure_is_idempotent() {
         assert_eq!((t1, c1.id), (t2, c2.id));
         assert_eq!(c1.id, 1);
         assert_eq!(c1.status, KmsConfigStatus::Primary);
-        assert_eq!(store.version().await.unwrap(), version, "{}: nothing changed the second time", db.name);
+        assert_eq!(
+            store.version().await.unwrap(),
+            version,
+            "{}: nothing changed the second time",
+            db.name
+        );
         // Reopening keeps everything (and migrations run once).
         store.close().await;
         let store = Store::connect(&db.url).await.unwrap();

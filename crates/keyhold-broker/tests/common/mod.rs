@@ -1,6 +1,12 @@
 //! Shared test helpers: a database per test (SQLite always, PostgreSQL too when
 //! `KEYHOLD_TEST_POSTGRES_URL` is set) and a broker on a real port.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    dead_code
+)]
 
 use std::net::SocketAddr;
 
@@ -34,7 +40,8 @@ pub async fn databases() -> Vec<TestDb> {
         if !admin.is_empty() {
             sqlx::any::install_default_drivers();
             let db = format!("keyhold_test_{}", random_suffix());
-            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+            let mut conn =
+                <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.unwrap();
             conn.execute(format!("CREATE DATABASE {db}").as_str()).await.unwrap();
             let (base, query) = match admin.split_once('?') {
                 Some((b, q)) => (b.to_owned(), format!("?{q}")),
@@ -66,7 +73,11 @@ impl TestBroker {
         std::fs::write(dir.path().join("vendor"), format!("{VENDOR_KEY}\n")).unwrap();
         std::fs::write(dir.path().join("proxy"), PROXY_TOKEN).unwrap();
         let fleet = FleetSecretKey::generate().unwrap();
-        let mut config = BrokerConfig::new(dir.path().join("signing.key"), dir.path().join("vendor"), dir.path().join("proxy"));
+        let mut config = BrokerConfig::new(
+            dir.path().join("signing.key"),
+            dir.path().join("vendor"),
+            dir.path().join("proxy"),
+        );
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.database_url = db.url.clone();
         config.fleet_public_keys = vec![fleet.public_key().to_base64()];
@@ -77,7 +88,12 @@ impl TestBroker {
         let store = broker.store().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            broker.run(async move { let _ = stopped.await; }).await.unwrap();
+            broker
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
         });
         Self {
             base: format!("http://{addr}"),
@@ -97,7 +113,14 @@ impl TestBroker {
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = self.http.post(self.url(path)).bearer_auth(VENDOR_KEY).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(VENDOR_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
@@ -110,7 +133,13 @@ impl TestBroker {
 
     /// A blob sealed to the fleet key.
     pub fn seal(&self, tenant: &str, secrets: serde_json::Value) -> String {
-        keyhold_core::seal::seal(&self.fleet.public_key(), SealPurpose::Kms, tenant, secrets.to_string().as_bytes()).unwrap()
+        keyhold_core::seal::seal(
+            &self.fleet.public_key(),
+            SealPurpose::Kms,
+            tenant,
+            secrets.to_string().as_bytes(),
+        )
+        .unwrap()
     }
 
     pub async fn stop(mut self) {
@@ -126,6 +155,7 @@ impl TestBroker {
 /// Counts rows, to show that refused requests stored nothing.
 pub async fn counts(store: &Store) -> (i64, usize) {
     let data = store.snapshot_data().await.unwrap();
-    let configs = data.tenants.iter().map(|(_, k, s)| k.len() + s.len()).sum::<usize>() + data.tenants.len();
+    let configs =
+        data.tenants.iter().map(|(_, k, s)| k.len() + s.len()).sum::<usize>() + data.tenants.len();
     (data.version, configs)
 }
