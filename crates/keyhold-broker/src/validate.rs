@@ -297,7 +297,7 @@ pub fn sealed_blob(blob: &str, fleet_key_ids: &[String]) -> Result<String, Store
     }
     let key_id = keyhold_core::seal::sealed_key_id(blob)
         .map_err(|_| invalid("sealed", "is not a sealed blob (khs1.<key id>.<base64url>)"))?;
-    if !fleet_key_ids.iter().any(|k| *k == key_id) {
+    if !fleet_key_ids.contains(&key_id) {
         return Err(invalid(
             "sealed",
             format!("is sealed to fleet key {key_id}, which this broker does not know"),

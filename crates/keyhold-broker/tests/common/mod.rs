@@ -36,8 +36,10 @@ pub async fn databases() -> Vec<TestDb> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("broker.db").display());
     let mut dbs = vec![TestDb { url, name: "sqlite", _dir: Some(dir) }];
-    if let Ok(admin) = std::env::var("KEYHOLD_TEST_POSTGRES_URL") {
-        if !admin.is_empty() {
+    if let Ok(admin) = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
+        && !admin.is_empty()
+    {
+        {
             sqlx::any::install_default_drivers();
             let db = format!("keyhold_test_{}", random_suffix());
             let mut conn =
