@@ -301,11 +301,8 @@ impl Store {
         } else {
             options = options.max_connections(16);
         }
+        // sqlx turns SQLite's foreign keys on for every connection (the schema relies on them).
         let pool = options.connect(url).await?;
-        if backend == Backend::Sqlite {
-            // Off by default in SQLite; the schema relies on it.
-            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
-        }
         Migrator::new(Migrations).await?.run(&pool).await?;
         let store = Self {
             pool,
