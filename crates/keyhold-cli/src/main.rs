@@ -31,10 +31,12 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run everything on embedded defaults: a proxy with a vendor-held keystore and a demo tenant.
+    /// Run everything on embedded defaults: a Configuration Broker (SQLite) and a proxy with a
+    /// vendor-held keystore and a demo tenant.
     ///
     /// On first run creates DIR with a root key, a keystore, the tenant `demo-tenant` with its own
-    /// key, an API key (DIR/api-key) and a configuration (DIR/keyhold.toml); later runs reuse them.
+    /// key (created through the broker), an API key (DIR/api-key), the broker's keys and both
+    /// configurations (DIR/keyhold.toml, DIR/broker.toml); later runs reuse them.
     Up {
         /// Where state lives.
         #[arg(long, default_value = ".keyhold", env = "KEYHOLD_DATA_DIR")]
@@ -42,6 +44,16 @@ enum Command {
         /// Address to serve the proxy on (first run only; then edit DIR/keyhold.toml).
         #[arg(long, default_value = "127.0.0.1:32804")]
         listen: String,
+        /// Address of the broker: web UI at /, OpenAPI at /api/openapi.json (first run only;
+        /// then edit DIR/broker.toml and the [broker] url in DIR/keyhold.toml).
+        #[arg(long, default_value = "127.0.0.1:32805")]
+        broker_listen: String,
+    },
+    /// Run the Configuration Broker and Vendor Bridge API from a configuration file.
+    Broker {
+        /// The configuration file (TOML; see docs/broker.md).
+        #[arg(long, short, env = "KEYHOLD_BROKER_CONFIG")]
+        config: PathBuf,
     },
     /// Run the Tenant Security Proxy from a configuration file.
     Proxy {
@@ -70,9 +82,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up { data_dir, listen } => {
+            Command::Up { data_dir, listen, broker_listen } => {
                 init_logging(cli.log_format);
-                serve::up(&data_dir, &listen).await
+                serve::up(&data_dir, &listen, &broker_listen).await
+            }
+            Command::Broker { config } => {
+                init_logging(cli.log_format);
+                serve::broker(&config).await
             }
             Command::Proxy { config } => {
                 init_logging(cli.log_format);

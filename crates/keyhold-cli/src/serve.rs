@@ -1,27 +1,59 @@
-//! `keyhold up` and `keyhold proxy`.
+//! `keyhold up`, `keyhold proxy` and `keyhold broker`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use keyhold_broker::{Broker, BrokerConfig, NewKmsConfig};
 use keyhold_proxy::{Proxy, ProxyConfig, bootstrap, shutdown_signal};
 
 /// The tenant `keyhold up` creates.
 pub const DEMO_TENANT: &str = "demo-tenant";
 
-pub async fn up(data_dir: &Path, listen: &str) -> anyhow::Result<()> {
+pub async fn up(data_dir: &Path, listen: &str, broker_listen: &str) -> anyhow::Result<()> {
     listen
         .parse::<std::net::SocketAddr>()
         .with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:32804"))?;
-    let data = bootstrap::init_data_dir(data_dir, &[DEMO_TENANT], listen)
-        .with_context(|| format!("cannot set up {}", data_dir.display()))?;
-    let config = ProxyConfig::load(&data.config_path)?;
+    broker_listen.parse::<std::net::SocketAddr>().with_context(|| {
+        format!("--broker-listen {broker_listen:?} is not an address like 127.0.0.1:32805")
+    })?;
+    let data =
+        bootstrap::init_data_dir_with_broker(data_dir, &[DEMO_TENANT], listen, broker_listen)
+            .with_context(|| format!("cannot set up {}", data_dir.display()))?;
+    let stop = Shutdown::on_signal();
+    // The broker first: the proxy takes its tenants from it at start.
+    let mut broker_line = String::new();
+    let mut broker_addr = None;
+    let broker_task = match &data.broker_config_path {
+        Some(path) => {
+            let config = load_broker_config(path)?;
+            let broker = Broker::bind(&config)
+                .await
+                .with_context(|| format!("cannot start the broker of {}", path.display()))?;
+            seed_demo_tenant(&broker).await?;
+            let addr = broker.local_addr()?;
+            broker_addr = Some(addr);
+            broker_line = format!(
+                "\n  broker    http://{addr}  (web UI; OpenAPI at /api/openapi.json; vendor API key in {})",
+                data.dir.join(bootstrap::VENDOR_API_KEY_FILE).display()
+            );
+            Some(tokio::spawn(broker.run(stop.wait())))
+        }
+        // A data directory made before the broker existed: tenants stay in keyhold.toml.
+        None => None,
+    };
+    let mut config = ProxyConfig::load(&data.config_path)?;
+    // The broker runs in this process: its bound address is the one to pull from (it differs
+    // from the file's when --broker-listen asked for port 0).
+    if let (Some(source), Some(addr)) = (config.broker.as_mut(), broker_addr) {
+        source.url = format!("http://{addr}");
+    }
     let proxy = Proxy::bind(&config).await?;
     let addr = proxy.local_addr().context("the listener has no address")?;
     let dir = data.dir.display();
     let key_file = data.api_key_path.display();
     eprintln!(
         "\nKeyhold is running{}.\n\
-         \n  proxy     http://{addr}\
+         \n  proxy     http://{addr}{broker_line}\
          \n  data      {dir}  (configuration: {cfg})\
          \n  API key   in {key_file}\
          \n  tenants   {tenants}\
@@ -39,10 +71,98 @@ pub async fn up(data_dir: &Path, listen: &str) -> anyhow::Result<()> {
             ""
         },
         cfg = data.config_path.display(),
-        tenants = config.tenants.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", "),
+        tenants = proxy
+            .state()
+            .service
+            .registry()
+            .tenants()
+            .map(|t| t.id.clone())
+            .collect::<Vec<_>>()
+            .join(", "),
     );
-    proxy.run(shutdown_signal()).await?;
+    proxy.run(stop.wait()).await?;
+    if let Some(task) = broker_task {
+        task.await.context("the broker task failed")??;
+    }
     Ok(())
+}
+
+pub async fn broker(config_path: &Path) -> anyhow::Result<()> {
+    let config = load_broker_config(config_path)?;
+    let broker = Broker::bind(&config).await?;
+    broker.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Reads a broker configuration; relative paths (and a relative SQLite file) are relative to
+/// the file's directory, as in the proxy's configuration.
+pub fn load_broker_config(path: &Path) -> anyhow::Result<BrokerConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut config = BrokerConfig::from_toml(&text)
+        .with_context(|| format!("invalid broker configuration {}", path.display()))?;
+    let base = path.parent().map(Path::to_owned).unwrap_or_default();
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    resolve(&mut config.signing_key_file);
+    resolve(&mut config.vendor_api_key_file);
+    resolve(&mut config.proxy_token_file);
+    if let Some(rest) = config.database_url.strip_prefix("sqlite://") {
+        let file = rest.split('?').next().unwrap_or_default();
+        if !file.is_empty() && !file.starts_with('/') && !file.starts_with(':') {
+            let query = rest.strip_prefix(file).unwrap_or_default();
+            config.database_url = format!("sqlite://{}{query}", base.join(file).display());
+        }
+    }
+    Ok(config)
+}
+
+/// The demo tenant and its local key, created through the broker if missing.
+async fn seed_demo_tenant(broker: &Broker) -> anyhow::Result<()> {
+    let store = broker.store();
+    store
+        .ensure_tenant("keyhold up", DEMO_TENANT, Some("Demo tenant"))
+        .await
+        .context("cannot create the demo tenant in the broker")?;
+    store
+        .ensure_kms_config(
+            "keyhold up",
+            DEMO_TENANT,
+            NewKmsConfig {
+                kind: "local".into(),
+                settings: serde_json::json!({ "key": DEMO_TENANT }),
+                sealed: None,
+                status: None,
+            },
+        )
+        .await
+        .context("cannot create the demo tenant's KMS configuration in the broker")?;
+    Ok(())
+}
+
+/// One Ctrl-C or SIGTERM, seen by every server of the process.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    fn on_signal() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
 }
 
 pub async fn proxy(config_path: &Path) -> anyhow::Result<()> {

@@ -9,6 +9,17 @@
 //!   api-key        the API key clients send as `Authorization: cmk <key>` (0600)
 //! ```
 //!
+//! With a broker ([`init_data_dir_with_broker`]) tenants live in the broker instead, and the
+//! directory also holds:
+//!
+//! ```text
+//!   broker.toml              the broker's configuration (its database: broker.db, SQLite)
+//!   broker-signing.key(.pub) the broker's snapshot signing key (0600) and its public half
+//!   fleet.key(.pub)          the proxies' X25519 key that opens sealed credentials (0600)
+//!   proxy-token              what the proxy presents to the broker (0600)
+//!   vendor-api-key           the Vendor Bridge API key (0600)
+//! ```
+//!
 //! A second run finds `keyhold.toml` and changes nothing.
 
 use std::fs;
@@ -24,6 +35,10 @@ use zeroize::Zeroizing;
 pub const CONFIG_FILE: &str = "keyhold.toml";
 /// File name of the API key inside a data directory.
 pub const API_KEY_FILE: &str = "api-key";
+/// File name of the broker's configuration inside a data directory.
+pub const BROKER_CONFIG_FILE: &str = "broker.toml";
+/// File name of the Vendor Bridge API key inside a data directory.
+pub const VENDOR_API_KEY_FILE: &str = "vendor-api-key";
 
 /// Why a data directory could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +82,8 @@ pub struct DataDir {
     pub api_key_path: PathBuf,
     /// True if this call created it.
     pub created: bool,
+    /// The broker's configuration file, when tenants live in a broker.
+    pub broker_config_path: Option<PathBuf>,
 }
 
 /// Creates `dir` with one tenant per entry of `tenants` (each with its own local master key,
@@ -76,14 +93,44 @@ pub fn init_data_dir(
     tenants: &[&str],
     listen: &str,
 ) -> Result<DataDir, BootstrapError> {
+    init(dir, tenants, listen, None)
+}
+
+/// Like [`init_data_dir`], but tenants live in a Configuration Broker listening on
+/// `broker_listen`: the directory gets the broker's configuration and keys, and the proxy's
+/// configuration pulls from it. Only the local master keys of `tenants` are made here; the
+/// caller creates the tenants in the broker (`keyhold up` does).
+pub fn init_data_dir_with_broker(
+    dir: &Path,
+    tenants: &[&str],
+    listen: &str,
+    broker_listen: &str,
+) -> Result<DataDir, BootstrapError> {
+    init(dir, tenants, listen, Some(broker_listen))
+}
+
+fn init(
+    dir: &Path,
+    tenants: &[&str],
+    listen: &str,
+    broker_listen: Option<&str>,
+) -> Result<DataDir, BootstrapError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| BootstrapError::Io { path, source }
     };
     let config_path = dir.join(CONFIG_FILE);
     let api_key_path = dir.join(API_KEY_FILE);
+    let broker_config_path = dir.join(BROKER_CONFIG_FILE);
     if config_path.exists() {
-        return Ok(DataDir { dir: dir.to_owned(), config_path, api_key_path, created: false });
+        let broker_config_path = broker_config_path.exists().then_some(broker_config_path);
+        return Ok(DataDir {
+            dir: dir.to_owned(),
+            config_path,
+            api_key_path,
+            created: false,
+            broker_config_path,
+        });
     }
     fs::create_dir_all(dir).map_err(io(dir))?;
     #[cfg(unix)]
@@ -103,17 +150,11 @@ pub fn init_data_dir(
             });
         }
     }
-    if api_key_path.exists() {
-        fs::remove_file(&api_key_path).map_err(io(&api_key_path))?;
-    }
     let root = generate_root_key_file(&root_path)?;
     let keystore = Keystore::create(&keystore_path, root)?;
 
-    let api_key_bytes: [u8; 32] = random_array().map_err(|_| BootstrapError::Random)?;
     // Standard base64: IronCore's alloy SDK refuses API keys that are not base64 of >= 12 bytes.
-    let api_key = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(api_key_bytes));
-    write_private(&api_key_path, format!("{}\n", api_key.as_str()).as_bytes())
-        .map_err(io(&api_key_path))?;
+    write_random_key(&api_key_path)?;
 
     let mut config = format!(
         "# Keyhold proxy configuration, created by `keyhold up`. Edit and restart to add tenants.\n\
@@ -139,16 +180,96 @@ pub fn init_data_dir(
     );
     for (index, tenant) in tenants.iter().enumerate() {
         keystore.create_key(tenant)?;
+        if broker_listen.is_some() {
+            continue;
+        }
         let id = index + 1;
         config.push_str(&format!(
             "\n[[tenants]]\nid = \"{tenant}\"\n\n[[tenants.kms_configs]]\nid = {id}\nstatus = \"primary\"\ntype = \"local\"\nkey = \"{tenant}\"\n"
         ));
     }
+    let broker_config_path = match broker_listen {
+        None => None,
+        Some(broker_listen) => {
+            config.push_str(&broker_files(dir, broker_listen)?);
+            Some(broker_config_path)
+        }
+    };
     // The configuration is written last: its presence means the directory is complete.
     let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
     fs::write(&tmp, config).map_err(io(&tmp))?;
     fs::rename(&tmp, &config_path).map_err(io(&config_path))?;
-    Ok(DataDir { dir: dir.to_owned(), config_path, api_key_path, created: true })
+    Ok(DataDir {
+        dir: dir.to_owned(),
+        config_path,
+        api_key_path,
+        created: true,
+        broker_config_path,
+    })
+}
+
+/// Writes the broker's keys and configuration; returns the proxy's `[broker]` section.
+fn broker_files(dir: &Path, broker_listen: &str) -> Result<String, BootstrapError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BootstrapError::Io { path, source }
+    };
+    let fleet =
+        keyhold_core::seal::FleetSecretKey::generate().map_err(|_| BootstrapError::Random)?;
+    let fleet_path = dir.join("fleet.key");
+    write_private(&fleet_path, format!("{}\n", fleet.to_base64().as_str()).as_bytes())
+        .map_err(io(&fleet_path))?;
+    let fleet_public = fleet.public_key().to_base64();
+    let fleet_pub_path = dir.join("fleet.pub");
+    fs::write(&fleet_pub_path, format!("{fleet_public}\n")).map_err(io(&fleet_pub_path))?;
+
+    let signing = keyhold_core::snapshot::SnapshotSigningKey::generate()
+        .map_err(|_| BootstrapError::Random)?;
+    let signing_path = dir.join("broker-signing.key");
+    let der = signing.to_pkcs8().map_err(|_| BootstrapError::Random)?;
+    write_private(&signing_path, &der).map_err(io(&signing_path))?;
+    let signing_public = signing.public_key().to_base64();
+    let signing_pub_path = dir.join("broker-signing.key.pub");
+    fs::write(&signing_pub_path, format!("{signing_public}\n")).map_err(io(&signing_pub_path))?;
+
+    write_random_key(&dir.join("proxy-token"))?;
+    write_random_key(&dir.join(VENDOR_API_KEY_FILE))?;
+
+    let broker_config = format!(
+        "# Keyhold Configuration Broker, created by `keyhold up`. Reference: docs/broker.md\n\
+         listen = \"{broker_listen}\"\n\
+         # Relative paths (and a relative SQLite file) are relative to this file's directory.\n\
+         database_url = \"sqlite://broker.db?mode=rwc\"\n\
+         signing_key_file = \"broker-signing.key\"\n\
+         # Credentials are sealed in the browser to this key; only the proxies hold fleet.key.\n\
+         fleet_public_keys = [\"{fleet_public}\"]\n\
+         vendor_api_key_file = \"{VENDOR_API_KEY_FILE}\"\n\
+         proxy_token_file = \"proxy-token\"\n"
+    );
+    let broker_path = dir.join(BROKER_CONFIG_FILE);
+    fs::write(&broker_path, broker_config).map_err(io(&broker_path))?;
+    Ok(format!(
+        "\n[broker]\n\
+         # Tenants come from the Configuration Broker (docs/broker.md): its signed snapshot is\n\
+         # checked with the broker's public key and kept in broker-snapshot.json.\n\
+         url = \"http://{broker_listen}\"\n\
+         token_file = \"proxy-token\"\n\
+         public_keys = [\"{signing_public}\"]\n\
+         fleet_key_files = [\"fleet.key\"]\n\
+         poll_interval_ms = 5000\n"
+    ))
+}
+
+/// 32 random bytes, standard base64, in a new 0600 file.
+fn write_random_key(path: &Path) -> Result<(), BootstrapError> {
+    let bytes: [u8; 32] = random_array().map_err(|_| BootstrapError::Random)?;
+    let key = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes));
+    if path.exists() {
+        fs::remove_file(path)
+            .map_err(|source| BootstrapError::Io { path: path.to_owned(), source })?;
+    }
+    write_private(path, format!("{}\n", key.as_str()).as_bytes())
+        .map_err(|source| BootstrapError::Io { path: path.to_owned(), source })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
