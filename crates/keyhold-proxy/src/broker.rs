@@ -165,11 +165,8 @@ fn build_entry(
             let Value::String(value) = value else {
                 return Err(format!("sealed credential {name:?} is not a string"));
             };
-            if fields.contains_key(&name) {
-                return Err(format!("{name:?} is both sealed and in the clear settings"));
-            }
             secrets.push(Zeroizing::new(value.clone()));
-            fields.insert(name, Value::String(value));
+            insert_secret(&mut fields, &name, value)?;
         }
     }
     fields.insert("id".into(), Value::from(config.id));
@@ -185,6 +182,31 @@ fn build_entry(
         }
         message
     })
+}
+
+/// Puts a sealed credential in its place: `token`, or `approle.secret_id` for a field of a
+/// nested table. A field present in the clear too is an error.
+fn insert_secret(fields: &mut Map<String, Value>, name: &str, value: String) -> Result<(), String> {
+    let mut table = fields;
+    let mut parts = name.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if part.is_empty() {
+            return Err(format!("sealed credential name {name:?} is not a field name"));
+        }
+        if parts.peek().is_none() {
+            if table.contains_key(part) {
+                return Err(format!("{name:?} is both sealed and in the clear settings"));
+            }
+            table.insert(part.to_owned(), Value::String(value));
+            return Ok(());
+        }
+        let entry = table.entry(part.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(inner) = entry else {
+            return Err(format!("sealed credential {name:?}: {part:?} is not a table"));
+        };
+        table = inner;
+    }
+    Err(format!("sealed credential name {name:?} is empty"))
 }
 
 /// Refuses what would make the proxy read its own files or environment on the say-so of
@@ -490,6 +512,27 @@ mod tests {
         assert!(first.contains("both sealed and in the clear"), "{first}");
         let second = tenants[1].kms_configs[0].entry.as_ref().unwrap_err();
         assert!(second.contains("unique"), "{second}");
+    }
+
+    #[test]
+    fn a_nested_credential_goes_into_its_table() {
+        let fleet = FleetSecretKey::generate().unwrap();
+        let settings =
+            serde_json::json!({"address": "http://x", "key": "k", "approle": {"role_id": "r"}});
+        let config = SnapshotKmsConfig {
+            id: 5,
+            status: ConfigStatus::Primary,
+            kms_type: "vault".into(),
+            settings: settings.as_object().unwrap().clone(),
+            sealed: Some(
+                seal(&fleet.public_key(), SealPurpose::Kms, "a", br#"{"approle.secret_id":"sid"}"#)
+                    .unwrap(),
+            ),
+        };
+        let snap = snapshot(vec![tenant("a", TenantStatus::Active, vec![config])]);
+        let entry = prepare(&snap, &[fleet], false).remove(0).kms_configs.remove(0).entry;
+        let entry = entry.unwrap();
+        assert!(format!("{entry:?}").contains("role_id"), "{entry:?}");
     }
 
     #[test]

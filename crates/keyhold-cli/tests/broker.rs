@@ -1,0 +1,438 @@
+//! Proxies configured from a Configuration Broker, as separate processes: `keyhold broker` on
+//! PostgreSQL and three `keyhold proxy`, with the Vendor Bridge API driving changes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyhold");
+
+/// A child process, killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A test server's address from `scripts/test`, or `None` (skip) with KEYHOLD_SKIP_SERVICES=1.
+fn service_env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var("KEYHOLD_SKIP_SERVICES").as_deref() == Ok("1") => {
+            eprintln!("SKIPPED: {name} is not set and KEYHOLD_SKIP_SERVICES=1");
+            None
+        }
+        _ => panic!(
+            "{name} is not set: run scripts/test (it starts the test servers), or `source \
+             scripts/dev-services` first; KEYHOLD_SKIP_SERVICES=1 skips such tests"
+        ),
+    }
+}
+
+/// A data directory made by `keyhold up` (keys, keystore with the demo key, configurations),
+/// with its own broker and proxy stopped again.
+fn data_dir(root: &Path) -> PathBuf {
+    let mut child = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--broker-listen", "127.0.0.1:0"])
+        .current_dir(root)
+        .env_remove("KEYHOLD_API_KEY")
+        .env_remove("KEYHOLD_DATA_DIR")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = root.join(".keyhold");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join("broker-snapshot.json").exists() {
+        assert!(Instant::now() < deadline, "keyhold up did not finish setting up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_file(dir.join("broker-snapshot.json")).unwrap();
+    dir
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+/// Starts `keyhold broker` on `database_url`, listening on `port`.
+fn start_broker(dir: &Path, port: u16, database_url: &str) -> Process {
+    let config = dir.join("broker.toml");
+    let text = read(&config);
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen") {
+                format!("listen = \"127.0.0.1:{port}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(BIN)
+        .args(["broker", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", database_url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let process = Process(child);
+    wait_until(Duration::from_secs(30), "the broker never became ready", || {
+        get(&format!("http://127.0.0.1:{port}"), "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    process
+}
+
+/// Writes `keyhold-<name>.toml`: the proxy configuration of `keyhold up` with its own spool
+/// and snapshot cache, pulling from the broker at `broker_port` every `poll_ms`.
+fn proxy_config(dir: &Path, name: &str, broker_port: u16, poll_ms: u64) -> PathBuf {
+    let text = read(&dir.join("keyhold.toml"));
+    let mut out = String::new();
+    for line in text.lines() {
+        let line = if line.starts_with("url = ") {
+            format!("url = \"http://127.0.0.1:{broker_port}\"")
+        } else if line.starts_with("spool_dir = ") {
+            format!("spool_dir = \"audit-{name}\"")
+        } else if line.starts_with("poll_interval_ms = ") {
+            format!("poll_interval_ms = {poll_ms}\ncache_file = \"snapshot-{name}.json\"")
+        } else {
+            line.to_owned()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let path = dir.join(format!("keyhold-{name}.toml"));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+struct Proxy {
+    _process: Process,
+    url: String,
+}
+
+/// Starts `keyhold proxy`; waits for it to listen (not to be ready: a proxy without any
+/// snapshot is deliberately not ready).
+fn start_proxy(config: &Path) -> Proxy {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(config)
+        .env("KEYHOLD_LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("KEYHOLD_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let process = Process(child);
+    wait_until(Duration::from_secs(30), "keyhold proxy never listened", || {
+        get(&url, "/live").is_some()
+    });
+    Proxy { _process: process, url }
+}
+
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what} (after {:?})", start.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn get(url: &str, path: &str) -> Option<(u16, String)> {
+    runtime().block_on(async {
+        let response = reqwest::get(format!("{url}{path}")).await.ok()?;
+        Some((response.status().as_u16(), response.text().await.ok()?))
+    })
+}
+
+/// A Vendor Bridge call; returns the status and the JSON body.
+fn vendor(broker: &str, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{broker}{path}");
+        let mut request = match method {
+            "GET" => client.get(url),
+            _ => client.post(url),
+        }
+        .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    })
+}
+
+/// A wrap for `tenant`; returns the status and the body.
+fn wrap(proxy: &str, api_key: &str, tenant: &str) -> (u16, Value) {
+    runtime().block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("{proxy}/api/1/document/wrap"))
+            .header("Authorization", format!("cmk {api_key}"))
+            .json(&json!({"tenantId": tenant, "iclFields": {"requestingId": "broker-test"}}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
+/// A new, empty database on the test PostgreSQL server.
+fn new_database(server_url: &str) -> String {
+    let name = format!("keyhold_cli_{}", std::process::id());
+    let drop_create = Command::new("psql")
+        .arg(server_url)
+        .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {name}"), "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .status()
+        .expect("psql (PostgreSQL's client) must be installed: scripts/services/postgres.sh does");
+    assert!(drop_create.success());
+    let (base, _) = server_url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+#[test]
+fn three_proxy_processes_follow_one_broker_on_postgresql() {
+    let Some(pg) = service_env("KEYHOLD_TEST_POSTGRES_URL") else { return };
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(root.path());
+    let api_key = read(&dir.join("api-key"));
+    let vendor_key = read(&dir.join("vendor-api-key"));
+    let database = new_database(&pg);
+    let broker_port = free_port();
+    let broker_url = format!("http://127.0.0.1:{broker_port}");
+    let broker = start_broker(&dir, broker_port, &database);
+
+    // The tenant and its key, created through the Vendor Bridge API before any proxy runs.
+    let (status, body) =
+        vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(json!({"id": "acme"})));
+    assert_eq!(status, 201, "{body}");
+    let poll = Duration::from_millis(1000);
+    let proxies: Vec<Proxy> = (1..=3)
+        .map(|i| start_proxy(&proxy_config(&dir, &i.to_string(), broker_port, 1000)))
+        .collect();
+    for proxy in &proxies {
+        wait_until(Duration::from_secs(10), "a proxy never became ready", || {
+            get(&proxy.url, "/ready").is_some_and(|(s, _)| s == 200)
+        });
+        // A tenant without a KMS configuration is not served.
+        assert_eq!(wrap(&proxy.url, &api_key, "acme").1["code"], 201);
+    }
+
+    // A change reaches all three within the poll interval (long poll: usually at once).
+    let (status, body) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        "/api/v1/tenants/acme/kms-configs",
+        Some(json!({"type": "local", "settings": {"key": "demo-tenant"}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let config_id = body["id"].as_i64().unwrap();
+    for proxy in &proxies {
+        let took = wait_until(poll + Duration::from_secs(2), "the new KMS configuration", || {
+            wrap(&proxy.url, &api_key, "acme").0 == 200
+        });
+        eprintln!("proxy {} applied the new configuration in {took:?}", proxy.url);
+    }
+    let (_, metrics) = get(&proxies[0].url, "/metrics").unwrap();
+    assert!(metrics.contains("keyhold_config_version"), "{metrics}");
+
+    // Disabling the tenant in the broker cuts it off on every proxy.
+    let (status, _) =
+        vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants/acme/disable", None);
+    assert_eq!(status, 200);
+    for proxy in &proxies {
+        wait_until(poll + Duration::from_secs(2), "the tenant's disabling", || {
+            wrap(&proxy.url, &api_key, "acme").1["code"] == 201
+        });
+    }
+    let (status, _) = vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants/acme/enable", None);
+    assert_eq!(status, 200);
+    for proxy in &proxies {
+        wait_until(poll + Duration::from_secs(2), "the tenant's enabling", || {
+            wrap(&proxy.url, &api_key, "acme").0 == 200
+        });
+    }
+
+    // The broker stops: every proxy keeps serving from its last snapshot, and stays ready.
+    drop(broker);
+    std::thread::sleep(poll * 2);
+    for proxy in &proxies {
+        let (status, body) = wrap(&proxy.url, &api_key, "acme");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(get(&proxy.url, "/ready").unwrap().0, 200);
+        let (_, metrics) = get(&proxy.url, "/metrics").unwrap();
+        assert!(!metrics.contains("keyhold_broker_poll_failures_total 0\n"), "{metrics}");
+    }
+
+    // A proxy restarted while the broker is down starts from its cached snapshot.
+    let mut proxies = proxies;
+    let restarted = {
+        drop(proxies.remove(0));
+        start_proxy(&dir.join("keyhold-1.toml"))
+    };
+    wait_until(Duration::from_secs(10), "the restarted proxy never became ready", || {
+        get(&restarted.url, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let (status, wrapped) = wrap(&restarted.url, &api_key, "acme");
+    assert_eq!(status, 200, "{wrapped}");
+    assert!(!wrapped["edek"].as_str().unwrap().is_empty());
+    let _ = config_id;
+    drop(restarted);
+
+    // A tampered cached snapshot is refused: the proxy serves no tenant and is not ready.
+    let cache = dir.join("snapshot-1.json");
+    let mut signed: Value = serde_json::from_str(&read(&cache)).unwrap();
+    let payload = signed["payload"].as_str().unwrap();
+    let mut bytes = base64_decode(payload);
+    let at = bytes.windows(6).position(|w| w == b"\"acme\"").unwrap();
+    bytes[at + 1] = b'x';
+    signed["payload"] = Value::String(base64_encode(&bytes));
+    std::fs::write(&cache, signed.to_string()).unwrap();
+    let tampered = start_proxy(&dir.join("keyhold-1.toml"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(&tampered.url, "/ready").unwrap().0, 503);
+    assert_eq!(wrap(&tampered.url, &api_key, "acme").1["code"], 201);
+    assert_eq!(wrap(&tampered.url, &api_key, "xcme").1["code"], 201);
+}
+
+#[test]
+fn a_proxy_refuses_snapshots_signed_by_a_key_it_does_not_trust() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(root.path());
+    let broker_port = free_port();
+    let database = format!("sqlite://{}?mode=rwc", dir.join("broker.db").display());
+    let _broker = start_broker(&dir, broker_port, &database);
+    // The same configuration, but trusting another broker key.
+    let config = proxy_config(&dir, "untrusting", broker_port, 500);
+    let other = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=";
+    let text = read(&config)
+        .lines()
+        .map(|l| {
+            if l.starts_with("public_keys") {
+                format!("public_keys = [\"{other}\"]")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text).unwrap();
+    let proxy = start_proxy(&config);
+    wait_until(Duration::from_secs(10), "the refusal was never counted", || {
+        get(&proxy.url, "/metrics").is_some_and(|(_, m)| {
+            m.lines().any(|l| {
+                l.starts_with("keyhold_broker_snapshots_refused_total ") && !l.ends_with(" 0")
+            })
+        })
+    });
+    assert_eq!(get(&proxy.url, "/ready").unwrap().0, 503);
+    let api_key = read(&dir.join("api-key"));
+    assert_eq!(wrap(&proxy.url, &api_key, "demo-tenant").1["code"], 201);
+}
+
+#[test]
+fn a_vault_configuration_with_a_sealed_token_wraps_the_tenants_new_keys() {
+    let (Some(bao), Some(token)) =
+        (service_env("KEYHOLD_TEST_OPENBAO_ADDR"), service_env("KEYHOLD_TEST_OPENBAO_ROOT_TOKEN"))
+    else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(root.path());
+    let api_key = read(&dir.join("api-key"));
+    let vendor_key = read(&dir.join("vendor-api-key"));
+    let broker_port = free_port();
+    let broker_url = format!("http://127.0.0.1:{broker_port}");
+    let database = format!("sqlite://{}?mode=rwc", dir.join("broker.db").display());
+    let _broker = start_broker(&dir, broker_port, &database);
+    let proxy = start_proxy(&proxy_config(&dir, "vault", broker_port, 1000));
+    wait_until(Duration::from_secs(10), "the proxy never became ready", || {
+        get(&proxy.url, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+
+    // As the CLI (and the web page) do: fetch the fleet key, seal the token to it for this
+    // tenant, and send only the sealed blob.
+    let (status, fleet) = vendor(&broker_url, &vendor_key, "GET", "/api/v1/fleet-key", None);
+    assert_eq!(status, 200, "{fleet}");
+    let fleet_key =
+        keyhold_core::seal::FleetPublicKey::from_base64(fleet["public_key"].as_str().unwrap())
+            .unwrap();
+    let secret = json!({ "token": token }).to_string();
+    let sealed = keyhold_core::seal::seal(
+        &fleet_key,
+        keyhold_core::seal::SealPurpose::Kms,
+        "demo-tenant",
+        secret.as_bytes(),
+    )
+    .unwrap();
+    let (status, body) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        "/api/v1/tenants/demo-tenant/kms-configs",
+        Some(json!({
+            "type": "vault",
+            "settings": {"address": bao, "key": "keyhold-stable"},
+            "sealed": sealed,
+            "status": "primary",
+        })),
+    );
+    assert_eq!(status, 201, "{body}");
+    let vault_config = body["id"].as_i64().unwrap();
+
+    // The broker never stored the token: not in its database, nor in what it answers.
+    let db = std::fs::read(dir.join("broker.db")).unwrap();
+    assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in broker.db");
+    let (_, history) =
+        vendor(&broker_url, &vendor_key, "GET", "/api/v1/tenants/demo-tenant/history", None);
+    assert!(!history.to_string().contains(&token));
+
+    // New keys of the tenant are wrapped by Vault from now on; the EDEK names the config.
+    wait_until(Duration::from_secs(5), "new keys never came from the Vault configuration", || {
+        let (status, wrapped) = wrap(&proxy.url, &api_key, "demo-tenant");
+        status == 200 && edek_config(wrapped["edek"].as_str().unwrap()) == vault_config
+    });
+}
+
+fn edek_config(edek: &str) -> i64 {
+    let edeks = keyhold_core::edek::EncryptedDeks::from_base64(edek).unwrap();
+    i64::from(edeks.encrypted_deks[0].kms_config_id)
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
