@@ -144,14 +144,14 @@ impl TenantRegistry {
                     .and_then(|t| t.config(prepared.id))
                     .filter(|c| c.fingerprint.as_deref() == Some(prepared.fingerprint.as_str()))
                     .map(|c| Arc::clone(&c.kms));
-                let kms = match (reused, prepared.entry) {
-                    (Some(kms), _) => kms,
+                let (kms, built) = match (reused, prepared.entry) {
+                    (Some(kms), _) => (kms, true),
                     (None, Ok(entry)) => {
                         match connect(config, &tenant.config.id, &entry, keystore.as_ref()).await {
-                            Ok(kms) => kms,
+                            Ok(kms) => (kms, true),
                             Err(e) => {
                                 problems.push(e.to_string());
-                                Arc::new(BrokenKms(e.to_string()))
+                                (Arc::new(BrokenKms(e.to_string())) as Arc<dyn Kms>, false)
                             }
                         }
                     }
@@ -161,14 +161,16 @@ impl TenantRegistry {
                             tenant.config.id, prepared.id
                         );
                         problems.push(message.clone());
-                        Arc::new(BrokenKms(message))
+                        (Arc::new(BrokenKms(message)) as Arc<dyn Kms>, false)
                     }
                 };
                 configs.push(KmsConfig {
                     id: prepared.id,
                     status: prepared.status,
                     kms,
-                    fingerprint: Some(prepared.fingerprint),
+                    // A configuration that could not be built is tried again with the next
+                    // snapshot (a key created since, a KMS that answers again).
+                    fingerprint: built.then_some(prepared.fingerprint),
                 });
             }
             let lease_policy = config.lease_policy(&tenant.config);
@@ -254,6 +256,10 @@ async fn connect(
         |source| RegistryError::Kms { tenant: tenant.to_owned(), config_id: entry.id, source };
     let kms: Arc<dyn Kms> = match (&entry.kms, keystore) {
         (KmsSettings::Local { key }, Some(ks)) => {
+            // A key made by `keyhold keys create` since the last use: read the file again.
+            if let Err(e) = ks.reload_if_changed() {
+                tracing::warn!(error = %e, "cannot re-read the local keystore");
+            }
             if ks.info(key).is_none() {
                 return Err(RegistryError::MissingLocalKey {
                     tenant: tenant.to_owned(),
