@@ -5,6 +5,7 @@
 mod audit;
 mod crypt;
 mod keys;
+mod seal;
 mod serve;
 
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Check the audit trail.
     Audit(audit::AuditArgs),
+    /// Seal a credential (a JSON object on standard input) to the proxy fleet's key for a
+    /// tenant, for the `sealed` field of a broker configuration.
+    Seal(seal::SealArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             Command::Decrypt(args) => crypt::decrypt(args).await,
             Command::Keys(args) => keys::run(args),
             Command::Audit(args) => audit::run(args),
+            Command::Seal(args) => seal::run(args).await,
         }
     });
     match result {

@@ -378,21 +378,23 @@ fn a_vault_configuration_with_a_sealed_token_wraps_the_tenants_new_keys() {
         get(&proxy.url, "/ready").is_some_and(|(s, _)| s == 200)
     });
 
-    // As the CLI (and the web page) do: fetch the fleet key, seal the token to it for this
-    // tenant, and send only the sealed blob.
-    let (status, fleet) = vendor(&broker_url, &vendor_key, "GET", "/api/v1/fleet-key", None);
-    assert_eq!(status, 200, "{fleet}");
-    let fleet_key =
-        keyhold_core::seal::FleetPublicKey::from_base64(fleet["public_key"].as_str().unwrap())
-            .unwrap();
-    let secret = json!({ "token": token }).to_string();
-    let sealed = keyhold_core::seal::seal(
-        &fleet_key,
-        keyhold_core::seal::SealPurpose::Kms,
-        "demo-tenant",
-        secret.as_bytes(),
-    )
-    .unwrap();
+    // `keyhold seal` fetches the fleet key from the broker and seals the token for this tenant,
+    // as the web page does: only the sealed blob goes to the broker.
+    let mut child = Command::new(BIN)
+        .args(["seal", "--tenant", "demo-tenant", "--broker", &broker_url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(json!({ "token": token }).to_string().as_bytes()).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let sealed = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(sealed.starts_with("khs1.") && !sealed.contains(&token), "{sealed}");
     let (status, body) = vendor(
         &broker_url,
         &vendor_key,
