@@ -260,6 +260,8 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_vendor_key));
     let proxy = Router::new()
         .route("/api/proxy/v1/snapshot", get(snapshot))
+        .route("/api/proxy/v1/admin-events/claim", post(crate::admin_events::claim))
+        .route("/api/proxy/v1/admin-events/ack", post(crate::admin_events::ack))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_proxy_token));
     Router::new()
         .merge(vendor)
@@ -698,10 +700,12 @@ impl Modify for SecuritySchemes {
     paths(create_tenant, list_tenants, get_tenant, disable_tenant, enable_tenant, create_invitation,
           list_kms_configs, add_kms_config, primary_kms_config, disable_kms_config, enable_kms_config,
           list_siem_configs, add_siem_config, disable_siem_config, enable_siem_config, history,
-          fleet_key, snapshot, health, ready, openapi_json),
+          fleet_key, snapshot, crate::admin_events::claim, crate::admin_events::ack, health, ready,
+          openapi_json),
     components(schemas(ErrorBody, Tenant, TenantStatus, TenantPage, CreateTenant, KmsConfig, KmsConfigStatus,
                        NewKmsConfig, KmsConfigList, SiemConfig, SiemConfigStatus, NewSiemConfig, SiemConfigList,
-                       Change, ChangePage, CreateInvitation, Invitation, InvitationCreated, FleetKeyInfo, HealthBody)),
+                       Change, ChangePage, crate::admin_events::ClaimRequest, crate::admin_events::AdminEventBatch,
+                       crate::admin_events::AckRequest, CreateInvitation, Invitation, InvitationCreated, FleetKeyInfo, HealthBody)),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin_events;
 pub mod api;
 pub mod auth;
 pub mod config;

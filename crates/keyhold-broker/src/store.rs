@@ -250,13 +250,22 @@ struct Migrations;
 impl<'s> MigrationSource<'s> for Migrations {
     fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
         Box::pin(async {
-            Ok(vec![Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../migrations/0001_init.sql")),
-                false,
-            )])
+            Ok(vec![
+                Migration::new(
+                    1,
+                    Cow::Borrowed("init"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0001_init.sql")),
+                    false,
+                ),
+                Migration::new(
+                    3,
+                    Cow::Borrowed("admin_events"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0003_admin_events.sql")),
+                    false,
+                ),
+            ])
         })
     }
 }
@@ -272,6 +281,11 @@ fn is_memory_sqlite(url: &str) -> bool {
 }
 
 impl Store {
+    /// The connection pool (for the other modules of the crate that keep tables).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Connects (`sqlite://file?mode=rwc`, `sqlite::memory:`, `postgres://…`) and brings the
     /// schema up to date.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {

@@ -581,6 +581,8 @@ async fn fleet_key_health_and_openapi() {
         ("/api/v1/tenants/{id}/history", "get"),
         ("/api/v1/fleet-key", "get"),
         ("/api/proxy/v1/snapshot", "get"),
+        ("/api/proxy/v1/admin-events/claim", "post"),
+        ("/api/proxy/v1/admin-events/ack", "post"),
         ("/health", "get"),
         ("/ready", "get"),
         ("/api/openapi.json", "get"),

@@ -45,3 +45,36 @@ async fn in_memory_sqlite_works() {
     assert_eq!(store.list_tenants(None, 10, None).await.unwrap().items.len(), 1);
     assert_eq!(store.version().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn admin_events_go_to_one_proxy_at_a_time_and_the_cursor_moves_on_ack() {
+    for db in common::databases().await {
+        let store = Store::connect(&db.url).await.unwrap();
+        store.create_tenant("vendor", "acme", None).await.unwrap();
+        store.create_tenant("vendor", "beta", None).await.unwrap();
+        let first = store.claim_admin_events("proxy-a").await.unwrap().expect("the lease is free");
+        assert_eq!(first.cursor, 0);
+        let ids: Vec<i64> = first.changes.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [1, 2], "{}", db.name);
+        assert_eq!(first.changes[0].action, "tenant.create");
+        assert_eq!(first.changes[0].tenant, "acme");
+        // Another proxy gets nothing while a holds the lease, and cannot move the cursor.
+        assert!(store.claim_admin_events("proxy-b").await.unwrap().is_none());
+        assert!(!store.ack_admin_events("proxy-b", 2).await.unwrap());
+        // Not acknowledged yet: the same changes again (at least once).
+        let again = store.claim_admin_events("proxy-a").await.unwrap().unwrap();
+        assert_eq!(again.changes.len(), 2);
+        assert!(store.ack_admin_events("proxy-a", 2).await.unwrap());
+        let after = store.claim_admin_events("proxy-a").await.unwrap().unwrap();
+        assert_eq!((after.cursor, after.changes.len()), (2, 0), "{}", db.name);
+        store
+            .set_tenant_status("vendor", "beta", keyhold_broker::TenantStatus::Disabled)
+            .await
+            .unwrap();
+        let next = store.claim_admin_events("proxy-a").await.unwrap().unwrap();
+        assert_eq!(next.changes.iter().map(|c| c.id).collect::<Vec<_>>(), [3]);
+        // An older acknowledgement never moves the cursor back.
+        assert!(store.ack_admin_events("proxy-a", 1).await.unwrap());
+        assert_eq!(store.claim_admin_events("proxy-a").await.unwrap().unwrap().cursor, 2);
+    }
+}

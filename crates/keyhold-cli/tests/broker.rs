@@ -281,6 +281,36 @@ fn three_proxy_processes_follow_one_broker_on_postgresql() {
         });
     }
 
+    // Every change is an admin event in the tenant's audit trail, recorded by one proxy (the
+    // holder of the broker's admin-events lease): who did what, when.
+    let admin_events = |operation: &str| -> Vec<Value> {
+        (1..=3)
+            .flat_map(|i| {
+                let file = dir.join(format!("audit-{i}/acme.jsonl"));
+                std::fs::read_to_string(file)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+            .filter_map(|record| record.get("event").cloned())
+            .filter(|event| event["kind"] == "admin" && event["operation"] == operation)
+            .collect()
+    };
+    wait_until(Duration::from_secs(10), "the admin events were never recorded", || {
+        ["tenant.create", "kms_config.add", "tenant.disable", "tenant.enable"]
+            .iter()
+            .all(|op| !admin_events(op).is_empty())
+    });
+    let created = admin_events("tenant.create");
+    assert_eq!(created.len(), 1, "recorded once, by one proxy: {created:?}");
+    assert_eq!(created[0]["requesting_id"], "vendor");
+    assert_eq!(created[0]["tenant"], "acme");
+    let added = admin_events("kms_config.add");
+    assert_eq!(added[0]["kms_config_id"], config_id);
+    assert!(added[0]["custom"]["detail"].as_str().unwrap().contains("demo-tenant"));
+
     // The broker stops: every proxy keeps serving from its last snapshot, and stays ready.
     drop(broker);
     std::thread::sleep(poll * 2);

@@ -344,6 +344,54 @@ impl BrokerClient {
         Ok(Some((signed, snapshot)))
     }
 
+    /// Takes (or renews) the broker's admin-events lease for `proxy` and returns the changes not
+    /// yet recorded as admin events; `None` while another proxy holds the lease.
+    pub async fn claim_admin_events(
+        &self,
+        proxy: &str,
+    ) -> Result<Option<Vec<BrokerChange>>, BrokerError> {
+        let response = self
+            .http
+            .post(format!("{}/admin-events/claim", self.proxy_api()))
+            .bearer_auth(self.token.as_str())
+            .json(&serde_json::json!({ "proxy": proxy }))
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unreachable(e.without_url().to_string()))?;
+        match response.status() {
+            reqwest::StatusCode::NO_CONTENT => Ok(None),
+            status if status.is_success() => {
+                let batch: AdminEventBatch = response
+                    .json()
+                    .await
+                    .map_err(|e| BrokerError::Unreachable(format!("not a change batch: {e}")))?;
+                Ok(Some(batch.changes))
+            }
+            status => Err(BrokerError::Unreachable(format!("admin events: HTTP {status}"))),
+        }
+    }
+
+    /// Tells the broker the changes up to `up_to` are in this proxy's spool.
+    pub async fn ack_admin_events(&self, proxy: &str, up_to: i64) -> Result<(), BrokerError> {
+        let response = self
+            .http
+            .post(format!("{}/admin-events/ack", self.proxy_api()))
+            .bearer_auth(self.token.as_str())
+            .json(&serde_json::json!({ "proxy": proxy, "up_to": up_to }))
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unreachable(e.without_url().to_string()))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unreachable(format!("admin events ack: HTTP {}", response.status())))
+        }
+    }
+
+    fn proxy_api(&self) -> &str {
+        self.snapshot_url.trim_end_matches("/snapshot")
+    }
+
     /// Verifies a signed snapshot against the trusted broker keys.
     pub fn verify(&self, signed: &SignedSnapshot) -> Result<ConfigSnapshot, BrokerError> {
         Ok(keyhold_core::snapshot::verify(signed, &self.trusted)?)
@@ -391,6 +439,55 @@ impl BrokerClient {
             file.sync_all()?;
         }
         std::fs::rename(&tmp, &self.cache_file)
+    }
+}
+
+/// One change of the broker's history, as the admin-events route hands it out.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BrokerChange {
+    /// Increasing id (the snapshot version after it).
+    pub id: i64,
+    /// The tenant changed.
+    pub tenant: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who (`vendor`, `admin:<email>`, `keyhold up`).
+    pub actor: String,
+    /// What (`tenant.create`, `kms_config.primary`, …).
+    pub action: String,
+    /// Details (never a credential).
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AdminEventBatch {
+    changes: Vec<BrokerChange>,
+}
+
+impl BrokerChange {
+    /// The audit event of this change, for the tenant's trail.
+    pub fn to_audit_event(&self, proxy: &str) -> keyhold_audit::AuditEvent {
+        let mut event = keyhold_audit::AuditEvent::new(
+            keyhold_audit::EventKind::Admin,
+            &self.tenant,
+            &self.action,
+        );
+        event.requesting_id = self.actor.clone();
+        // The change id names the event: a change recorded twice (at least once) is
+        // recognisable.
+        event.request_id = format!("broker-change-{}", self.id);
+        event.object_id = self.id.to_string();
+        event.kms_config_id = self
+            .detail
+            .get("id")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|id| i32::try_from(id).ok())
+            .filter(|_| self.action.starts_with("kms_config."));
+        event.custom.insert("changed_at".into(), self.at.clone());
+        event.custom.insert("detail".into(), self.detail.to_string());
+        event.proxy = proxy.to_owned();
+        event
     }
 }
 

@@ -824,10 +824,12 @@ mod tests {
     #[cfg(feature = "aws")]
     #[test]
     fn the_readme_configuration_parses() {
+        // Both TOML blocks of the README: tenants from a broker, and from the file.
         let readme = include_str!("../../../README.md");
-        let start = readme.find("```toml\n").unwrap() + "```toml\n".len();
-        let end = start + readme[start..].find("```").unwrap();
-        let config = ProxyConfig::from_toml(&readme[start..end]).unwrap();
+        let mut blocks = readme.split("```toml\n").skip(1).map(|b| &b[..b.find("```").unwrap()]);
+        let broker = ProxyConfig::from_toml(blocks.next().unwrap()).unwrap();
+        assert!(broker.broker.is_some());
+        let config = ProxyConfig::from_toml(blocks.next().unwrap()).unwrap();
         assert_eq!(config.tenants.len(), 2);
         assert!(matches!(config.tenants[1].kms_configs[0].kms, KmsSettings::Aws(_)));
     }

@@ -93,6 +93,7 @@ impl AppState {
     pub async fn from_config(config: &ProxyConfig) -> Result<Self, ProxyError> {
         let health = Arc::new(Health::default());
         let mut from_broker = None;
+        let mut admin_audit = None;
         let registry = match &config.broker {
             None => Arc::new(registry::TenantRegistry::from_config(config).await?),
             Some(source) => {
@@ -137,6 +138,7 @@ impl AppState {
             };
             let spool =
                 keyhold_audit::Spool::open_with(&spool_dir, options).map_err(ProxyError::Audit)?;
+            admin_audit = Some((Arc::clone(&spool), instance.clone()));
             let targets = audit_targets(config, audit, &instance)?;
             let delivery = keyhold_audit::Delivery::start(
                 &spool,
@@ -157,6 +159,15 @@ impl AppState {
         }
         let service = Arc::new(service);
         if let Some((client, keystore, version)) = from_broker {
+            let client = Arc::new(client);
+            if let Some((spool, instance)) = admin_audit {
+                tokio::spawn(admin_events(
+                    Arc::clone(&client),
+                    spool,
+                    instance,
+                    Arc::downgrade(&service),
+                ));
+            }
             tokio::spawn(broker_poll(
                 config.clone(),
                 client,
@@ -261,7 +272,7 @@ async fn broker_first_registry(
 /// service is dropped.
 async fn broker_poll(
     config: ProxyConfig,
-    client: broker::BrokerClient,
+    client: Arc<broker::BrokerClient>,
     keystore: Option<Arc<keyhold_kms::local::Keystore>>,
     mut version: Option<u64>,
     service: std::sync::Weak<service::KeyService>,
@@ -325,5 +336,57 @@ async fn broker_poll(
                 tokio::time::sleep(client.poll_interval).await;
             }
         }
+    }
+}
+
+/// Records the broker's changes as admin audit events in the tenants' trails, while this proxy
+/// holds the broker's admin-events lease (one proxy at a time does). A change is acknowledged
+/// only once its event is synced in the spool. Ends when the service is dropped.
+async fn admin_events(
+    client: Arc<broker::BrokerClient>,
+    spool: Arc<keyhold_audit::Spool>,
+    instance: String,
+    service: std::sync::Weak<service::KeyService>,
+) {
+    let pause = client.poll_interval.min(std::time::Duration::from_secs(5));
+    let mut failing = false;
+    loop {
+        if service.strong_count() == 0 {
+            return;
+        }
+        let outcome: Result<bool, String> = async {
+            let Some(changes) =
+                client.claim_admin_events(&instance).await.map_err(|e| e.to_string())?
+            else {
+                return Ok(false);
+            };
+            let Some(last) = changes.last().map(|c| c.id) else { return Ok(false) };
+            for change in &changes {
+                spool.append(change.to_audit_event(&instance)).await.map_err(|e| e.to_string())?;
+            }
+            client.ack_admin_events(&instance, last).await.map_err(|e| e.to_string())?;
+            tracing::debug!(
+                count = changes.len(),
+                up_to = last,
+                "broker changes recorded as admin events"
+            );
+            Ok(true)
+        }
+        .await;
+        match outcome {
+            // A full batch may have more behind it: go on at once.
+            Ok(true) => {
+                failing = false;
+                continue;
+            }
+            Ok(false) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot record the broker's changes as admin events yet; retrying");
+                }
+                failing = true;
+            }
+        }
+        tokio::time::sleep(pause).await;
     }
 }
