@@ -16,11 +16,14 @@ use axum::{Json, Router};
 use keyhold_core::seal::FleetPublicKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use zeroize::Zeroizing;
 
 use crate::auth::BearerKey;
+use crate::credentials::{self, LoginLimiter};
 use crate::error::{ApiError, ErrorBody};
+use crate::session::{self, Caller};
 use crate::snapshot::Snapshots;
 use crate::store::{
     Change, DEFAULT_PAGE_LIMIT, Invitation, KmsConfig, KmsConfigStatus, NewKmsConfig,
@@ -49,6 +52,8 @@ struct Inner {
     proxy_token: BearerKey,
     fleet_keys: Vec<FleetPublicKey>,
     max_body_bytes: usize,
+    secure_cookies: bool,
+    login_limiter: LoginLimiter,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -67,6 +72,8 @@ pub struct AppParts {
     pub fleet_keys: Vec<FleetPublicKey>,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Whether the session cookie is marked `Secure`.
+    pub secure_cookies: bool,
     /// Becomes `true` when the broker shuts down (long polls then end at once).
     pub shutdown: watch::Receiver<bool>,
 }
@@ -81,6 +88,7 @@ impl AppState {
             proxy_token,
             fleet_keys,
             max_body_bytes,
+            secure_cookies,
             shutdown,
         } = parts;
         Self {
@@ -91,6 +99,8 @@ impl AppState {
                 proxy_token,
                 fleet_keys,
                 max_body_bytes,
+                secure_cookies,
+                login_limiter: LoginLimiter::default(),
                 shutdown,
             }),
         }
@@ -163,6 +173,62 @@ pub struct InvitationCreated {
     pub invitation: Invitation,
     /// The one-time token to put in the link sent to the admin.
     pub token: String,
+}
+
+/// `POST /api/v1/invitations/accept`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvitation {
+    /// The invitation token from the link.
+    #[schema(value_type = String)]
+    pub token: Zeroizing<String>,
+    /// The new admin's password (at least 12 characters).
+    #[schema(value_type = String)]
+    pub password: Zeroizing<String>,
+}
+
+/// The tenant admin an invitation created. The TOTP secret is shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct AdminCreated {
+    /// The admin's id.
+    pub admin_id: i64,
+    /// The tenant the admin manages.
+    pub tenant: String,
+    /// The admin's e-mail address (lower-case): the login name.
+    pub email: String,
+    /// The TOTP secret (base32; SHA-1, 6 digits, 30 s) for the authenticator app.
+    #[schema(value_type = String)]
+    pub totp_secret: Zeroizing<String>,
+    /// The same as an `otpauth://totp/…` URL (for a QR code).
+    #[schema(value_type = String)]
+    pub otpauth_url: Zeroizing<String>,
+}
+
+/// `POST /api/v1/session`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The admin's e-mail address.
+    pub email: String,
+    /// The password.
+    #[schema(value_type = String)]
+    pub password: Zeroizing<String>,
+    /// The current 6-digit code of the authenticator app (the previous step's is accepted too).
+    #[schema(value_type = String)]
+    pub totp: Zeroizing<String>,
+}
+
+/// A tenant admin's session (`POST` and `GET /api/v1/session`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionBody {
+    /// Send it as `X-CSRF-Token` with every POST, PUT, PATCH or DELETE.
+    pub csrf_token: String,
+    /// The admin's tenant.
+    pub tenant: String,
+    /// The admin's e-mail address.
+    pub email: String,
+    /// When the session ends, RFC 3339 UTC.
+    pub expires_at: String,
 }
 
 /// `GET /api/v1/fleet-key`.
@@ -257,7 +323,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/tenants/{id}/siem-configs/{name}/disable", post(disable_siem_config))
         .route("/api/v1/tenants/{id}/siem-configs/{name}/enable", post(enable_siem_config))
         .route("/api/v1/tenants/{id}/history", get(history))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_vendor_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let proxy = Router::new()
         .route("/api/proxy/v1/snapshot", get(snapshot))
         .route("/api/proxy/v1/admin-events/claim", post(crate::admin_events::claim))
@@ -266,6 +332,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(vendor)
         .merge(proxy)
+        .route("/api/v1/invitations/accept", post(accept_invitation))
+        .route("/api/v1/session", post(login).get(whoami).delete(logout))
         .route("/api/v1/fleet-key", get(fleet_key))
         .route("/api/openapi.json", get(openapi_json))
         .route("/health", get(health))
@@ -275,16 +343,52 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn require_vendor_key(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let ok = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| state.inner.vendor_key.verify_header(v.as_bytes()));
-    if ok { next.run(request).await } else { ApiError::Unauthorized.into_response() }
+/// Finds the [`Caller`] of a Vendor Bridge API route: an `Authorization` header must be the
+/// vendor key; without one, the session cookie must name a live session, and a mutating request
+/// must carry its CSRF token. What the caller may do is each handler's check.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    match caller_of(&state, request.method(), request.headers()).await {
+        Ok((caller, _)) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The session of the cookie (`unauthorized` without a live one), CSRF-checked for a mutating
+/// request; with its token.
+async fn current_session(
+    state: &AppState,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> ApiResult<(Zeroizing<String>, crate::store::SessionInfo)> {
+    let token = session::session_token(headers).ok_or(ApiError::Unauthorized)?;
+    let found = state.store().session(&token).await?.ok_or(ApiError::Unauthorized)?;
+    session::check_csrf(method, headers, &found.csrf_token)?;
+    Ok((token, found))
+}
+
+/// The caller and, for a tenant admin, the session.
+async fn caller_of(
+    state: &AppState,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> ApiResult<(Caller, Option<crate::store::SessionInfo>)> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        return if state.inner.vendor_key.verify_header(value.as_bytes()) {
+            Ok((Caller::Vendor, None))
+        } else {
+            Err(ApiError::Unauthorized)
+        };
+    }
+    let (_, found) = current_session(state, method, headers).await?;
+    let caller = Caller::TenantAdmin {
+        tenant: found.tenant.clone(),
+        admin_id: found.admin_id,
+        email: found.email.clone(),
+    };
+    Ok((caller, Some(found)))
 }
 
 async fn require_proxy_token(
@@ -305,13 +409,16 @@ async fn require_proxy_token(
 #[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = CreateTenant,
     security(("vendor_key" = [])),
     responses((status = 201, body = Tenant), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_tenant(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<CreateTenant>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Tenant>)> {
+    caller.require_vendor()?;
     let Json(body) = body?;
-    let tenant = state.store().create_tenant(VENDOR_ACTOR, &body.id, body.name.as_deref()).await?;
+    let tenant =
+        state.store().create_tenant(&caller.actor(), &body.id, body.name.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
@@ -319,11 +426,13 @@ async fn create_tenant(
 #[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants", params(ListTenantsQuery),
     security(("vendor_key" = [])),
     responses((status = 200, body = TenantPage), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_tenants(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<ListTenantsQuery>, QueryRejection>,
 ) -> ApiResult<Json<TenantPage>> {
+    caller.require_vendor()?;
     let Query(query) = query?;
     let limit = page_limit(query.limit)?;
     let page =
@@ -344,14 +453,16 @@ fn page_limit(limit: Option<u32>) -> ApiResult<u32> {
 
 /// One tenant.
 #[utoipa::path(get, path = "/api/v1/tenants/{id}", tag = "tenants",
-    params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = [])),
-    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody),
+    params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn get_tenant(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Tenant>> {
     let Path(id) = id?;
+    caller.require_tenant(&id)?;
     let tenant =
         state.store().tenant(&id).await?.ok_or(crate::error::StoreError::TenantNotFound(id))?;
     Ok(Json(tenant))
@@ -360,61 +471,193 @@ async fn get_tenant(
 /// Disables a tenant (the proxies refuse its requests).
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/disable", tag = "tenants",
     params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = [])),
-    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody),
+    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn disable_tenant(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Tenant>> {
+    caller.require_vendor()?;
     let Path(id) = id?;
-    Ok(Json(state.store().set_tenant_status(VENDOR_ACTOR, &id, TenantStatus::Disabled).await?))
+    Ok(Json(state.store().set_tenant_status(&caller.actor(), &id, TenantStatus::Disabled).await?))
 }
 
 /// Enables a tenant again.
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/enable", tag = "tenants",
     params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = [])),
-    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody),
+    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn enable_tenant(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Tenant>> {
+    caller.require_vendor()?;
     let Path(id) = id?;
-    Ok(Json(state.store().set_tenant_status(VENDOR_ACTOR, &id, TenantStatus::Active).await?))
+    Ok(Json(state.store().set_tenant_status(&caller.actor(), &id, TenantStatus::Active).await?))
 }
 
-/// Invites a tenant admin: a one-time token, valid 72 hours (accepting it comes with the web UI).
+/// Invites a tenant admin: a one-time token, valid 72 hours (accept it with
+/// `POST /api/v1/invitations/accept`).
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/invitations", tag = "tenants",
     params(("id" = String, Path, description = "Tenant id")), request_body = CreateInvitation,
-    security(("vendor_key" = [])),
+    security(("vendor_key" = []), ("session_cookie" = [])),
     responses((status = 201, body = InvitationCreated), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn create_invitation(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<CreateInvitation>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<InvitationCreated>)> {
     let Path(id) = id?;
+    caller.require_tenant(&id)?;
     let Json(body) = body?;
     let (invitation, token) = state
         .store()
-        .create_invitation(VENDOR_ACTOR, &id, &body.email, crate::store::INVITATION_TTL)
+        .create_invitation(&caller.actor(), &id, &body.email, crate::store::INVITATION_TTL)
         .await?;
     Ok((StatusCode::CREATED, Json(InvitationCreated { invitation, token: token.to_string() })))
+}
+
+// ---- tenant admins: invitations, sessions ----------------------------------------------------
+
+fn no_store() -> (header::HeaderName, HeaderValue) {
+    (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
+}
+
+fn join_error(e: tokio::task::JoinError) -> ApiError {
+    ApiError::Internal(format!("password hashing task: {e}"))
+}
+
+/// Accepts an invitation (once): creates the tenant admin for the invitation's tenant and
+/// e-mail address. The TOTP secret is in the answer only: show it once.
+#[utoipa::path(post, path = "/api/v1/invitations/accept", tag = "sessions",
+    request_body = AcceptInvitation,
+    responses((status = 201, body = AdminCreated), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 410, body = ErrorBody)))]
+async fn accept_invitation(
+    State(state): State<AppState>,
+    body: Result<Json<AcceptInvitation>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let AcceptInvitation { token, password } = body;
+    state.store().check_invitation(&token).await?;
+    credentials::check_password_strength(&password)?;
+    let secret = credentials::new_totp_secret()?;
+    let hash = tokio::task::spawn_blocking(move || credentials::hash_password(password.as_bytes()))
+        .await
+        .map_err(join_error)??;
+    let accepted = state.store().accept_invitation(&token, &hash, &secret).await?;
+    let otpauth_url = credentials::otpauth_url(&secret, &accepted.email)?;
+    let body = AdminCreated {
+        admin_id: accepted.admin_id,
+        tenant: accepted.tenant,
+        email: accepted.email,
+        totp_secret: secret,
+        otpauth_url,
+    };
+    Ok((StatusCode::CREATED, [no_store()], Json(body)).into_response())
+}
+
+/// Signs a tenant admin in: sets the `keyhold_session` cookie (HttpOnly, SameSite=Strict, 12 h)
+/// and answers the CSRF token. A wrong e-mail address, password or code all get the same
+/// `401`; after 5 failures for an address within 15 minutes, `429`.
+#[utoipa::path(post, path = "/api/v1/session", tag = "sessions", request_body = LoginRequest,
+    responses((status = 200, body = SessionBody,
+               headers(("Set-Cookie" = String, description = "keyhold_session=<token>; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200"))),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
+async fn login(
+    State(state): State<AppState>,
+    body: Result<Json<LoginRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let LoginRequest { email, password, totp } = body;
+    let email = crate::store::normalize_email(&email);
+    let limiter = &state.inner.login_limiter;
+    if limiter.is_blocked(&email) {
+        return Err(ApiError::RateLimited);
+    }
+    let admin = state.store().admin_login(&email).await?;
+    // The password is checked (against a dummy hash for an unknown address) in every case.
+    let hash = admin.as_ref().map(|a| a.password_hash.clone());
+    let password_ok = tokio::task::spawn_blocking(move || {
+        credentials::verify_password(password.as_bytes(), hash.as_deref().map(String::as_str))
+    })
+    .await
+    .map_err(join_error)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| ApiError::Internal("the clock is before 1970".into()))?
+        .as_secs();
+    let mut signed_in = None;
+    if let Some(admin) = admin.filter(|a| password_ok && !a.disabled)
+        && let Some(step) = credentials::totp_step(&admin.totp_secret, &totp, now)?
+        && let Ok(step) = i64::try_from(step)
+        // A code is accepted once: a replay of the last accepted step fails.
+        && state.store().use_totp_step(admin.id, step).await?
+    {
+        signed_in = Some(admin);
+    }
+    let Some(admin) = signed_in else {
+        limiter.record_failure(&email);
+        return Err(ApiError::LoginFailed);
+    };
+    limiter.clear(&email);
+    let new = state.store().create_session(admin.id, session::SESSION_TTL).await?;
+    let cookie = session::session_cookie(&new.token, state.inner.secure_cookies)?;
+    let body = SessionBody {
+        csrf_token: new.csrf_token,
+        tenant: admin.tenant.clone(),
+        email: admin.email.clone(),
+        expires_at: new.expires_at,
+    };
+    Ok(([(header::SET_COOKIE, cookie), no_store()], Json(body)).into_response())
+}
+
+/// The signed-in admin and the session's CSRF token (for a reloaded page).
+#[utoipa::path(get, path = "/api/v1/session", tag = "sessions", security(("session_cookie" = [])),
+    responses((status = 200, body = SessionBody), (status = 401, body = ErrorBody)))]
+async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let (_, found) = current_session(&state, &axum::http::Method::GET, &headers).await?;
+    let body = SessionBody {
+        csrf_token: found.csrf_token.to_string(),
+        tenant: found.tenant,
+        email: found.email,
+        expires_at: found.expires_at,
+    };
+    Ok(([no_store()], Json(body)).into_response())
+}
+
+/// Signs out: ends the session and clears the cookie (needs `X-CSRF-Token`).
+#[utoipa::path(delete, path = "/api/v1/session", tag = "sessions", security(("session_cookie" = [])),
+    params(("X-CSRF-Token" = String, Header, description = "The session's CSRF token")),
+    responses((status = 204, description = "Signed out"), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let (token, _) = current_session(&state, &axum::http::Method::DELETE, &headers).await?;
+    state.store().delete_session(&token).await?;
+    let cookie = session::expired_cookie(state.inner.secure_cookies)?;
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
 }
 
 // ---- KMS configurations ----------------------------------------------------------------------
 
 /// A tenant's KMS configurations.
 #[utoipa::path(get, path = "/api/v1/tenants/{id}/kms-configs", tag = "kms",
-    params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = [])),
-    responses((status = 200, body = KmsConfigList), (status = 401, body = ErrorBody),
+    params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = KmsConfigList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn list_kms_configs(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<KmsConfigList>> {
     let Path(id) = id?;
+    caller.require_tenant(&id)?;
     Ok(Json(KmsConfigList { items: state.store().kms_configs(&id).await? }))
 }
 
@@ -422,147 +665,166 @@ async fn list_kms_configs(
 /// is refused (`invalid_field`).
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/kms-configs", tag = "kms",
     params(("id" = String, Path, description = "Tenant id")), request_body = NewKmsConfig,
-    security(("vendor_key" = [])),
+    security(("vendor_key" = []), ("session_cookie" = [])),
     responses((status = 201, body = KmsConfig), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn add_kms_config(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<NewKmsConfig>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<KmsConfig>)> {
     let Path(id) = id?;
+    caller.require_tenant(&id)?;
     let Json(body) = body?;
-    Ok((StatusCode::CREATED, Json(state.store().add_kms_config(VENDOR_ACTOR, &id, body).await?)))
+    let config = state.store().add_kms_config(&caller.actor(), &id, body).await?;
+    Ok((StatusCode::CREATED, Json(config)))
 }
 
 async fn set_kms_status(
     state: &AppState,
+    caller: &Caller,
     path: Result<Path<(String, i64)>, PathRejection>,
     status: KmsConfigStatus,
 ) -> ApiResult<Json<KmsConfig>> {
     let Path((id, cid)) = path?;
-    Ok(Json(state.store().set_kms_config_status(VENDOR_ACTOR, &id, cid, status).await?))
+    caller.require_tenant(&id)?;
+    Ok(Json(state.store().set_kms_config_status(&caller.actor(), &id, cid, status).await?))
 }
 
 /// Makes a KMS configuration the primary one (the previous primary becomes `active`).
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/kms-configs/{cid}/primary", tag = "kms",
     params(("id" = String, Path, description = "Tenant id"), ("cid" = i64, Path, description = "Configuration id")),
-    security(("vendor_key" = [])),
-    responses((status = 200, body = KmsConfig), (status = 401, body = ErrorBody),
+    security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = KmsConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn primary_kms_config(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, i64)>, PathRejection>,
 ) -> ApiResult<Json<KmsConfig>> {
-    set_kms_status(&state, path, KmsConfigStatus::Primary).await
+    set_kms_status(&state, &caller, path, KmsConfigStatus::Primary).await
 }
 
 /// Disables a KMS configuration (keys it wrapped no longer unwrap).
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/kms-configs/{cid}/disable", tag = "kms",
     params(("id" = String, Path, description = "Tenant id"), ("cid" = i64, Path, description = "Configuration id")),
-    security(("vendor_key" = [])),
-    responses((status = 200, body = KmsConfig), (status = 401, body = ErrorBody),
+    security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = KmsConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn disable_kms_config(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, i64)>, PathRejection>,
 ) -> ApiResult<Json<KmsConfig>> {
-    set_kms_status(&state, path, KmsConfigStatus::Disabled).await
+    set_kms_status(&state, &caller, path, KmsConfigStatus::Disabled).await
 }
 
 /// Enables a KMS configuration (as `active`: unwrap only).
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/kms-configs/{cid}/enable", tag = "kms",
     params(("id" = String, Path, description = "Tenant id"), ("cid" = i64, Path, description = "Configuration id")),
-    security(("vendor_key" = [])),
-    responses((status = 200, body = KmsConfig), (status = 401, body = ErrorBody),
+    security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = KmsConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn enable_kms_config(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, i64)>, PathRejection>,
 ) -> ApiResult<Json<KmsConfig>> {
-    set_kms_status(&state, path, KmsConfigStatus::Active).await
+    set_kms_status(&state, &caller, path, KmsConfigStatus::Active).await
 }
 
 // ---- SIEM configurations ---------------------------------------------------------------------
 
 /// A tenant's SIEM configurations (audit sinks).
 #[utoipa::path(get, path = "/api/v1/tenants/{id}/siem-configs", tag = "siem",
-    params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = [])),
-    responses((status = 200, body = SiemConfigList), (status = 401, body = ErrorBody),
+    params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = SiemConfigList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn list_siem_configs(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<SiemConfigList>> {
     let Path(id) = id?;
+    caller.require_tenant(&id)?;
     Ok(Json(SiemConfigList { items: state.store().siem_configs(&id).await? }))
 }
 
 /// Adds a SIEM configuration; its credential (`secret`) goes only in `sealed`.
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/siem-configs", tag = "siem",
     params(("id" = String, Path, description = "Tenant id")), request_body = NewSiemConfig,
-    security(("vendor_key" = [])),
+    security(("vendor_key" = []), ("session_cookie" = [])),
     responses((status = 201, body = SiemConfig), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody)))]
 async fn add_siem_config(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<NewSiemConfig>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<SiemConfig>)> {
     let Path(id) = id?;
+    caller.require_tenant(&id)?;
     let Json(body) = body?;
-    Ok((StatusCode::CREATED, Json(state.store().add_siem_config(VENDOR_ACTOR, &id, body).await?)))
+    let config = state.store().add_siem_config(&caller.actor(), &id, body).await?;
+    Ok((StatusCode::CREATED, Json(config)))
 }
 
 async fn set_siem_status(
     state: &AppState,
+    caller: &Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     status: SiemConfigStatus,
 ) -> ApiResult<Json<SiemConfig>> {
     let Path((id, name)) = path?;
-    Ok(Json(state.store().set_siem_config_status(VENDOR_ACTOR, &id, &name, status).await?))
+    caller.require_tenant(&id)?;
+    Ok(Json(state.store().set_siem_config_status(&caller.actor(), &id, &name, status).await?))
 }
 
 /// Disables a SIEM configuration.
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/siem-configs/{name}/disable", tag = "siem",
     params(("id" = String, Path, description = "Tenant id"), ("name" = String, Path, description = "Configuration name")),
-    security(("vendor_key" = [])),
-    responses((status = 200, body = SiemConfig), (status = 401, body = ErrorBody),
+    security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = SiemConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn disable_siem_config(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Json<SiemConfig>> {
-    set_siem_status(&state, path, SiemConfigStatus::Disabled).await
+    set_siem_status(&state, &caller, path, SiemConfigStatus::Disabled).await
 }
 
 /// Enables a SIEM configuration again.
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/siem-configs/{name}/enable", tag = "siem",
     params(("id" = String, Path, description = "Tenant id"), ("name" = String, Path, description = "Configuration name")),
-    security(("vendor_key" = [])),
-    responses((status = 200, body = SiemConfig), (status = 401, body = ErrorBody),
+    security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = SiemConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 async fn enable_siem_config(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Json<SiemConfig>> {
-    set_siem_status(&state, path, SiemConfigStatus::Active).await
+    set_siem_status(&state, &caller, path, SiemConfigStatus::Active).await
 }
 
 // ---- history, fleet key, snapshot, health ----------------------------------------------------
 
 /// A tenant's change records, oldest first.
 #[utoipa::path(get, path = "/api/v1/tenants/{id}/history", tag = "tenants",
-    params(("id" = String, Path, description = "Tenant id"), HistoryQuery), security(("vendor_key" = [])),
+    params(("id" = String, Path, description = "Tenant id"), HistoryQuery), security(("vendor_key" = []), ("session_cookie" = [])),
     responses((status = 200, body = ChangePage), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn history(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult<Json<ChangePage>> {
     let Path(id) = id?;
+    caller.require_tenant(&id)?;
     let Query(query) = query?;
     let page = state.store().history(&id, query.after, page_limit(query.limit)?).await?;
     Ok(Json(ChangePage { items: page.items, next: page.next }))
@@ -687,6 +949,10 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
         components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(session::SESSION_COOKIE))),
+        );
+        components.add_security_scheme(
             "proxy_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
@@ -696,16 +962,18 @@ impl Modify for SecuritySchemes {
 /// The OpenAPI description of the broker's API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Keyhold Configuration Broker", description = "Vendor Bridge API and proxy snapshot route (docs/broker.md)"),
+    info(title = "Keyhold Configuration Broker", description = "Vendor Bridge API and proxy snapshot route (docs/broker.md). Routes open to tenant admins accept the session cookie; with it, POST/PUT/PATCH/DELETE need the X-CSRF-Token header."),
     paths(create_tenant, list_tenants, get_tenant, disable_tenant, enable_tenant, create_invitation,
           list_kms_configs, add_kms_config, primary_kms_config, disable_kms_config, enable_kms_config,
           list_siem_configs, add_siem_config, disable_siem_config, enable_siem_config, history,
-          fleet_key, snapshot, crate::admin_events::claim, crate::admin_events::ack, health, ready,
-          openapi_json),
+          accept_invitation, login, whoami, logout, fleet_key, snapshot,
+          crate::admin_events::claim, crate::admin_events::ack, health, ready, openapi_json),
     components(schemas(ErrorBody, Tenant, TenantStatus, TenantPage, CreateTenant, KmsConfig, KmsConfigStatus,
                        NewKmsConfig, KmsConfigList, SiemConfig, SiemConfigStatus, NewSiemConfig, SiemConfigList,
-                       Change, ChangePage, crate::admin_events::ClaimRequest, crate::admin_events::AdminEventBatch,
-                       crate::admin_events::AckRequest, CreateInvitation, Invitation, InvitationCreated, FleetKeyInfo, HealthBody)),
+                       Change, ChangePage, CreateInvitation, Invitation, InvitationCreated, FleetKeyInfo, HealthBody,
+                       AcceptInvitation, AdminCreated, LoginRequest, SessionBody,
+                       crate::admin_events::ClaimRequest, crate::admin_events::AdminEventBatch,
+                       crate::admin_events::AckRequest)),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;

@@ -8,6 +8,7 @@
 //! fleet_public_keys = ["<base64 X25519 public key>"]
 //! vendor_api_key_file = "vendor-api-key"
 //! proxy_token_file = "proxy-token"
+//! secure_cookies = false                        # true behind TLS: the session cookie gets `Secure`
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +51,10 @@ pub struct BrokerConfig {
     /// Largest request body (default 1 MiB).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Whether the session cookie is marked `Secure` (set it when browsers reach the broker
+    /// over TLS, directly or through a proxy; default false).
+    #[serde(default)]
+    pub secure_cookies: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -77,6 +82,7 @@ impl BrokerConfig {
             vendor_api_key_file,
             proxy_token_file,
             max_body_bytes: default_max_body_bytes(),
+            secure_cookies: false,
         }
     }
 

@@ -30,6 +30,15 @@ pub enum StoreError {
     /// The object exists already.
     #[error("{0}")]
     Conflict(String),
+    /// No invitation with this token.
+    #[error("no such invitation")]
+    InvitationNotFound,
+    /// The invitation has expired; ask for a new one.
+    #[error("the invitation has expired; ask for a new one")]
+    InvitationExpired,
+    /// The invitation was accepted already.
+    #[error("the invitation was used already")]
+    InvitationUsed,
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -82,9 +91,27 @@ pub struct ErrorBody {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
-    /// Missing or wrong bearer key or token.
-    #[error("missing or invalid credentials; send `Authorization: Bearer <key>`")]
+    /// Missing or wrong bearer key or token, or no live session cookie.
+    #[error(
+        "missing or invalid credentials; send `Authorization: Bearer <key>` or sign in (session cookie)"
+    )]
     Unauthorized,
+    /// Sign-in refused. One message for a wrong e-mail address, password or one-time code, so
+    /// that it does not tell which admins exist.
+    #[error("wrong e-mail address, password or one-time code")]
+    LoginFailed,
+    /// Too many failed sign-ins for this e-mail address.
+    #[error("too many failed sign-ins; try again later")]
+    RateLimited,
+    /// The caller may not do this (another tenant, or a vendor-only route).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A mutating request authenticated by a session cookie lacks `X-CSRF-Token`.
+    #[error("missing X-CSRF-Token header (GET /api/v1/session gives the token)")]
+    CsrfMissing,
+    /// `X-CSRF-Token` is not the session's token.
+    #[error("invalid X-CSRF-Token header")]
+    CsrfInvalid,
     /// The request is malformed (body, query, header).
     #[error("{0}")]
     BadRequest(String),
@@ -100,6 +127,9 @@ pub enum ApiError {
     /// What the store said.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A login secret could not be made or used.
+    #[error(transparent)]
+    Credential(#[from] crate::credentials::CredentialError),
     /// Anything else that is the broker's fault.
     #[error("{0}")]
     Internal(String),
@@ -109,7 +139,11 @@ impl ApiError {
     /// The HTTP status and stable code.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Unauthorized | Self::LoginFailed => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::CsrfMissing => (StatusCode::FORBIDDEN, "csrf_token_missing"),
+            Self::CsrfInvalid => (StatusCode::FORBIDDEN, "csrf_token_invalid"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_field"),
             Self::NoRoute | Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -119,11 +153,16 @@ impl ApiError {
                 | StoreError::KmsConfigNotFound(_)
                 | StoreError::SiemConfigNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
                 StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                StoreError::InvitationNotFound => (StatusCode::NOT_FOUND, "not_found"),
+                StoreError::InvitationExpired => (StatusCode::GONE, "invitation_expired"),
+                StoreError::InvitationUsed => (StatusCode::CONFLICT, "invitation_used"),
                 StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             },
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::Credential(_) | Self::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 }

@@ -20,6 +20,8 @@
 //! | [`snapshot`] | the snapshot from the store, signed and cached |
 //! | [`api`] | handlers, router, OpenAPI document |
 //! | [`auth`] | bearer keys, compared in constant time |
+//! | [`session`] | callers (vendor, tenant admin), session cookies, CSRF tokens |
+//! | [`credentials`] | admins' passwords (argon2id), TOTP codes, failed sign-in limit |
 //! | [`error`] | errors and the one mapping to `{"code", "message"}` |
 //! | [`server`] | bind, serve, graceful shutdown |
 
@@ -30,8 +32,10 @@ pub mod admin_events;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod server;
+pub mod session;
 pub mod snapshot;
 pub mod store;
 pub mod validate;

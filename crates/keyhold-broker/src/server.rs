@@ -41,6 +41,7 @@ impl Broker {
             proxy_token,
             fleet_keys,
             max_body_bytes: config.max_body_bytes,
+            secure_cookies: config.secure_cookies,
             shutdown: shutdown_rx,
         });
         Ok(Self { listener, state, shutdown })

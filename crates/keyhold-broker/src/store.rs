@@ -27,6 +27,9 @@ use zeroize::Zeroizing;
 use crate::error::StoreError;
 use crate::validate;
 
+mod admins;
+pub use admins::{AcceptedInvitation, AdminLogin, NewSession, SessionInfo, normalize_email};
+
 /// Default page size of list calls.
 pub const DEFAULT_PAGE_LIMIT: u32 = 100;
 /// Largest page size of list calls.
@@ -256,6 +259,13 @@ impl<'s> MigrationSource<'s> for Migrations {
                     Cow::Borrowed("init"),
                     MigrationType::Simple,
                     Cow::Borrowed(include_str!("../migrations/0001_init.sql")),
+                    false,
+                ),
+                Migration::new(
+                    2,
+                    Cow::Borrowed("admins"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0002_admins.sql")),
                     false,
                 ),
                 Migration::new(
