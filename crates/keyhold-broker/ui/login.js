@@ -69,15 +69,27 @@ async function checkSession() {
   }
 }
 
-function start() {
-  const token = inviteToken();
-  const inviteForm = $('invite-form');
-  if (token) {
+// The token of the invitation being accepted (kept after it leaves the address bar).
+let token = null;
+
+function route() {
+  const fromHash = inviteToken();
+  if (fromHash) {
+    token = fromHash;
     $('invite').hidden = false;
+    $('invite-form').hidden = false;
+    $('invite-done').hidden = true;
     $('invite-password').focus();
-  } else {
-    checkSession();
+  } else if (!token) {
+    $('invite').hidden = true;
   }
+}
+
+function start() {
+  route();
+  if (!token) checkSession();
+  window.addEventListener('hashchange', route);
+  const inviteForm = $('invite-form');
   inviteForm.addEventListener('submit', (event) => {
     event.preventDefault();
     acceptInvitation(token, inviteForm);
