@@ -264,6 +264,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(vendor)
         .merge(proxy)
+        .merge(crate::ui::router())
         .route("/api/v1/fleet-key", get(fleet_key))
         .route("/api/openapi.json", get(openapi_json))
         .route("/health", get(health))

@@ -22,6 +22,7 @@
 //! | [`auth`] | bearer keys, compared in constant time |
 //! | [`error`] | errors and the one mapping to `{"code", "message"}` |
 //! | [`server`] | bind, serve, graceful shutdown |
+//! | [`ui`] | the web pages, embedded, with their security headers |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -33,6 +34,7 @@ pub mod error;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod ui;
 pub mod validate;
 
 pub use config::BrokerConfig;
