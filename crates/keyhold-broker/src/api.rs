@@ -332,6 +332,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(vendor)
         .merge(proxy)
+        .merge(crate::ui::router())
         .route("/api/v1/invitations/accept", post(accept_invitation))
         .route("/api/v1/session", post(login).get(whoami).delete(logout))
         .route("/api/v1/fleet-key", get(fleet_key))

@@ -24,6 +24,7 @@
 //! | [`credentials`] | admins' passwords (argon2id), TOTP codes, failed sign-in limit |
 //! | [`error`] | errors and the one mapping to `{"code", "message"}` |
 //! | [`server`] | bind, serve, graceful shutdown |
+//! | [`ui`] | the web pages, embedded, with their security headers |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -38,6 +39,7 @@ pub mod server;
 pub mod session;
 pub mod snapshot;
 pub mod store;
+pub mod ui;
 pub mod validate;
 
 pub use config::BrokerConfig;
