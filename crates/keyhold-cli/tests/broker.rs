@@ -468,3 +468,130 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// The browser journey of issue 6: in headless Chromium, a tenant admin accepts an invitation,
+/// signs in with password and TOTP, adds an OpenBao configuration (the token sealed in the page)
+/// and makes it primary; the proxy then wraps that tenant's new keys with it, as the SDK sees.
+/// Needs Debian's Chromium and the e2e harness (`crates/keyhold-broker/ui/e2e/install.sh`),
+/// which scripts/test installs. Screenshots go to KEYHOLD_SCREENSHOT_DIR when set (docs/images/
+/// holds the ones from such a run).
+#[test]
+fn a_tenant_admin_configures_openbao_in_the_browser_and_the_proxy_uses_it() {
+    let (Some(bao), Some(token)) =
+        (service_env("KEYHOLD_TEST_OPENBAO_ADDR"), service_env("KEYHOLD_TEST_OPENBAO_ROOT_TOKEN"))
+    else {
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let e2e = repo.join("crates/keyhold-broker/ui/e2e");
+    let browser_ready = Path::new("/usr/bin/chromium").exists()
+        && e2e.join("node_modules/playwright-core").exists();
+    if !browser_ready {
+        if std::env::var("KEYHOLD_SKIP_SERVICES").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: no Chromium or e2e harness and KEYHOLD_SKIP_SERVICES=1");
+            return;
+        }
+        panic!(
+            "this test drives Chromium: `apt-get install -y chromium` and run \
+             crates/keyhold-broker/ui/e2e/install.sh (scripts/test does both)"
+        );
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(root.path());
+    let api_key = read(&dir.join("api-key"));
+    let vendor_key = read(&dir.join("vendor-api-key"));
+    let broker_port = free_port();
+    let broker_url = format!("http://127.0.0.1:{broker_port}");
+    let database = format!("sqlite://{}?mode=rwc", dir.join("broker.db").display());
+    let _broker = start_broker(&dir, broker_port, &database);
+    let proxy = start_proxy(&proxy_config(&dir, "browser", broker_port, 1000));
+    wait_until(Duration::from_secs(10), "the proxy never became ready", || {
+        get(&proxy.url, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+
+    // The vendor onboards the tenant (with a vendor-held key first) and invites its admin.
+    let tenant = "acme-browser";
+    let (status, body) =
+        vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(json!({"id": tenant})));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        &format!("/api/v1/tenants/{tenant}/kms-configs"),
+        Some(json!({"type": "local", "settings": {"key": "demo-tenant"}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let local_config = body["id"].as_i64().unwrap();
+    let (status, invitation) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        &format!("/api/v1/tenants/{tenant}/invitations"),
+        Some(json!({"email": "secadmin@acme.example"})),
+    );
+    assert_eq!(status, 201, "{invitation}");
+    let invite_token = invitation["token"].as_str().unwrap().to_owned();
+
+    let client = keyhold::Client::new(proxy.url.clone(), api_key.clone()).unwrap();
+    let meta = keyhold_core::RequestMetadata::new(tenant, "browser-test");
+    let encrypt_config = || -> i64 {
+        runtime().block_on(async {
+            let document = std::collections::BTreeMap::from([("f".to_owned(), b"x".to_vec())]);
+            let encrypted = client.encrypt(&document, &meta).await.unwrap();
+            edek_config(encrypted.edek.as_str())
+        })
+    };
+    wait_until(Duration::from_secs(5), "the tenant was never served", || {
+        runtime().block_on(client.wrap_key(&meta)).is_ok()
+    });
+    assert_eq!(encrypt_config(), local_config);
+
+    let screenshots = std::env::var("KEYHOLD_SCREENSHOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.path().join("screenshots"));
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let output = Command::new("node")
+        .arg(e2e.join("tenant-admin.mjs"))
+        .env("BROKER_URL", &broker_url)
+        .env("VENDOR_API_KEY", &vendor_key)
+        .env("TENANT", tenant)
+        .env("INVITE_TOKEN", &invite_token)
+        .env("VAULT_ADDR", &bao)
+        .env("VAULT_KEY", "keyhold-stable")
+        .env("VAULT_TOKEN", &token)
+        .env("SCREENSHOT_DIR", &screenshots)
+        .env_remove("E2E_STUB_SESSION")
+        .output()
+        .expect("node must be installed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the browser journey failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    let vault_config = result["config_id"].as_i64().unwrap();
+    assert_ne!(vault_config, local_config);
+
+    // Within the poll interval, the SDK's new documents are under keys from OpenBao.
+    let took = wait_until(Duration::from_secs(3), "new keys never came from OpenBao", || {
+        encrypt_config() == vault_config
+    });
+    eprintln!("the proxy used the tenant's new primary configuration after {took:?}");
+
+    // The page sealed the token: the broker stored no credential, and the history names the
+    // admin who made the change.
+    let db = std::fs::read(dir.join("broker.db")).unwrap();
+    assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in broker.db");
+    let (_, history) =
+        vendor(&broker_url, &vendor_key, "GET", &format!("/api/v1/tenants/{tenant}/history"), None);
+    assert!(history.to_string().contains("admin:secadmin@acme.example"), "{history}");
+    assert!(!history.to_string().contains(&token));
+    for name in
+        ["broker-sign-in.png", "broker-tenant.png", "broker-add-kms.png", "broker-vendor.png"]
+    {
+        assert!(screenshots.join(name).exists(), "no screenshot {name}");
+    }
+}
