@@ -17,3 +17,4 @@ browser_setup() {
 }
 
 browser_setup
+unset -f browser_setup
