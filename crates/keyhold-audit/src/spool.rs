@@ -166,7 +166,12 @@ impl Tenants {
     fn acknowledged(&self, tenant: &str) -> Option<u64> {
         let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let stream = streams.get(tenant)?;
-        stream.readers.iter().map(|r| r.load(std::sync::atomic::Ordering::Relaxed)).min()
+        stream
+            .readers
+            .iter()
+            .filter(|r| reader_alive(r))
+            .map(|r| r.load(std::sync::atomic::Ordering::Relaxed))
+            .min()
     }
 
     fn set_synced(&self, tenant: &str, seq: u64) {
@@ -264,7 +269,11 @@ impl Spool {
         acknowledged: u64,
     ) -> Arc<std::sync::atomic::AtomicU64> {
         let counter = Arc::new(std::sync::atomic::AtomicU64::new(acknowledged));
-        self.tenants.with(tenant, |stream| stream.readers.push(Arc::clone(&counter)));
+        self.tenants.with(tenant, |stream| {
+            // Readers whose delivery stopped (a sink removed) no longer hold the stream back.
+            stream.readers.retain(reader_alive);
+            stream.readers.push(Arc::clone(&counter));
+        });
         counter
     }
 
@@ -279,6 +288,7 @@ impl Spool {
         stream
             .readers
             .iter()
+            .filter(|r| reader_alive(r))
             .map(|r| synced.saturating_sub(r.load(std::sync::atomic::Ordering::Relaxed)))
             .max()
             .unwrap_or(0)
@@ -666,6 +676,12 @@ fn create_private_dir(dir: &Path) -> Result<(), SpoolError> {
 
 fn io_error(path: &Path, error: &std::io::Error) -> SpoolError {
     SpoolError::Io { path: path.to_owned(), reason: error.to_string() }
+}
+
+/// A reader is alive while its delivery task (or anyone but the spool) holds its counter: a
+/// sink removed from the configuration stops counting in backlogs and retention.
+fn reader_alive(counter: &Arc<std::sync::atomic::AtomicU64>) -> bool {
+    Arc::strong_count(counter) > 1
 }
 
 #[cfg(test)]

@@ -595,3 +595,63 @@ fn a_tenant_admin_configures_openbao_in_the_browser_and_the_proxy_uses_it() {
         assert!(screenshots.join(name).exists(), "no screenshot {name}");
     }
 }
+
+#[test]
+fn a_siem_the_tenant_configures_in_the_broker_receives_its_events() {
+    let (Some(syslog), Some(log)) =
+        (service_env("KEYHOLD_TEST_SYSLOG_TCP_ADDR"), service_env("KEYHOLD_TEST_SYSLOG_TCP_LOG"))
+    else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(root.path());
+    let api_key = read(&dir.join("api-key"));
+    let vendor_key = read(&dir.join("vendor-api-key"));
+    let broker_port = free_port();
+    let broker_url = format!("http://127.0.0.1:{broker_port}");
+    let database = format!("sqlite://{}?mode=rwc", dir.join("broker.db").display());
+    let _broker = start_broker(&dir, broker_port, &database);
+    let proxy = start_proxy(&proxy_config(&dir, "siem", broker_port, 1000));
+    wait_until(Duration::from_secs(10), "the proxy never became ready", || {
+        get(&proxy.url, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let tenant = format!("siem-{}", std::process::id());
+    let (status, body) =
+        vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(json!({"id": tenant})));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        &format!("/api/v1/tenants/{tenant}/kms-configs"),
+        Some(json!({"type": "local", "settings": {"key": "demo-tenant"}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        &format!("/api/v1/tenants/{tenant}/siem-configs"),
+        Some(json!({"name": "soc", "type": "syslog", "settings": {"address": syslog}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    // A key access of the tenant reaches its SIEM (rsyslog), with the admin events before it.
+    wait_until(Duration::from_secs(5), "the tenant was never served", || {
+        wrap(&proxy.url, &api_key, &tenant).0 == 200
+    });
+    wait_until(Duration::from_secs(20), "rsyslog never received the tenant's events", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mine: Vec<&str> = text.lines().filter(|l| l.contains(&tenant)).collect();
+        mine.iter().any(|l| l.contains("\"operation\":\"wrap\""))
+            && mine.iter().any(|l| l.contains("\"operation\":\"siem_config.add\""))
+    });
+    // The tenant removes it: delivery stops (the spool keeps the events).
+    let (status, _) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        &format!("/api/v1/tenants/{tenant}/siem-configs/soc/disable"),
+        None,
+    );
+    assert_eq!(status, 200);
+}

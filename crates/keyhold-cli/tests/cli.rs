@@ -23,7 +23,7 @@ impl Drop for Up {
 
 fn up(dir: &Path) -> Up {
     let mut child = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(["up", "--listen", "127.0.0.1:0", "--broker-listen", "127.0.0.1:0"])
         .current_dir(dir)
         .env_remove("KEYHOLD_API_KEY")
         .env_remove("KEYHOLD_DATA_DIR")
@@ -381,8 +381,18 @@ fn no_answered_access_is_lost_when_the_proxy_is_killed_and_the_chain_verifies() 
     let mut first = start_proxy(&config);
     let runtime_kill = {
         let pid = first.child.id();
+        let audit_file = audit_file.clone();
+        let start_len = std::fs::metadata(&audit_file).map(|m| m.len()).unwrap_or(0);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
+            // Once accesses are being recorded (on a loaded machine the first answers may take
+            // a while), let traffic run a little longer, then kill.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::fs::metadata(&audit_file).map(|m| m.len()).unwrap_or(0) < start_len + 4096
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(300));
             // SIGKILL: no shutdown, no flush.
             Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
         })

@@ -491,6 +491,173 @@ impl BrokerChange {
     }
 }
 
+/// The audit sinks tenants configured in the broker (and the vendor's sinks, for every broker
+/// tenant), each delivered by its own task; a sink whose settings change is restarted, a
+/// removed one stopped (its cursor stays, so a sink added again resumes where it was).
+pub struct BrokerSinks {
+    spool: Arc<keyhold_audit::Spool>,
+    instance: String,
+    base_dir: PathBuf,
+    vendor_sinks: Vec<crate::config::SinkEntry>,
+    options: keyhold_audit::DeliveryOptions,
+    allow_local_paths: bool,
+    running: std::collections::HashMap<(String, String), (String, keyhold_audit::Delivery)>,
+}
+
+impl std::fmt::Debug for BrokerSinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSinks").field("running", &self.running.len()).finish()
+    }
+}
+
+impl BrokerSinks {
+    /// No sink yet.
+    pub fn new(
+        spool: Arc<keyhold_audit::Spool>,
+        instance: String,
+        config: &ProxyConfig,
+        allow_local_paths: bool,
+    ) -> Self {
+        let audit = config.audit.as_ref();
+        Self {
+            spool,
+            instance,
+            base_dir: config.base_dir.clone(),
+            vendor_sinks: audit.map(|a| a.vendor_sinks.clone()).unwrap_or_default(),
+            options: keyhold_audit::DeliveryOptions {
+                retry_max: Duration::from_millis(audit.map_or(30_000, |a| a.retry_max_ms)),
+                ..Default::default()
+            },
+            allow_local_paths,
+            running: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Brings the running sinks in line with `snapshot`; returns the problems (never a
+    /// credential).
+    pub fn apply(&mut self, snapshot: &ConfigSnapshot, fleet: &[FleetSecretKey]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut wanted = std::collections::HashSet::new();
+        for tenant in snapshot.tenants.iter().filter(|t| t.status == TenantStatus::Active) {
+            for sink in &tenant.audit_sinks {
+                let key = (tenant.id.clone(), sink.name.clone());
+                wanted.insert(key.clone());
+                let fingerprint =
+                    serde_json::to_string(&(&sink.sink_type, &sink.settings, &sink.sealed))
+                        .unwrap_or_default();
+                if self.running.get(&key).is_some_and(|(f, _)| *f == fingerprint) {
+                    continue;
+                }
+                self.running.remove(&key);
+                match self.start_tenant_sink(&tenant.id, sink, fleet) {
+                    Ok(delivery) => {
+                        self.running.insert(key, (fingerprint, delivery));
+                    }
+                    Err(e) => problems
+                        .push(format!("tenant {:?}: audit sink {:?}: {e}", tenant.id, sink.name)),
+                }
+            }
+            for entry in &self.vendor_sinks {
+                let key = (tenant.id.clone(), entry.name.clone());
+                wanted.insert(key.clone());
+                if self.running.contains_key(&key) {
+                    continue;
+                }
+                match self.start(
+                    &tenant.id,
+                    &entry.name,
+                    &entry.settings,
+                    vendor_credential(entry, &self.base_dir),
+                ) {
+                    Ok(delivery) => {
+                        self.running.insert(key, ("vendor".into(), delivery));
+                    }
+                    Err(e) => problems.push(format!(
+                        "tenant {:?}: vendor audit sink {:?}: {e}",
+                        tenant.id, entry.name
+                    )),
+                }
+            }
+        }
+        self.running.retain(|key, _| wanted.contains(key));
+        problems
+    }
+
+    /// How many sinks are delivering.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// True when none is.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    fn start_tenant_sink(
+        &self,
+        tenant: &str,
+        sink: &keyhold_core::snapshot::SnapshotSink,
+        fleet: &[FleetSecretKey],
+    ) -> Result<keyhold_audit::Delivery, String> {
+        let valid_name = (1..=64).contains(&sink.name.len())
+            && sink.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err("the name must be 1 to 64 letters, digits, '-' or '_'".into());
+        }
+        if self.vendor_sinks.iter().any(|v| v.name == sink.name) {
+            return Err("the vendor has a sink of this name".into());
+        }
+        if !self.allow_local_paths {
+            check_no_local_paths(&sink.settings, "")?;
+        }
+        let credential = match &sink.sealed {
+            None => None,
+            Some(sealed) => {
+                let plaintext = keyhold_core::seal::open(fleet, SealPurpose::Siem, tenant, sealed)
+                    .map_err(|e| format!("sealed credential: {e}"))?;
+                let opened: Map<String, Value> = serde_json::from_slice(&plaintext)
+                    .map_err(|_| "sealed credential: not a JSON object".to_owned())?;
+                match opened.get("secret") {
+                    Some(Value::String(secret)) => Some(Zeroizing::new(secret.clone())),
+                    _ => return Err("sealed credential: no \"secret\" string".into()),
+                }
+            }
+        };
+        let mut fields = sink.settings.clone();
+        fields.insert("type".into(), Value::String(sink.sink_type.clone()));
+        let settings: keyhold_audit::SinkSettings =
+            serde_json::from_value(Value::Object(fields)).map_err(|e| format!("settings: {e}"))?;
+        self.start(tenant, &sink.name, &settings, Ok(credential))
+    }
+
+    fn start(
+        &self,
+        tenant: &str,
+        name: &str,
+        settings: &keyhold_audit::SinkSettings,
+        credential: Result<Option<Zeroizing<String>>, String>,
+    ) -> Result<keyhold_audit::Delivery, String> {
+        let context = keyhold_audit::sink::SinkContext {
+            base_dir: &self.base_dir,
+            instance: &self.instance,
+            tenant,
+        };
+        let sink = keyhold_audit::sink::build(settings, credential?, &context)
+            .map_err(|e| e.to_string())?;
+        let target =
+            keyhold_audit::Target { tenant: tenant.to_owned(), name: name.to_owned(), sink };
+        keyhold_audit::Delivery::start(&self.spool, vec![target], self.options)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn vendor_credential(
+    entry: &crate::config::SinkEntry,
+    base_dir: &std::path::Path,
+) -> Result<Option<Zeroizing<String>>, String> {
+    entry.secret.as_ref().map(|s| s.load(base_dir)).transpose().map_err(|e| e.to_string())
+}
+
 fn read_secret(path: &std::path::Path) -> Result<Zeroizing<String>, BrokerError> {
     std::fs::read_to_string(path)
         .map(|t| Zeroizing::new(t.trim().to_owned()))

@@ -99,10 +99,10 @@ impl AppState {
             Some(source) => {
                 let client = broker::BrokerClient::new(config, source)?;
                 let keystore = registry::open_keystore(config)?;
-                let (registry, version) =
+                let (registry, first) =
                     broker_first_registry(config, &client, keystore.clone()).await;
-                health.set_awaiting_config(version.is_none());
-                from_broker = Some((client, keystore, version));
+                health.set_awaiting_config(first.is_none());
+                from_broker = Some((client, keystore, first));
                 Arc::new(registry)
             }
         };
@@ -158,9 +158,22 @@ impl AppState {
                 .with_delivery(delivery, limit);
         }
         let service = Arc::new(service);
-        if let Some((client, keystore, version)) = from_broker {
+        if let Some((client, keystore, first)) = from_broker {
             let client = Arc::new(client);
+            let mut sinks = None;
             if let Some((spool, instance)) = admin_audit {
+                let mut broker_sinks = broker::BrokerSinks::new(
+                    Arc::clone(&spool),
+                    instance.clone(),
+                    config,
+                    client.allow_local_paths,
+                );
+                if let Some(snapshot) = &first {
+                    for problem in broker_sinks.apply(snapshot, client.fleet()) {
+                        tracing::error!(%problem, "an audit sink from the broker cannot be used");
+                    }
+                }
+                sinks = Some(broker_sinks);
                 tokio::spawn(admin_events(
                     Arc::clone(&client),
                     spool,
@@ -172,7 +185,8 @@ impl AppState {
                 config.clone(),
                 client,
                 keystore,
-                version,
+                first.map(|s| s.version),
+                sinks,
                 Arc::downgrade(&service),
                 Arc::clone(&health),
             ));
@@ -234,7 +248,7 @@ async fn broker_first_registry(
     config: &ProxyConfig,
     client: &broker::BrokerClient,
     keystore: Option<Arc<keyhold_kms::local::Keystore>>,
-) -> (registry::TenantRegistry, Option<u64>) {
+) -> (registry::TenantRegistry, Option<keyhold_core::snapshot::ConfigSnapshot>) {
     let cached = client.load_cache();
     let known = cached.as_ref().map(|(_, s)| s.version);
     let fresh = match client.fetch(known, std::time::Duration::ZERO).await {
@@ -265,7 +279,7 @@ async fn broker_first_registry(
         tenants = registry.len(),
         "configuration from the broker"
     );
-    (registry, Some(snapshot.version))
+    (registry, Some(snapshot))
 }
 
 /// Follows the broker: long polls for newer snapshots and swaps each in. Ends when the
@@ -275,6 +289,7 @@ async fn broker_poll(
     client: Arc<broker::BrokerClient>,
     keystore: Option<Arc<keyhold_kms::local::Keystore>>,
     mut version: Option<u64>,
+    mut sinks: Option<broker::BrokerSinks>,
     service: std::sync::Weak<service::KeyService>,
     health: Arc<Health>,
 ) {
@@ -308,6 +323,11 @@ async fn broker_poll(
                     tracing::error!(version = snapshot.version, %problem, "a KMS configuration from the broker cannot be used");
                 }
                 service.replace_registry(Arc::new(registry));
+                if let Some(sinks) = sinks.as_mut() {
+                    for problem in sinks.apply(&snapshot, client.fleet()) {
+                        tracing::error!(version = snapshot.version, %problem, "an audit sink from the broker cannot be used");
+                    }
+                }
                 version = Some(snapshot.version);
                 service
                     .metrics()
