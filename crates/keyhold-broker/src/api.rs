@@ -12,6 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use crate::leasing::TenantLeasing;
 use axum::{Json, Router};
 use keyhold_core::seal::FleetPublicKey;
 use serde::{Deserialize, Serialize};
@@ -323,6 +325,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/tenants/{id}/siem-configs/{name}/disable", post(disable_siem_config))
         .route("/api/v1/tenants/{id}/siem-configs/{name}/enable", post(enable_siem_config))
         .route("/api/v1/tenants/{id}/history", get(history))
+        .route("/api/v1/tenants/{id}/leasing", get(get_leasing).put(set_leasing))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let proxy = Router::new()
         .route("/api/proxy/v1/snapshot", get(snapshot))
@@ -831,6 +834,41 @@ async fn history(
     Ok(Json(ChangePage { items: page.items, next: page.next }))
 }
 
+/// The tenant's key leasing settings (absent fields: the proxies' defaults).
+#[utoipa::path(get, path = "/api/v1/tenants/{id}/leasing", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = TenantLeasing), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_leasing(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<TenantLeasing>> {
+    let Path(id) = id?;
+    caller.require_tenant(&id)?;
+    Ok(Json(state.store().tenant_leasing(&id).await?))
+}
+
+/// Replaces the tenant's key leasing settings: whether its keys are leased, how often leases
+/// are renewed (the longest a key disabled in the KMS keeps working) and how long they serve
+/// through a KMS outage. The proxies apply them with the next snapshot.
+#[utoipa::path(put, path = "/api/v1/tenants/{id}/leasing", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")), request_body = TenantLeasing,
+    security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = TenantLeasing), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_leasing(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<TenantLeasing>, JsonRejection>,
+) -> ApiResult<Json<TenantLeasing>> {
+    let Path(id) = id?;
+    caller.require_tenant(&id)?;
+    let Json(body) = body?;
+    Ok(Json(state.store().set_tenant_leasing(&caller.actor(), &id, body).await?))
+}
+
 /// The fleet public key to seal credentials to.
 #[utoipa::path(get, path = "/api/v1/fleet-key", tag = "sealing",
     responses((status = 200, body = FleetKeyInfo), (status = 404, body = ErrorBody)))]
@@ -967,12 +1005,12 @@ impl Modify for SecuritySchemes {
     paths(create_tenant, list_tenants, get_tenant, disable_tenant, enable_tenant, create_invitation,
           list_kms_configs, add_kms_config, primary_kms_config, disable_kms_config, enable_kms_config,
           list_siem_configs, add_siem_config, disable_siem_config, enable_siem_config, history,
-          accept_invitation, login, whoami, logout, fleet_key, snapshot,
+          get_leasing, set_leasing, accept_invitation, login, whoami, logout, fleet_key, snapshot,
           crate::admin_events::claim, crate::admin_events::ack, health, ready, openapi_json),
     components(schemas(ErrorBody, Tenant, TenantStatus, TenantPage, CreateTenant, KmsConfig, KmsConfigStatus,
                        NewKmsConfig, KmsConfigList, SiemConfig, SiemConfigStatus, NewSiemConfig, SiemConfigList,
                        Change, ChangePage, CreateInvitation, Invitation, InvitationCreated, FleetKeyInfo, HealthBody,
-                       AcceptInvitation, AdminCreated, LoginRequest, SessionBody,
+                       AcceptInvitation, AdminCreated, LoginRequest, SessionBody, TenantLeasing,
                        crate::admin_events::ClaimRequest, crate::admin_events::AdminEventBatch,
                        crate::admin_events::AckRequest)),
     modifiers(&SecuritySchemes)

@@ -83,8 +83,13 @@ pub fn build(data: &SnapshotData, issued_at: String) -> Result<ConfigSnapshot, S
                 TenantStatus::Active => SnapshotTenantStatus::Active,
                 TenantStatus::Disabled => SnapshotTenantStatus::Disabled,
             },
-            // Leasing is not set through the broker yet: the proxies' defaults apply.
-            leasing: SnapshotLeasing::default(),
+            leasing: data.leasing.get(&tenant.id).map_or_else(SnapshotLeasing::default, |l| {
+                SnapshotLeasing {
+                    enabled: l.enabled,
+                    renew_interval_ms: l.renew_interval_ms,
+                    max_hold_ms: l.max_hold_ms,
+                }
+            }),
             kms_configs,
             audit_sinks,
         });

@@ -229,6 +229,8 @@ pub struct SnapshotData {
     pub version: i64,
     /// Tenants by id, each with its KMS configurations (by id) and active SIEM configurations.
     pub tenants: Vec<(Tenant, Vec<KmsConfig>, Vec<SiemConfig>)>,
+    /// Leasing settings of the tenants that have some.
+    pub leasing: std::collections::HashMap<String, crate::leasing::TenantLeasing>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +275,13 @@ impl<'s> MigrationSource<'s> for Migrations {
                     Cow::Borrowed("admin_events"),
                     MigrationType::Simple,
                     Cow::Borrowed(include_str!("../migrations/0003_admin_events.sql")),
+                    false,
+                ),
+                Migration::new(
+                    4,
+                    Cow::Borrowed("tenant_leasing"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0004_tenant_leasing.sql")),
                     false,
                 ),
             ])
@@ -370,7 +379,9 @@ impl Store {
     }
 
     /// Starts a mutation: a transaction holding the next change id.
-    async fn begin_change(&self) -> Result<(Transaction<'static, Any>, i64), StoreError> {
+    pub(crate) async fn begin_change(
+        &self,
+    ) -> Result<(Transaction<'static, Any>, i64), StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE counters SET value = value + 1 WHERE name = 'change' RETURNING value",
@@ -381,7 +392,7 @@ impl Store {
     }
 
     /// Writes the change record and commits.
-    async fn commit_change(
+    pub(crate) async fn commit_change(
         &self,
         mut tx: Transaction<'static, Any>,
         id: i64,
@@ -879,6 +890,7 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
+        let leasing = Store::all_leasing(&mut tx).await?;
         tx.commit().await?;
 
         let mut by_tenant: std::collections::BTreeMap<
@@ -901,7 +913,7 @@ impl Store {
                 entry.2.push(config);
             }
         }
-        Ok(SnapshotData { version, tenants: by_tenant.into_values().collect() })
+        Ok(SnapshotData { version, tenants: by_tenant.into_values().collect(), leasing })
     }
 
     fn check_sealed(&self, sealed: Option<&str>) -> Result<Option<String>, StoreError> {

@@ -579,6 +579,8 @@ async fn fleet_key_health_and_openapi() {
         ("/api/v1/tenants/{id}/siem-configs/{name}/disable", "post"),
         ("/api/v1/tenants/{id}/siem-configs/{name}/enable", "post"),
         ("/api/v1/tenants/{id}/history", "get"),
+        ("/api/v1/tenants/{id}/leasing", "get"),
+        ("/api/v1/tenants/{id}/leasing", "put"),
         ("/api/v1/invitations/accept", "post"),
         ("/api/v1/session", "post"),
         ("/api/v1/session", "get"),

@@ -78,3 +78,38 @@ async fn admin_events_go_to_one_proxy_at_a_time_and_the_cursor_moves_on_ack() {
         assert_eq!(store.claim_admin_events("proxy-a").await.unwrap().unwrap().cursor, 2);
     }
 }
+
+#[tokio::test]
+async fn leasing_settings_are_validated_recorded_and_in_the_snapshot() {
+    use keyhold_broker::leasing::TenantLeasing;
+    for db in common::databases().await {
+        let store = Store::connect(&db.url).await.unwrap();
+        store.create_tenant("vendor", "acme", None).await.unwrap();
+        assert_eq!(store.tenant_leasing("acme").await.unwrap(), TenantLeasing::default());
+        let version = store.version().await.unwrap();
+        let bad = TenantLeasing { renew_interval_ms: Some(10), ..Default::default() };
+        assert!(matches!(
+            store.set_tenant_leasing("vendor", "acme", bad).await,
+            Err(StoreError::InvalidField { .. })
+        ));
+        assert_eq!(store.version().await.unwrap(), version, "{}: nothing stored", db.name);
+        let fast = TenantLeasing {
+            enabled: Some(true),
+            renew_interval_ms: Some(1000),
+            max_hold_ms: Some(60_000),
+        };
+        store.set_tenant_leasing("admin:a@acme.example", "acme", fast).await.unwrap();
+        assert_eq!(store.tenant_leasing("acme").await.unwrap(), fast);
+        let off = TenantLeasing { enabled: Some(false), ..Default::default() };
+        store.set_tenant_leasing("vendor", "acme", off).await.unwrap();
+        assert_eq!(store.tenant_leasing("acme").await.unwrap(), off, "{}: replaced", db.name);
+        let data = store.snapshot_data().await.unwrap();
+        let snapshot = keyhold_broker::snapshot::build(&data, "now".into()).unwrap();
+        assert_eq!(snapshot.tenants[0].leasing.enabled, Some(false));
+        assert_eq!(snapshot.tenants[0].leasing.renew_interval_ms, None);
+        let history = store.history("acme", None, 10).await.unwrap();
+        let last = history.items.last().unwrap();
+        assert_eq!(last.action, "tenant.leasing");
+        assert!(matches!(store.tenant_leasing("nobody").await, Err(StoreError::TenantNotFound(_))));
+    }
+}

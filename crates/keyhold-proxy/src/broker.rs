@@ -112,13 +112,24 @@ pub fn prepare(
 }
 
 fn tenant_config(tenant: &SnapshotTenant) -> TenantConfig {
+    let leasing = &tenant.leasing;
+    // The broker validates these; a proxy still refuses values its own file could not hold.
+    let renew_ok =
+        leasing.renew_interval_ms.is_none_or(|r| r >= crate::config::MIN_LEASE_RENEW_INTERVAL_MS);
+    let hold_ok = leasing.max_hold_ms.is_none_or(|h| h >= leasing.renew_interval_ms.unwrap_or(0));
+    let leasing = if renew_ok && hold_ok {
+        TenantLeasing {
+            enabled: leasing.enabled,
+            renew_interval_ms: leasing.renew_interval_ms,
+            max_hold_ms: leasing.max_hold_ms,
+        }
+    } else {
+        tracing::error!(tenant = %tenant.id, "leasing settings from the broker are out of range; the proxy's defaults apply");
+        TenantLeasing::default()
+    };
     TenantConfig {
         id: tenant.id.clone(),
-        leasing: TenantLeasing {
-            enabled: tenant.leasing.enabled,
-            renew_interval_ms: tenant.leasing.renew_interval_ms,
-            max_hold_ms: tenant.leasing.max_hold_ms,
-        },
+        leasing,
         kms_configs: Vec::new(),
         audit_sinks: Vec::new(),
     }
