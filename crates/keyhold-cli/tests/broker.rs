@@ -84,12 +84,17 @@ fn start_broker(dir: &Path, port: u16, database_url: &str) -> Process {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&config, text).unwrap();
+    // Everything the broker logs, at the most verbose level, goes to broker.log: tests check
+    // that no credential ever appears there.
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).unwrap();
     let child = Command::new(BIN)
         .args(["broker", "--config"])
         .arg(&config)
         .env("DATABASE_URL", database_url)
+        .env("KEYHOLD_LOG", "trace")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let process = Process(child);
@@ -440,9 +445,12 @@ fn a_vault_configuration_with_a_sealed_token_wraps_the_tenants_new_keys() {
     assert_eq!(status, 201, "{body}");
     let vault_config = body["id"].as_i64().unwrap();
 
-    // The broker never stored the token: not in its database, nor in what it answers.
+    // The broker never stored the token: not in its database, its log, nor what it answers.
     let db = std::fs::read(dir.join("broker.db")).unwrap();
     assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in broker.db");
+    let log = std::fs::read_to_string(dir.join("broker.log")).unwrap();
+    assert!(log.contains("kms_configs"), "the trace log shows the statements it ran");
+    assert!(!log.contains(&token), "the token is in the broker's log");
     let (_, history) =
         vendor(&broker_url, &vendor_key, "GET", "/api/v1/tenants/demo-tenant/history", None);
     assert!(!history.to_string().contains(&token));
@@ -585,6 +593,8 @@ fn a_tenant_admin_configures_openbao_in_the_browser_and_the_proxy_uses_it() {
     // admin who made the change.
     let db = std::fs::read(dir.join("broker.db")).unwrap();
     assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in broker.db");
+    let log = std::fs::read_to_string(dir.join("broker.log")).unwrap();
+    assert!(!log.is_empty() && !log.contains(&token), "the token is in the broker's log");
     let (_, history) =
         vendor(&broker_url, &vendor_key, "GET", &format!("/api/v1/tenants/{tenant}/history"), None);
     assert!(history.to_string().contains("admin:secadmin@acme.example"), "{history}");
@@ -654,4 +664,49 @@ fn a_siem_the_tenant_configures_in_the_broker_receives_its_events() {
         None,
     );
     assert_eq!(status, 200);
+}
+
+#[test]
+fn a_broker_restored_from_an_older_state_is_refused_and_the_proxy_keeps_its_tenants() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(root.path());
+    let api_key = read(&dir.join("api-key"));
+    let vendor_key = read(&dir.join("vendor-api-key"));
+    let broker_port = free_port();
+    let broker_url = format!("http://127.0.0.1:{broker_port}");
+    let current = format!("sqlite://{}?mode=rwc", dir.join("current.db").display());
+    let broker = start_broker(&dir, broker_port, &current);
+    for body in [json!({"id": "acme"}), json!({"id": "beta"})] {
+        assert_eq!(vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(body)).0, 201);
+    }
+    let (status, _) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        "/api/v1/tenants/acme/kms-configs",
+        Some(json!({"type": "local", "settings": {"key": "demo-tenant"}})),
+    );
+    assert_eq!(status, 201);
+    let proxy = start_proxy(&proxy_config(&dir, "replay", broker_port, 300));
+    wait_until(Duration::from_secs(10), "acme was never served", || {
+        wrap(&proxy.url, &api_key, "acme").0 == 200
+    });
+    // The broker comes back on an older database (a restore from an old backup, or old state
+    // replayed with the real key): same signing key, a lower version, no acme.
+    drop(broker);
+    let old = format!("sqlite://{}?mode=rwc", dir.join("old.db").display());
+    let _broker = start_broker(&dir, broker_port, &old);
+    let zeta =
+        vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(json!({"id": "zeta"})));
+    assert_eq!(zeta.0, 201);
+    wait_until(Duration::from_secs(10), "the older snapshot was never refused", || {
+        get(&proxy.url, "/metrics").is_some_and(|(_, m)| {
+            m.lines().any(|l| {
+                l.starts_with("keyhold_broker_snapshots_refused_total ") && !l.ends_with(" 0")
+            })
+        })
+    });
+    // Nothing of it was applied: acme is still served, zeta unknown.
+    assert_eq!(wrap(&proxy.url, &api_key, "acme").0, 200);
+    assert_eq!(wrap(&proxy.url, &api_key, "zeta").1["code"], 201);
 }
