@@ -153,6 +153,39 @@ fn start_proxy(config: &Path) -> Proxy {
     Proxy { _process: process, url }
 }
 
+/// A `keyhold up` data directory, a `keyhold broker` on SQLite and one `keyhold proxy`
+/// following it, ready.
+struct Setup {
+    root: tempfile::TempDir,
+    dir: PathBuf,
+    api_key: String,
+    vendor_key: String,
+    broker_url: String,
+    _broker: Process,
+    proxy: Proxy,
+}
+
+fn broker_and_proxy(name: &str) -> Setup {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(root.path());
+    let broker_port = free_port();
+    let database = format!("sqlite://{}?mode=rwc", dir.join("broker.db").display());
+    let broker = start_broker(&dir, broker_port, &database);
+    let proxy = start_proxy(&proxy_config(&dir, name, broker_port, 1000));
+    wait_until(Duration::from_secs(10), "the proxy never became ready", || {
+        get(&proxy.url, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    Setup {
+        api_key: read(&dir.join("api-key")),
+        vendor_key: read(&dir.join("vendor-api-key")),
+        broker_url: format!("http://127.0.0.1:{broker_port}"),
+        root,
+        dir,
+        _broker: broker,
+        proxy,
+    }
+}
+
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !done() {
@@ -400,18 +433,8 @@ fn a_vault_configuration_with_a_sealed_token_wraps_the_tenants_new_keys() {
     else {
         return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let dir = data_dir(root.path());
-    let api_key = read(&dir.join("api-key"));
-    let vendor_key = read(&dir.join("vendor-api-key"));
-    let broker_port = free_port();
-    let broker_url = format!("http://127.0.0.1:{broker_port}");
-    let database = format!("sqlite://{}?mode=rwc", dir.join("broker.db").display());
-    let _broker = start_broker(&dir, broker_port, &database);
-    let proxy = start_proxy(&proxy_config(&dir, "vault", broker_port, 1000));
-    wait_until(Duration::from_secs(10), "the proxy never became ready", || {
-        get(&proxy.url, "/ready").is_some_and(|(s, _)| s == 200)
-    });
+    let Setup { root: _root, dir, api_key, vendor_key, broker_url, _broker, proxy } =
+        broker_and_proxy("vault");
 
     // `keyhold seal` fetches the fleet key from the broker and seals the token for this tenant,
     // as the web page does: only the sealed blob goes to the broker.
@@ -504,18 +527,8 @@ fn a_tenant_admin_configures_openbao_in_the_browser_and_the_proxy_uses_it() {
              crates/keyhold-broker/ui/e2e/install.sh (scripts/test does both)"
         );
     }
-    let root = tempfile::tempdir().unwrap();
-    let dir = data_dir(root.path());
-    let api_key = read(&dir.join("api-key"));
-    let vendor_key = read(&dir.join("vendor-api-key"));
-    let broker_port = free_port();
-    let broker_url = format!("http://127.0.0.1:{broker_port}");
-    let database = format!("sqlite://{}?mode=rwc", dir.join("broker.db").display());
-    let _broker = start_broker(&dir, broker_port, &database);
-    let proxy = start_proxy(&proxy_config(&dir, "browser", broker_port, 1000));
-    wait_until(Duration::from_secs(10), "the proxy never became ready", || {
-        get(&proxy.url, "/ready").is_some_and(|(s, _)| s == 200)
-    });
+    let Setup { root, dir, api_key, vendor_key, broker_url, _broker, proxy } =
+        broker_and_proxy("browser");
 
     // The vendor onboards the tenant (with a vendor-held key first) and invites its admin.
     let tenant = "acme-browser";
@@ -613,18 +626,8 @@ fn a_siem_the_tenant_configures_in_the_broker_receives_its_events() {
     else {
         return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let dir = data_dir(root.path());
-    let api_key = read(&dir.join("api-key"));
-    let vendor_key = read(&dir.join("vendor-api-key"));
-    let broker_port = free_port();
-    let broker_url = format!("http://127.0.0.1:{broker_port}");
-    let database = format!("sqlite://{}?mode=rwc", dir.join("broker.db").display());
-    let _broker = start_broker(&dir, broker_port, &database);
-    let proxy = start_proxy(&proxy_config(&dir, "siem", broker_port, 1000));
-    wait_until(Duration::from_secs(10), "the proxy never became ready", || {
-        get(&proxy.url, "/ready").is_some_and(|(s, _)| s == 200)
-    });
+    let Setup { root: _root, dir: _dir, api_key, vendor_key, broker_url, _broker, proxy } =
+        broker_and_proxy("siem");
     let tenant = format!("siem-{}", std::process::id());
     let (status, body) =
         vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(json!({"id": tenant})));
