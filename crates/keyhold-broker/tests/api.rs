@@ -211,7 +211,7 @@ async fn refused_requests_store_nothing() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400);
-        let big = json!({"id": "big", "name": "x".repeat(2 * 1024 * 1024)});
+        let big = json!({"id": "big", "name": "x".repeat(common::TEST_MAX_BODY_BYTES + 1024)});
         let r = b
             .http
             .post(b.url("/api/v1/tenants"))

@@ -69,6 +69,9 @@ pub struct TestBroker {
     _dir: tempfile::TempDir,
 }
 
+/// The body limit of the test brokers.
+pub const TEST_MAX_BODY_BYTES: usize = 64 * 1024;
+
 impl TestBroker {
     pub async fn start(db: &TestDb) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -83,6 +86,10 @@ impl TestBroker {
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.database_url = db.url.clone();
         config.fleet_public_keys = vec![fleet.public_key().to_base64()];
+        // Small enough that an oversize test body fits in the socket buffers: the broker
+        // answers 413 before reading it all, and a larger body could still be being written
+        // (a broken pipe for the client instead of the answer).
+        config.max_body_bytes = TEST_MAX_BODY_BYTES;
         let broker = Broker::bind(&config).await.unwrap();
         let pub_text = std::fs::read_to_string(dir.path().join("signing.key.pub")).unwrap();
         let broker_key = SnapshotVerifyingKey::from_base64(pub_text.trim()).unwrap();
