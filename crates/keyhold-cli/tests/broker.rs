@@ -68,22 +68,20 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_owned()
 }
 
+/// Rewrites the lines of a TOML file that start with `prefix` as `line`.
+fn replace_line(path: &Path, prefix: &str, line: &str) {
+    let text = read(path)
+        .lines()
+        .map(|l| if l.starts_with(prefix) { line.to_owned() } else { l.to_owned() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(path, text).unwrap();
+}
+
 /// Starts `keyhold broker` on `database_url`, listening on `port`.
 fn start_broker(dir: &Path, port: u16, database_url: &str) -> Process {
     let config = dir.join("broker.toml");
-    let text = read(&config);
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("listen") {
-                format!("listen = \"127.0.0.1:{port}\"")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&config, text).unwrap();
+    replace_line(&config, "listen", &format!("listen = \"127.0.0.1:{port}\""));
     // Everything the broker logs, at the most verbose level, goes to broker.log: tests check
     // that no credential ever appears there.
     let log =
@@ -401,18 +399,7 @@ fn a_proxy_refuses_snapshots_signed_by_a_key_it_does_not_trust() {
     // The same configuration, but trusting another broker key.
     let config = proxy_config(&dir, "untrusting", broker_port, 500);
     let other = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=";
-    let text = read(&config)
-        .lines()
-        .map(|l| {
-            if l.starts_with("public_keys") {
-                format!("public_keys = [\"{other}\"]")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&config, text).unwrap();
+    replace_line(&config, "public_keys", &format!("public_keys = [\"{other}\"]"));
     let proxy = start_proxy(&config);
     wait_until(Duration::from_secs(10), "the refusal was never counted", || {
         get(&proxy.url, "/metrics").is_some_and(|(_, m)| {

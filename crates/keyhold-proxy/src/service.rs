@@ -455,7 +455,8 @@ impl KeyService {
     }
 
     fn tenant(&self, id: &str) -> Result<Arc<Tenant>, ServiceError> {
-        match self.registry().tenant(id) {
+        // A guard, not an Arc clone of the registry: this runs on every request.
+        match self.tenants.load().registry.tenant(id) {
             Some(t) if t.has_active_config() => Ok(Arc::clone(t)),
             _ => Err(ServiceError::UnknownTenant(id.to_owned())),
         }
@@ -521,7 +522,7 @@ impl KeyService {
         let code = error.map(|e| e.code().code()).unwrap_or(0);
         // Unknown tenants are not used as label values: a caller could otherwise grow the
         // metrics without bound.
-        let known = self.registry().tenant(&meta.tenant_id).is_some();
+        let known = self.tenants.load().registry.tenant(&meta.tenant_id).is_some();
         let tenant = if known { meta.tenant_id.clone() } else { "(unknown)".to_owned() };
         self.metrics
             .key_operations
