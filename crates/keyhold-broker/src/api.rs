@@ -28,8 +28,8 @@ use crate::error::{ApiError, ErrorBody};
 use crate::session::{self, Caller};
 use crate::snapshot::Snapshots;
 use crate::store::{
-    Change, DEFAULT_PAGE_LIMIT, Invitation, KmsConfig, KmsConfigStatus, NewKmsConfig,
-    NewSiemConfig, SiemConfig, SiemConfigStatus, Store, Tenant, TenantStatus,
+    Change, DEFAULT_PAGE_LIMIT, Invitation, KmsConfig, KmsConfigStatus, ManagedBy, NewKmsConfig,
+    NewSiemConfig, NewVendorKey, SiemConfig, SiemConfigStatus, Store, Tenant, TenantStatus,
 };
 
 /// Longest long poll of the snapshot route.
@@ -55,6 +55,7 @@ struct Inner {
     fleet_keys: Vec<FleetPublicKey>,
     max_body_bytes: usize,
     secure_cookies: bool,
+    vendor_key_on_create: bool,
     login_limiter: LoginLimiter,
     shutdown: watch::Receiver<bool>,
 }
@@ -76,6 +77,8 @@ pub struct AppParts {
     pub max_body_bytes: usize,
     /// Whether the session cookie is marked `Secure`.
     pub secure_cookies: bool,
+    /// Whether a tenant created without saying otherwise gets a vendor-managed key.
+    pub vendor_key_on_create: bool,
     /// Becomes `true` when the broker shuts down (long polls then end at once).
     pub shutdown: watch::Receiver<bool>,
 }
@@ -91,6 +94,7 @@ impl AppState {
             fleet_keys,
             max_body_bytes,
             secure_cookies,
+            vendor_key_on_create,
             shutdown,
         } = parts;
         Self {
@@ -102,6 +106,7 @@ impl AppState {
                 fleet_keys,
                 max_body_bytes,
                 secure_cookies,
+                vendor_key_on_create,
                 login_limiter: LoginLimiter::default(),
                 shutdown,
             }),
@@ -111,6 +116,16 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The fleet key new secrets are sealed to (the first configured).
+    fn sealing_key(&self) -> ApiResult<&FleetPublicKey> {
+        self.inner.fleet_keys.first().ok_or_else(|| {
+            ApiError::NotFound(
+                "the broker has no fleet public key (fleet_public_keys) to seal a vendor key to"
+                    .into(),
+            )
+        })
     }
 }
 
@@ -125,6 +140,20 @@ pub struct CreateTenant {
     /// Display name (default: the id).
     #[serde(default)]
     pub name: Option<String>,
+    /// Give the tenant its own vendor-managed key as its primary KMS configuration (default:
+    /// the broker's `vendor_key_on_create`).
+    #[serde(default)]
+    pub vendor_key: Option<bool>,
+}
+
+/// A new tenant, with its vendor-managed key if one was made.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TenantCreated {
+    /// The tenant.
+    #[serde(flatten)]
+    pub tenant: Tenant,
+    /// Its vendor-managed key (a KMS configuration of type `vendor`), if one was made.
+    pub vendor_key: Option<KmsConfig>,
 }
 
 /// A page of tenants.
@@ -318,6 +347,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/tenants/{id}/enable", post(enable_tenant))
         .route("/api/v1/tenants/{id}/invitations", post(create_invitation))
         .route("/api/v1/tenants/{id}/kms-configs", get(list_kms_configs).post(add_kms_config))
+        .route("/api/v1/tenants/{id}/vendor-keys", post(create_vendor_key))
+        .route("/api/v1/tenants/{id}/kms-usage", get(crate::kms_usage::tenant_usage))
         .route("/api/v1/tenants/{id}/kms-configs/{cid}/primary", post(primary_kms_config))
         .route("/api/v1/tenants/{id}/kms-configs/{cid}/disable", post(disable_kms_config))
         .route("/api/v1/tenants/{id}/kms-configs/{cid}/enable", post(enable_kms_config))
@@ -331,6 +362,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/proxy/v1/snapshot", get(snapshot))
         .route("/api/proxy/v1/admin-events/claim", post(crate::admin_events::claim))
         .route("/api/proxy/v1/admin-events/ack", post(crate::admin_events::ack))
+        .route("/api/proxy/v1/kms-usage", post(crate::kms_usage::report))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_proxy_token));
     Router::new()
         .merge(vendor)
@@ -412,18 +444,47 @@ async fn require_proxy_token(
 /// Creates a tenant.
 #[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = CreateTenant,
     security(("vendor_key" = [])),
-    responses((status = 201, body = Tenant), (status = 400, body = ErrorBody),
+    responses((status = 201, body = TenantCreated), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_tenant(
     State(state): State<AppState>,
     caller: Caller,
     body: Result<Json<CreateTenant>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Tenant>)> {
+) -> ApiResult<(StatusCode, Json<TenantCreated>)> {
     caller.require_vendor()?;
     let Json(body) = body?;
-    let tenant =
-        state.store().create_tenant(&caller.actor(), &body.id, body.name.as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(tenant)))
+    let fleet = if body.vendor_key.unwrap_or(state.inner.vendor_key_on_create) {
+        Some(state.sealing_key()?)
+    } else {
+        None
+    };
+    let (tenant, vendor_key) = state
+        .store()
+        .create_tenant_with_key(&caller.actor(), &body.id, body.name.as_deref(), fleet)
+        .await?;
+    Ok((StatusCode::CREATED, Json(TenantCreated { tenant, vendor_key })))
+}
+
+/// Creates a vendor-managed key for the tenant: the broker draws 32 random bytes, seals them at
+/// once to the proxy fleet's key and keeps only the sealed blob (a KMS configuration of type
+/// `vendor`, `managed_by: vendor`). Vendor API key only.
+#[utoipa::path(post, path = "/api/v1/tenants/{id}/vendor-keys", tag = "kms",
+    params(("id" = String, Path, description = "Tenant id")), request_body = NewVendorKey,
+    security(("vendor_key" = [])),
+    responses((status = 201, body = KmsConfig), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn create_vendor_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<NewVendorKey>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<KmsConfig>)> {
+    let Path(id) = id?;
+    caller.require_vendor()?;
+    let Json(body) = body?;
+    let fleet = state.sealing_key()?;
+    let config = state.store().create_vendor_key(&caller.actor(), &id, body, fleet).await?;
+    Ok((StatusCode::CREATED, Json(config)))
 }
 
 /// Lists tenants by id, a page at a time.
@@ -681,7 +742,16 @@ async fn add_kms_config(
     let Path(id) = id?;
     caller.require_tenant(&id)?;
     let Json(body) = body?;
-    let config = state.store().add_kms_config(&caller.actor(), &id, body).await?;
+    if body.kind == "vendor" {
+        return Err(ApiError::BadRequest(
+            "vendor-managed keys are made by POST /api/v1/tenants/{id}/vendor-keys".into(),
+        ));
+    }
+    let managed_by = match caller {
+        Caller::Vendor => ManagedBy::Vendor,
+        Caller::TenantAdmin { .. } => ManagedBy::Tenant,
+    };
+    let config = state.store().add_kms_config(&caller.actor(), &id, body, managed_by).await?;
     Ok((StatusCode::CREATED, Json(config)))
 }
 
@@ -1003,16 +1073,20 @@ impl Modify for SecuritySchemes {
 #[openapi(
     info(title = "Keyhold Configuration Broker", description = "Vendor Bridge API and proxy snapshot route (docs/broker.md). Routes open to tenant admins accept the session cookie; with it, POST/PUT/PATCH/DELETE need the X-CSRF-Token header."),
     paths(create_tenant, list_tenants, get_tenant, disable_tenant, enable_tenant, create_invitation,
-          list_kms_configs, add_kms_config, primary_kms_config, disable_kms_config, enable_kms_config,
+          list_kms_configs, add_kms_config, create_vendor_key, primary_kms_config, disable_kms_config, enable_kms_config,
           list_siem_configs, add_siem_config, disable_siem_config, enable_siem_config, history,
           get_leasing, set_leasing, accept_invitation, login, whoami, logout, fleet_key, snapshot,
-          crate::admin_events::claim, crate::admin_events::ack, health, ready, openapi_json),
-    components(schemas(ErrorBody, Tenant, TenantStatus, TenantPage, CreateTenant, KmsConfig, KmsConfigStatus,
+          crate::admin_events::claim, crate::admin_events::ack, crate::kms_usage::report,
+          crate::kms_usage::tenant_usage, health, ready, openapi_json),
+    components(schemas(ErrorBody, Tenant, TenantStatus, TenantPage, CreateTenant, TenantCreated, KmsConfig, KmsConfigStatus,
+                       ManagedBy, NewVendorKey,
                        NewKmsConfig, KmsConfigList, SiemConfig, SiemConfigStatus, NewSiemConfig, SiemConfigList,
                        Change, ChangePage, CreateInvitation, Invitation, InvitationCreated, FleetKeyInfo, HealthBody,
                        AcceptInvitation, AdminCreated, LoginRequest, SessionBody, TenantLeasing,
                        crate::admin_events::ClaimRequest, crate::admin_events::AdminEventBatch,
-                       crate::admin_events::AckRequest)),
+                       crate::admin_events::AckRequest, crate::kms_usage::UsageReport,
+                       crate::kms_usage::UsageReportItem, crate::kms_usage::TenantKmsUsage,
+                       crate::kms_usage::ConfigUsage, crate::kms_usage::KeyVersionUsage)),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;

@@ -55,6 +55,11 @@ pub struct BrokerConfig {
     /// over TLS, directly or through a proxy; default false).
     #[serde(default)]
     pub secure_cookies: bool,
+    /// Whether `POST /api/v1/tenants` gives each new tenant its own vendor-managed key (a KMS
+    /// configuration of type `vendor`, primary) unless the request says `"vendor_key": false`
+    /// (default false; `keyhold up` sets it). Needs `fleet_public_keys`.
+    #[serde(default)]
+    pub vendor_key_on_create: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -83,6 +88,7 @@ impl BrokerConfig {
             proxy_token_file,
             max_body_bytes: default_max_body_bytes(),
             secure_cookies: false,
+            vendor_key_on_create: false,
         }
     }
 

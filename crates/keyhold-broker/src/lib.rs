@@ -35,6 +35,7 @@ pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod kms_usage;
 pub mod leasing;
 pub mod server;
 pub mod session;

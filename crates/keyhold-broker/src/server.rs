@@ -42,6 +42,7 @@ impl Broker {
             fleet_keys,
             max_body_bytes: config.max_body_bytes,
             secure_cookies: config.secure_cookies,
+            vendor_key_on_create: config.vendor_key_on_create,
             shutdown: shutdown_rx,
         });
         Ok(Self { listener, state, shutdown })

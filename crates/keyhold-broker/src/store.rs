@@ -57,6 +57,16 @@ pub enum KmsConfigStatus {
     Disabled,
 }
 
+/// Who manages a KMS configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedBy {
+    /// The vendor: a vendor-managed key, or a KMS the vendor runs for the tenant.
+    Vendor,
+    /// The tenant: its own KMS.
+    Tenant,
+}
+
 /// A SIEM configuration's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +96,7 @@ macro_rules! status_text {
 status_text!(TenantStatus { Active => "active", Disabled => "disabled" });
 status_text!(KmsConfigStatus { Primary => "primary", Active => "active", Disabled => "disabled" });
 status_text!(SiemConfigStatus { Active => "active", Disabled => "disabled" });
+status_text!(ManagedBy { Vendor => "vendor", Tenant => "tenant" });
 
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -117,6 +128,9 @@ pub struct KmsConfig {
     pub sealed_key_id: Option<String>,
     /// Status.
     pub status: KmsConfigStatus,
+    /// Who manages it: `vendor` (added with the vendor API key, or a vendor-managed key) or
+    /// `tenant` (added by a tenant admin).
+    pub managed_by: ManagedBy,
     /// Creation time, RFC 3339 UTC.
     pub created_at: String,
     /// The sealed blob itself (only for the snapshot).
@@ -178,6 +192,18 @@ pub struct NewKmsConfig {
     /// The secret fields, sealed to a fleet key (`khs1.<key id>.<base64url>`).
     #[serde(default)]
     pub sealed: Option<String>,
+    /// Default: `primary` if the tenant has no primary configuration, else `active`.
+    #[serde(default)]
+    pub status: Option<KmsConfigStatus>,
+}
+
+/// `POST /api/v1/tenants/{id}/vendor-keys`: a new vendor-managed key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVendorKey {
+    /// A label shown beside the key (e.g. "2026 key").
+    #[serde(default)]
+    pub label: Option<String>,
     /// Default: `primary` if the tenant has no primary configuration, else `active`.
     #[serde(default)]
     pub status: Option<KmsConfigStatus>,
@@ -284,6 +310,13 @@ impl<'s> MigrationSource<'s> for Migrations {
                     Cow::Borrowed(include_str!("../migrations/0004_tenant_leasing.sql")),
                     false,
                 ),
+                Migration::new(
+                    5,
+                    Cow::Borrowed("vendor_keys"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0005_vendor_keys.sql")),
+                    false,
+                ),
             ])
         })
     }
@@ -383,12 +416,8 @@ impl Store {
         &self,
     ) -> Result<(Transaction<'static, Any>, i64), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE counters SET value = value + 1 WHERE name = 'change' RETURNING value",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        Ok((tx, row.try_get::<i64, _>("value")?))
+        let id = next_change_id(&mut tx).await?;
+        Ok((tx, id))
     }
 
     /// Writes the change record and commits.
@@ -401,17 +430,7 @@ impl Store {
         action: &str,
         detail: Value,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO changes (id, tenant_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id)
-        .bind(tenant)
-        .bind(now())
-        .bind(actor)
-        .bind(action)
-        .bind(detail.to_string())
-        .execute(&mut *tx)
-        .await?;
+        write_change(&mut tx, id, tenant, actor, action, detail).await?;
         tx.commit().await?;
         self.version.send_if_modified(|v| {
             let newer = id > *v;
@@ -432,9 +451,29 @@ impl Store {
         id: &str,
         name: Option<&str>,
     ) -> Result<Tenant, StoreError> {
+        self.create_tenant_with_key(actor, id, name, None).await.map(|(tenant, _)| tenant)
+    }
+
+    /// Creates a tenant and, with `vendor_key`, its first vendor-managed key as its primary
+    /// configuration, in one transaction (two history records).
+    pub async fn create_tenant_with_key(
+        &self,
+        actor: &str,
+        id: &str,
+        name: Option<&str>,
+        vendor_key: Option<&keyhold_core::seal::FleetPublicKey>,
+    ) -> Result<(Tenant, Option<KmsConfig>), StoreError> {
         validate::tenant_id(id)?;
         let name = name.unwrap_or(id);
         validate::tenant_name(name)?;
+        let key = match vendor_key {
+            Some(fleet) => {
+                let new = vendor_key_config(id, &NewVendorKey::default(), fleet)?;
+                let checked = self.check_kms_config(&new)?;
+                Some((new, checked))
+            }
+            None => None,
+        };
         let (mut tx, change) = self.begin_change().await?;
         if fetch_tenant(&mut tx, id).await?.is_some() {
             return Err(StoreError::Conflict(format!("tenant {id:?} exists")));
@@ -452,9 +491,25 @@ impl Store {
             .bind(&tenant.created_at)
             .execute(&mut *tx)
             .await?;
-        self.commit_change(tx, change, id, actor, "tenant.create", json!({"name": tenant.name}))
+        let Some((new, checked)) = key else {
+            self.commit_change(
+                tx,
+                change,
+                id,
+                actor,
+                "tenant.create",
+                json!({"name": tenant.name}),
+            )
             .await?;
-        Ok(tenant)
+            return Ok((tenant, None));
+        };
+        write_change(&mut tx, change, id, actor, "tenant.create", json!({"name": tenant.name}))
+            .await?;
+        let key_change = next_change_id(&mut tx).await?;
+        let (config, detail) =
+            insert_kms_config(&mut tx, id, new, ManagedBy::Vendor, checked).await?;
+        self.commit_change(tx, key_change, id, actor, "vendor_key.create", detail).await?;
+        Ok((tenant, Some(config)))
     }
 
     /// The tenant, created if missing (for `keyhold up`).
@@ -584,62 +639,42 @@ impl Store {
         actor: &str,
         tenant: &str,
         new: NewKmsConfig,
+        managed_by: ManagedBy,
     ) -> Result<KmsConfig, StoreError> {
+        let checked = self.check_kms_config(&new)?;
+        let (mut tx, change) = self.begin_change().await?;
+        require_tenant(&mut tx, tenant).await?;
+        let (config, detail) = insert_kms_config(&mut tx, tenant, new, managed_by, checked).await?;
+        self.commit_change(tx, change, tenant, actor, "kms_config.add", detail).await?;
+        Ok(config)
+    }
+
+    /// Creates a vendor-managed key for a tenant: 32 random bytes sealed at once to the
+    /// fleet key `fleet` (so that only the proxies can open them) and stored as a KMS
+    /// configuration of type `vendor`. The clear key exists only in this function's memory,
+    /// which is wiped; it is never stored, logged or returned.
+    pub async fn create_vendor_key(
+        &self,
+        actor: &str,
+        tenant: &str,
+        request: NewVendorKey,
+        fleet: &keyhold_core::seal::FleetPublicKey,
+    ) -> Result<KmsConfig, StoreError> {
+        let new = vendor_key_config(tenant, &request, fleet)?;
+        let checked = self.check_kms_config(&new)?;
+        let (mut tx, change) = self.begin_change().await?;
+        require_tenant(&mut tx, tenant).await?;
+        let (config, detail) =
+            insert_kms_config(&mut tx, tenant, new, ManagedBy::Vendor, checked).await?;
+        self.commit_change(tx, change, tenant, actor, "vendor_key.create", detail).await?;
+        Ok(config)
+    }
+
+    fn check_kms_config(&self, new: &NewKmsConfig) -> Result<CheckedKmsConfig, StoreError> {
         let sealed_key_id = self.check_sealed(new.sealed.as_deref())?;
         let settings_text =
             validate::kms_settings(&new.kind, &new.settings, new.sealed.as_deref())?;
-        let (mut tx, change) = self.begin_change().await?;
-        require_tenant(&mut tx, tenant).await?;
-        let current_primary = primary_of(&mut tx, tenant).await?;
-        let status = new.status.unwrap_or(if current_primary.is_some() {
-            KmsConfigStatus::Active
-        } else {
-            KmsConfigStatus::Primary
-        });
-        let demoted = if status == KmsConfigStatus::Primary {
-            demote_primary(&mut tx, tenant).await?
-        } else {
-            None
-        };
-        let row = sqlx::query(
-            "UPDATE counters SET value = value + 1 WHERE name = 'kms_config' RETURNING value",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let id = row.try_get::<i64, _>("value")?;
-        if i32::try_from(id).is_err() {
-            // EDEKs record the id as a 32-bit number.
-            return Err(StoreError::Conflict("no KMS configuration id is left".into()));
-        }
-        let config = KmsConfig {
-            id,
-            tenant: tenant.to_owned(),
-            kind: new.kind,
-            settings: new.settings,
-            sealed_key_id,
-            status,
-            created_at: now(),
-            sealed: new.sealed,
-        };
-        sqlx::query(
-            "INSERT INTO kms_configs (id, tenant_id, type, settings, sealed, status, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(id)
-        .bind(tenant)
-        .bind(&config.kind)
-        .bind(&settings_text)
-        .bind(config.sealed.clone())
-        .bind(status.as_str())
-        .bind(&config.created_at)
-        .execute(&mut *tx)
-        .await?;
-        let detail = json!({
-            "id": id, "type": config.kind, "status": status.as_str(), "settings": config.settings,
-            "sealed_key_id": config.sealed_key_id, "demoted": demoted,
-        });
-        self.commit_change(tx, change, tenant, actor, "kms_config.add", detail).await?;
-        Ok(config)
+        Ok(CheckedKmsConfig { sealed_key_id, settings_text })
     }
 
     /// The tenant's configuration with this type and these settings and sealed blob, added if
@@ -656,7 +691,7 @@ impl Store {
             });
         match existing {
             Some(config) => Ok(config),
-            None => self.add_kms_config(actor, tenant, new).await,
+            None => self.add_kms_config(actor, tenant, new, ManagedBy::Vendor).await,
         }
     }
 
@@ -665,7 +700,7 @@ impl Store {
         let mut conn = self.pool.acquire().await?;
         require_tenant(&mut conn, tenant).await?;
         let rows = sqlx::query(
-            "SELECT id, tenant_id, type, settings, sealed, status, created_at FROM kms_configs \
+            "SELECT id, tenant_id, type, settings, sealed, status, managed_by, created_at FROM kms_configs \
              WHERE tenant_id = $1 ORDER BY id",
         )
         .bind(tenant)
@@ -685,7 +720,7 @@ impl Store {
         let (mut tx, change) = self.begin_change().await?;
         require_tenant(&mut tx, tenant).await?;
         let row = sqlx::query(
-            "SELECT id, tenant_id, type, settings, sealed, status, created_at FROM kms_configs \
+            "SELECT id, tenant_id, type, settings, sealed, status, managed_by, created_at FROM kms_configs \
              WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant)
@@ -879,7 +914,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
         let kms = sqlx::query(
-            "SELECT id, tenant_id, type, settings, sealed, status, created_at FROM kms_configs \
+            "SELECT id, tenant_id, type, settings, sealed, status, managed_by, created_at FROM kms_configs \
              ORDER BY tenant_id, id",
         )
         .fetch_all(&mut *tx)
@@ -922,6 +957,135 @@ impl Store {
 }
 
 /// Keeps `limit` items; the next page starts after the last one if there was one more.
+/// The next change id, in an open transaction (also serialises writers, see `counters`).
+async fn next_change_id(conn: &mut sqlx::AnyConnection) -> Result<i64, StoreError> {
+    let row =
+        sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'change' RETURNING value")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(row.try_get::<i64, _>("value")?)
+}
+
+/// Writes a history record (the transaction is committed by the caller).
+async fn write_change(
+    conn: &mut sqlx::AnyConnection,
+    id: i64,
+    tenant: &str,
+    actor: &str,
+    action: &str,
+    detail: Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO changes (id, tenant_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(now())
+    .bind(actor)
+    .bind(action)
+    .bind(detail.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A KMS configuration that passed validation.
+struct CheckedKmsConfig {
+    sealed_key_id: Option<String>,
+    settings_text: String,
+}
+
+/// The configuration of a new vendor-managed key: fresh key material, sealed to the fleet.
+fn vendor_key_config(
+    tenant: &str,
+    request: &NewVendorKey,
+    fleet: &keyhold_core::seal::FleetPublicKey,
+) -> Result<NewKmsConfig, StoreError> {
+    if let Some(label) = &request.label {
+        validate::tenant_name(label)?;
+    }
+    let material = keyhold_core::secret::MasterKeyMaterial::generate()
+        .map_err(|_| StoreError::Corrupt("no randomness for a vendor key".into()))?;
+    let plaintext = zeroize::Zeroizing::new(
+        serde_json::to_vec(&json!({ "key": material.to_base64().as_str() }))
+            .map_err(|e| StoreError::Corrupt(format!("vendor key: {e}")))?,
+    );
+    let sealed =
+        keyhold_core::seal::seal(fleet, keyhold_core::seal::SealPurpose::Kms, tenant, &plaintext)
+            .map_err(|e| StoreError::Corrupt(format!("cannot seal a vendor key: {e}")))?;
+    let mut settings = serde_json::Map::new();
+    if let Some(label) = &request.label {
+        settings.insert("label".into(), Value::String(label.clone()));
+    }
+    Ok(NewKmsConfig {
+        kind: "vendor".into(),
+        settings: Value::Object(settings),
+        sealed: Some(sealed),
+        status: request.status,
+    })
+}
+
+/// Inserts a validated KMS configuration; returns it and its history detail.
+async fn insert_kms_config(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    new: NewKmsConfig,
+    managed_by: ManagedBy,
+    checked: CheckedKmsConfig,
+) -> Result<(KmsConfig, Value), StoreError> {
+    let current_primary = primary_of(&mut *conn, tenant).await?;
+    let status = new.status.unwrap_or(if current_primary.is_some() {
+        KmsConfigStatus::Active
+    } else {
+        KmsConfigStatus::Primary
+    });
+    let demoted = if status == KmsConfigStatus::Primary {
+        demote_primary(&mut *conn, tenant).await?
+    } else {
+        None
+    };
+    let row = sqlx::query(
+        "UPDATE counters SET value = value + 1 WHERE name = 'kms_config' RETURNING value",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let id = row.try_get::<i64, _>("value")?;
+    if i32::try_from(id).is_err() {
+        // EDEKs record the id as a 32-bit number.
+        return Err(StoreError::Conflict("no KMS configuration id is left".into()));
+    }
+    let config = KmsConfig {
+        id,
+        tenant: tenant.to_owned(),
+        kind: new.kind,
+        settings: new.settings,
+        sealed_key_id: checked.sealed_key_id,
+        status,
+        managed_by,
+        created_at: now(),
+        sealed: new.sealed,
+    };
+    sqlx::query(
+        "INSERT INTO kms_configs (id, tenant_id, type, settings, sealed, status, managed_by, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(&config.kind)
+    .bind(&checked.settings_text)
+    .bind(config.sealed.clone())
+    .bind(status.as_str())
+    .bind(managed_by.as_str())
+    .bind(&config.created_at)
+    .execute(&mut *conn)
+    .await?;
+    let detail = json!({
+        "id": id, "type": config.kind, "status": status.as_str(), "settings": config.settings,
+        "sealed_key_id": config.sealed_key_id, "managed_by": managed_by.as_str(), "demoted": demoted,
+    });
+    Ok((config, detail))
+}
+
 fn page_next<T, K>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> K) -> Option<K> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     if items.len() > limit {
@@ -959,6 +1123,7 @@ fn kms_row(row: &AnyRow) -> Result<KmsConfig, StoreError> {
         settings: parse_json(&row.try_get::<String, _>("settings")?)?,
         sealed_key_id: sealed.as_deref().and_then(|b| keyhold_core::seal::sealed_key_id(b).ok()),
         status: KmsConfigStatus::parse(&row.try_get::<String, _>("status")?)?,
+        managed_by: ManagedBy::parse(&row.try_get::<String, _>("managed_by")?)?,
         created_at: row.try_get("created_at")?,
         sealed,
     })

@@ -43,6 +43,13 @@ const KMS_TYPES: &[TypeRules] = &[
         needs_sealed: false,
     },
     TypeRules {
+        name: "vendor",
+        required: &[],
+        optional: &["label"],
+        secrets: &["key"],
+        needs_sealed: true,
+    },
+    TypeRules {
         name: "aws",
         required: &["key_id"],
         optional: &["region", "endpoint_url", "role_arn", "external_id"],

@@ -571,6 +571,8 @@ async fn fleet_key_health_and_openapi() {
         ("/api/v1/tenants/{id}/invitations", "post"),
         ("/api/v1/tenants/{id}/kms-configs", "get"),
         ("/api/v1/tenants/{id}/kms-configs", "post"),
+        ("/api/v1/tenants/{id}/vendor-keys", "post"),
+        ("/api/v1/tenants/{id}/kms-usage", "get"),
         ("/api/v1/tenants/{id}/kms-configs/{cid}/primary", "post"),
         ("/api/v1/tenants/{id}/kms-configs/{cid}/disable", "post"),
         ("/api/v1/tenants/{id}/kms-configs/{cid}/enable", "post"),
@@ -589,6 +591,7 @@ async fn fleet_key_health_and_openapi() {
         ("/api/proxy/v1/snapshot", "get"),
         ("/api/proxy/v1/admin-events/claim", "post"),
         ("/api/proxy/v1/admin-events/ack", "post"),
+        ("/api/proxy/v1/kms-usage", "post"),
         ("/health", "get"),
         ("/ready", "get"),
         ("/api/openapi.json", "get"),
@@ -605,4 +608,138 @@ async fn fleet_key_health_and_openapi() {
         std::fs::write(out, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     }
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_managed_keys_are_sealed_to_the_fleet_and_usage_is_summed() {
+    for db in databases().await {
+        let b = TestBroker::start(&db).await;
+        // A tenant created with its own vendor key: primary, sealed to the fleet, and the
+        // sealed blob opens (with the fleet's secret key, which only proxies hold) to 32 bytes.
+        let (status, created) =
+            b.post("/api/v1/tenants", json!({"id": "acme", "vendor_key": true})).await;
+        assert_eq!(status, 201, "{}: {created}", db.name);
+        assert_eq!(created["id"], "acme");
+        let key = &created["vendor_key"];
+        assert_eq!(key["type"], "vendor");
+        assert_eq!(key["status"], "primary");
+        assert_eq!(key["managed_by"], "vendor");
+        assert_eq!(key["sealed_key_id"], b.fleet.public_key().key_id());
+        let first_id = key["id"].as_i64().unwrap();
+        // Without the flag (and the broker's default off): no key.
+        let (_, plain) = b.post("/api/v1/tenants", json!({"id": "beta"})).await;
+        assert_eq!(plain["vendor_key"], Value::Null);
+
+        // A second vendor key, not primary; tenant-made configurations are `tenant`-managed
+        // only when a tenant admin adds them (here the vendor does: `vendor`).
+        let (status, second) = b
+            .post("/api/v1/tenants/acme/vendor-keys", json!({"label": "2027", "status": "active"}))
+            .await;
+        assert_eq!(status, 201, "{second}");
+        assert_eq!(second["status"], "active");
+        assert_eq!(second["settings"], json!({"label": "2027"}));
+        let (status, _) = b.post("/api/v1/tenants/nobody/vendor-keys", json!({})).await;
+        assert_eq!(status, 404);
+        let (status, refused) = b
+            .post(
+                "/api/v1/tenants/acme/kms-configs",
+                json!({"type": "vendor", "settings": {}, "sealed": b.seal("acme", json!({"key": "x"}))}),
+            )
+            .await;
+        assert_eq!((status, refused["code"].as_str()), (400, Some("invalid_field")));
+
+        // The snapshot carries the sealed keys; each opens to a different 32-byte key, bound
+        // to the tenant (opening it as another tenant's fails).
+        let snapshot = b.store.snapshot_data().await.unwrap();
+        let (_, configs, _) =
+            snapshot.tenants.iter().find(|(t, _, _)| t.id == "acme").unwrap().clone();
+        let mut keys = Vec::new();
+        for config in &configs {
+            let sealed = config.sealed.as_deref().unwrap();
+            let fleet = std::slice::from_ref(&b.fleet);
+            let opened = keyhold_core::seal::open(
+                fleet,
+                keyhold_core::seal::SealPurpose::Kms,
+                "acme",
+                sealed,
+            )
+            .unwrap();
+            let fields: Value = serde_json::from_slice(&opened).unwrap();
+            let material = keyhold_core::secret::MasterKeyMaterial::from_base64(
+                fields["key"].as_str().unwrap(),
+            )
+            .unwrap();
+            keys.push(material);
+            assert!(
+                keyhold_core::seal::open(
+                    fleet,
+                    keyhold_core::seal::SealPurpose::Kms,
+                    "beta",
+                    sealed
+                )
+                .is_err()
+            );
+        }
+        assert_eq!(keys.len(), 2);
+        assert_ne!(keys[0], keys[1]);
+
+        // The history says what happened, with no key material in it.
+        let (_, history) = b.get("/api/v1/tenants/acme/history").await;
+        let actions: Vec<&str> = history["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, vec!["tenant.create", "vendor_key.create", "vendor_key.create"]);
+        let history_text = history.to_string();
+        for k in &keys {
+            assert!(!history_text.contains(k.to_base64().as_str()));
+        }
+
+        // Usage: proxies report deltas, the broker sums them per configuration and version.
+        let report = |items: Value| {
+            b.http
+                .post(b.url("/api/proxy/v1/kms-usage"))
+                .bearer_auth(PROXY_TOKEN)
+                .json(&json!({ "items": items }))
+                .send()
+        };
+        let r = report(json!([
+            {"tenant": "acme", "config_id": first_id, "key_version": "1", "edeks_seen": 7, "last_seen": 1_800_000_000u64},
+            {"tenant": "gone", "config_id": 99, "key_version": null, "edeks_seen": 1, "last_seen": 1_800_000_000u64},
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 204);
+        let r = report(json!([
+            {"tenant": "acme", "config_id": first_id, "key_version": "1", "edeks_seen": 5, "last_seen": 1_700_000_000u64},
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 204);
+        // The vendor key is not the proxies' to use: a wrong token is refused.
+        let r = b
+            .http
+            .post(b.url("/api/proxy/v1/kms-usage"))
+            .bearer_auth(VENDOR_KEY)
+            .json(&json!({"items": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let (status, usage) = b.get("/api/v1/tenants/acme/kms-usage").await;
+        assert_eq!(status, 200, "{usage}");
+        let configs = usage["configs"].as_array().unwrap();
+        assert_eq!(configs.len(), 2);
+        assert_eq!(configs[0]["id"].as_i64(), Some(first_id));
+        assert_eq!(configs[0]["edeks_seen"], 12);
+        assert_eq!(configs[0]["last_seen"], "2027-01-15T08:00:00Z", "the later of the two");
+        assert_eq!(configs[0]["key_versions"][0]["key_version"], "1");
+        assert_eq!(configs[0]["managed_by"], "vendor");
+        assert_eq!(configs[1]["edeks_seen"], 0);
+        assert_eq!(configs[1]["last_seen"], Value::Null);
+        assert_eq!(b.get("/api/v1/tenants/nobody/kms-usage").await.0, 404);
+        b.stop().await;
+    }
 }

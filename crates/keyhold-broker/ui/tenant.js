@@ -242,11 +242,24 @@ function actionButton(text, label, onClick, className) {
   return button;
 }
 
+// How many EDEKs the proxies have seen naming a configuration (rotation tracking): tells when
+// an old configuration (a vendor key after the hand-over) can be disabled.
+function usageText(usage) {
+  if (!usage || !usage.last_seen) return 'none seen';
+  const versions = usage.key_versions.filter((v) => v.key_version)
+    .map((v) => `v${v.key_version}: ${v.edeks_seen}`).join(', ');
+  return `${usage.edeks_seen} EDEKs, last ${shortTime(usage.last_seen)}${versions ? ` (${versions})` : ''}`;
+}
+
 async function loadKms() {
-  const { items } = await call('GET', `${base()}/kms-configs`);
+  const [{ items }, usage] = await Promise.all([
+    call('GET', `${base()}/kms-configs`),
+    call('GET', `${base()}/kms-usage`).catch(() => ({ configs: [] })),
+  ]);
+  const usageById = new Map(usage.configs.map((u) => [u.id, u]));
   const body = $('kms-table').tBodies[0];
   if (items.length === 0) {
-    body.replaceChildren(emptyRow(7, 'No KMS configuration yet: add one below.'));
+    body.replaceChildren(emptyRow(9, 'No KMS configuration yet: add one below.'));
     return items;
   }
   body.replaceChildren(...items.map((c) => {
@@ -261,10 +274,12 @@ async function loadKms() {
     }
     return el('tr', { dataset: { configId: String(c.id), status: c.status } },
       el('td', {}, String(c.id)),
-      el('td', {}, c.type),
+      el('td', {}, c.type === 'vendor' ? 'vendor key' : c.type),
+      el('td', {}, c.managed_by),
       el('td', { className: 'mono' }, settingsText(c.settings)),
       el('td', { className: 'mono' }, c.sealed_key_id || '—'),
       el('td', { className: 'status' }, badge(c.status)),
+      el('td', { className: 'usage' }, usageText(usageById.get(c.id))),
       el('td', {}, shortTime(c.created_at)),
       el('td', {}, actions));
   }));

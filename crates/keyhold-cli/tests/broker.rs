@@ -425,20 +425,7 @@ fn a_vault_configuration_with_a_sealed_token_wraps_the_tenants_new_keys() {
 
     // `keyhold seal` fetches the fleet key from the broker and seals the token for this tenant,
     // as the web page does: only the sealed blob goes to the broker.
-    let mut child = Command::new(BIN)
-        .args(["seal", "--tenant", "demo-tenant", "--broker", &broker_url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(json!({ "token": token }).to_string().as_bytes()).unwrap();
-    }
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    let sealed = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let sealed = seal_with_cli(&broker_url, "demo-tenant", &json!({ "token": token }));
     assert!(sealed.starts_with("khs1.") && !sealed.contains(&token), "{sealed}");
     let (status, body) = vendor(
         &broker_url,
@@ -699,4 +686,288 @@ fn a_broker_restored_from_an_older_state_is_refused_and_the_proxy_keeps_its_tena
     // Nothing of it was applied: acme is still served, zeta unknown.
     assert_eq!(wrap(&proxy.url, &api_key, "acme").0, 200);
     assert_eq!(wrap(&proxy.url, &api_key, "zeta").1["code"], 201);
+}
+
+/// Seals `secrets` for `tenant` with `keyhold seal --broker` (the fleet key comes from the
+/// broker), as a tenant admin would on the command line.
+fn seal_with_cli(broker_url: &str, tenant: &str, secrets: &Value) -> String {
+    let mut child = Command::new(BIN)
+        .args(["seal", "--tenant", tenant, "--broker", broker_url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(secrets.to_string().as_bytes()).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A tenant admin signed in to the broker: invited by the vendor, password and TOTP set, a
+/// session cookie and its CSRF token.
+struct TenantAdmin {
+    broker_url: String,
+    cookie: String,
+    csrf: String,
+}
+
+impl TenantAdmin {
+    fn sign_in(broker_url: &str, vendor_key: &str, tenant: &str) -> Self {
+        let email = format!("security@{tenant}.example");
+        let (status, invitation) = vendor(
+            broker_url,
+            vendor_key,
+            "POST",
+            &format!("/api/v1/tenants/{tenant}/invitations"),
+            Some(json!({ "email": email })),
+        );
+        assert_eq!(status, 201, "{invitation}");
+        let password = "correct horse battery staple";
+        runtime().block_on(async {
+            let http = reqwest::Client::new();
+            let admin: Value = http
+                .post(format!("{broker_url}/api/v1/invitations/accept"))
+                .json(&json!({"token": invitation["token"], "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let secret = admin["totp_secret"].as_str().unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let totp = keyhold_broker::credentials::totp_code(secret, now).unwrap();
+            let response = http
+                .post(format!("{broker_url}/api/v1/session"))
+                .json(&json!({"email": email, "password": password, "totp": totp}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let cookie = response
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find(|v| v.starts_with("keyhold_session="))
+                .and_then(|v| v.split(';').next())
+                .unwrap()
+                .to_owned();
+            let session: Value = response.json().await.unwrap();
+            Self {
+                broker_url: broker_url.to_owned(),
+                cookie,
+                csrf: session["csrf_token"].as_str().unwrap().to_owned(),
+            }
+        })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        runtime().block_on(async {
+            let http = reqwest::Client::new();
+            let url = format!("{}{path}", self.broker_url);
+            let mut request = match method {
+                "GET" => http.get(url),
+                _ => http.post(url).header("X-CSRF-Token", &self.csrf),
+            }
+            .header("Cookie", &self.cookie);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        })
+    }
+}
+
+/// Issue 7's hand-over, end to end with real processes: a tenant created through the Vendor
+/// Bridge starts on its own vendor-managed key and encrypts 10,000 records; its security admin
+/// signs in and makes the tenant's OpenBao primary: new records use the tenant's key at once,
+/// old ones still decrypt (the vendor key is now decrypt-only), and the broker shows the vendor
+/// key still in use. `keyhold rekey` re-wraps the old EDEKs to OpenBao; the admin disables the
+/// vendor key: an old EDEK is refused (KMS_CONFIGURATION_DISABLED) and every record decrypts
+/// with its new EDEK. Leasing is on (the `keyhold up` defaults).
+#[test]
+fn a_tenant_moves_from_its_vendor_key_to_its_own_openbao_and_rekeys_every_record() {
+    use std::collections::{BTreeMap, HashMap};
+
+    use keyhold::{Document, EncryptedDocument, RequestMetadata};
+
+    let (Some(bao), Some(token)) =
+        (service_env("KEYHOLD_TEST_OPENBAO_ADDR"), service_env("KEYHOLD_TEST_OPENBAO_ROOT_TOKEN"))
+    else {
+        return;
+    };
+    let Setup { root: _root, dir, api_key, vendor_key, broker_url, _broker, proxy } =
+        broker_and_proxy("handover");
+    const RECORDS: usize = 10_000;
+
+    // The vendor creates the tenant; `keyhold up`'s broker gives each new tenant its own key.
+    let (status, created) =
+        vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(json!({"id": "acme"})));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["vendor_key"]["type"], "vendor");
+    assert_eq!(created["vendor_key"]["managed_by"], "vendor");
+    assert_eq!(created["vendor_key"]["status"], "primary");
+    let vendor_config = created["vendor_key"]["id"].as_i64().unwrap();
+    wait_until(Duration::from_secs(10), "the proxy never served the new tenant", || {
+        wrap(&proxy.url, &api_key, "acme").0 == 200
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let client = keyhold::Client::new(&proxy.url, &api_key).unwrap();
+    let meta = RequestMetadata::new("acme", "handover-test");
+    let plain: BTreeMap<String, Document> = (0..RECORDS)
+        .map(|i| {
+            let doc = Document::from([("body".to_owned(), format!("record {i}").into_bytes())]);
+            (format!("r{i:05}"), doc)
+        })
+        .collect();
+    let ids: Vec<String> = plain.keys().cloned().collect();
+    let encrypt_all = |ids: &[String]| -> BTreeMap<String, EncryptedDocument> {
+        let mut out = BTreeMap::new();
+        for chunk in ids.chunks(1000) {
+            let batch: HashMap<String, Document> =
+                chunk.iter().map(|id| (id.clone(), plain[id].clone())).collect();
+            let result = rt.block_on(client.encrypt_batch(&batch, &meta)).unwrap();
+            assert!(result.failures.is_empty(), "{:?}", result.failures.values().next());
+            out.extend(result.successes);
+        }
+        out
+    };
+    let decrypt_all = |docs: &BTreeMap<String, EncryptedDocument>| {
+        let ids: Vec<&String> = docs.keys().collect();
+        for chunk in ids.chunks(1000) {
+            let batch: HashMap<String, EncryptedDocument> =
+                chunk.iter().map(|id| ((*id).clone(), docs[*id].clone())).collect();
+            let result = rt.block_on(client.decrypt_batch(&batch, &meta)).unwrap();
+            assert!(result.failures.is_empty(), "{:?}", result.failures.iter().next());
+            for (id, doc) in result.successes {
+                assert_eq!(doc, plain[&id], "record {id}");
+            }
+        }
+    };
+    let old = encrypt_all(&ids);
+    assert_eq!(old.len(), RECORDS);
+    assert!(old.values().all(|d| edek_config(d.edek.as_str()) == vendor_config));
+
+    // The tenant's security admin takes control: its own OpenBao, the token sealed on its
+    // machine, made primary.
+    let admin = TenantAdmin::sign_in(&broker_url, &vendor_key, "acme");
+    let sealed = seal_with_cli(&broker_url, "acme", &json!({ "token": token }));
+    let (status, body) = admin.call(
+        "POST",
+        "/api/v1/tenants/acme/kms-configs",
+        Some(json!({
+            "type": "vault",
+            "settings": {"address": bao, "key": "keyhold-stable"},
+            "sealed": sealed,
+            "status": "primary",
+        })),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["managed_by"], "tenant");
+    let bao_config = body["id"].as_i64().unwrap();
+    wait_until(Duration::from_secs(10), "new keys never came from the tenant's OpenBao", || {
+        let (status, wrapped) = wrap(&proxy.url, &api_key, "acme");
+        status == 200 && edek_config(wrapped["edek"].as_str().unwrap()) == bao_config
+    });
+    let new = encrypt_all(&ids[..100]);
+    assert!(new.values().all(|d| edek_config(d.edek.as_str()) == bao_config));
+    decrypt_all(&new);
+    // The vendor key is decrypt-only now: every old record still decrypts.
+    decrypt_all(&old);
+
+    // Rotation tracking: the proxy reports what the EDEKs it saw name; the broker sums it.
+    let usage_of = |config: i64| -> i64 {
+        let (status, usage) = admin.call("GET", "/api/v1/tenants/acme/kms-usage", None);
+        assert_eq!(status, 200, "{usage}");
+        usage["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"].as_i64() == Some(config))
+            .map_or(0, |c| c["edeks_seen"].as_i64().unwrap())
+    };
+    wait_until(Duration::from_secs(20), "the broker never showed the vendor key in use", || {
+        usage_of(vendor_config) >= RECORDS as i64
+    });
+
+    // `keyhold rekey` re-wraps the old EDEKs (a file of base64 lines) to the primary config.
+    let edeks_in = dir.join("old-edeks.txt");
+    let edeks_out = dir.join("new-edeks.txt");
+    let lines: Vec<&str> = ids.iter().map(|id| old[id].edek.as_str()).collect();
+    std::fs::write(&edeks_in, lines.join("\n") + "\n").unwrap();
+    let output = Command::new(BIN)
+        .args(["rekey", "--tenant", "acme", "--in"])
+        .arg(&edeks_in)
+        .arg("--out")
+        .arg(&edeks_out)
+        .args(["--proxy", &proxy.url, "--api-key-file"])
+        .arg(dir.join("api-key"))
+        .env_remove("KEYHOLD_API_KEY")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rekeyed: Vec<String> = read(&edeks_out).lines().map(str::to_owned).collect();
+    assert_eq!(rekeyed.len(), RECORDS);
+    assert!(rekeyed.iter().all(|e| edek_config(e) == bao_config));
+
+    // The admin retires the vendor key; the proxy follows within its poll interval.
+    let (status, disabled) = admin.call(
+        "POST",
+        &format!("/api/v1/tenants/acme/kms-configs/{vendor_config}/disable"),
+        None,
+    );
+    assert_eq!((status, disabled["status"].as_str()), (200, Some("disabled")), "{disabled}");
+    let first_old = &old[&ids[0]];
+    wait_until(
+        Duration::from_secs(10),
+        "an EDEK of the disabled vendor key still unwrapped",
+        || match rt.block_on(client.decrypt(first_old, &meta)) {
+            Err(e) => e.code() == keyhold::ErrorCode::KmsConfigurationDisabled,
+            Ok(_) => false,
+        },
+    );
+    // Every record decrypts with its new EDEK.
+    let moved: BTreeMap<String, EncryptedDocument> = ids
+        .iter()
+        .zip(&rekeyed)
+        .map(|(id, edek)| {
+            let mut doc = old[id].clone();
+            doc.edek = keyhold::Edek::from(edek.clone());
+            (id.clone(), doc)
+        })
+        .collect();
+    decrypt_all(&moved);
+
+    // The history tells the hand-over: who created which key, who made what primary, who
+    // retired the vendor key.
+    let (_, history) = admin.call("GET", "/api/v1/tenants/acme/history", None);
+    let actions: Vec<(String, String)> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (c["actor"].as_str().unwrap().to_owned(), c["action"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let admin_actor = "admin:security@acme.example".to_owned();
+    assert_eq!(
+        actions,
+        vec![
+            ("vendor".to_owned(), "tenant.create".to_owned()),
+            ("vendor".to_owned(), "vendor_key.create".to_owned()),
+            (admin_actor.clone(), "kms_config.add".to_owned()),
+            (admin_actor, "kms_config.disable".to_owned()),
+        ]
+    );
 }

@@ -289,6 +289,10 @@ impl Kms for AzureKms {
         "azure"
     }
 
+    fn key_version(&self, wrapped: &[u8]) -> Option<String> {
+        Self::key_version_of(wrapped)
+    }
+
     async fn wrap(&self, dek: &Dek, context: &KeyContext<'_>) -> Result<Vec<u8>, KmsError> {
         let mut plain = Zeroizing::new([0u8; PLAIN_LEN]);
         let (key_part, hash_part) = plain.split_at_mut(KEY_LEN);

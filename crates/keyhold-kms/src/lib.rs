@@ -108,4 +108,12 @@ pub trait Kms: Send + Sync + core::fmt::Debug {
 
     /// Whether the KMS can serve requests now (reachable, key usable).
     async fn health(&self) -> Result<(), KmsError>;
+
+    /// The master key version a wrapped key names, where the KMS puts one in its ciphertext
+    /// (local keystore, Vault/OpenBao Transit, Azure Key Vault); `None` where it does not.
+    /// Read without a KMS call, for rotation tracking.
+    fn key_version(&self, wrapped: &[u8]) -> Option<String> {
+        let _ = wrapped;
+        None
+    }
 }

@@ -250,6 +250,10 @@ impl Kms for ResilientKms {
         self.inner.kind()
     }
 
+    fn key_version(&self, wrapped: &[u8]) -> Option<String> {
+        self.inner.key_version(wrapped)
+    }
+
     async fn generate(&self, context: &KeyContext<'_>) -> Result<GeneratedKey, KmsError> {
         self.call(|| self.inner.generate(context)).await
     }

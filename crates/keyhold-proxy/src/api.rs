@@ -73,6 +73,7 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         .route(wire::ROUTE_REKEY, post(rekey))
         .route(wire::ROUTE_SECURITY_EVENT, post(security_event))
         .route(wire::ROUTE_REPORT_OPERATIONS, post(report_operations))
+        .route(crate::kms_usage::ROUTE_KMS_USAGE, post(kms_usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .merge(api)
@@ -248,6 +249,32 @@ async fn security_event(
     audit.event_time_millis = timestamp_millis.and_then(|t| u64::try_from(t).ok());
     state.service.spool(audit).await?;
     Ok(null_json())
+}
+
+/// Rotation tracking (a Keyhold extension): the tenant's KMS configurations and how many
+/// EDEKs seen by this proxy still name each.
+async fn kms_usage(
+    State(state): State<AppState>,
+    TspJson(req): TspJson<crate::kms_usage::KmsUsageRequest>,
+) -> Result<Response, ServiceError> {
+    let registry = state.service.registry();
+    let Some(tenant) = registry.tenant(&req.tenant_id) else {
+        return Err(ServiceError::UnknownTenant(req.tenant_id));
+    };
+    let configs: Vec<(i32, &'static str, &'static str)> = tenant
+        .configs()
+        .iter()
+        .map(|c| {
+            let status = match c.status {
+                crate::config::KmsConfigStatus::Primary => "primary",
+                crate::config::KmsConfigStatus::Active => "active",
+                crate::config::KmsConfigStatus::Disabled => "disabled",
+            };
+            (c.id, status, c.kms.kind())
+        })
+        .collect();
+    let report = crate::kms_usage::report(&tenant.id, &configs, state.service.usage());
+    Ok(axum::Json(report).into_response())
 }
 
 async fn report_operations(

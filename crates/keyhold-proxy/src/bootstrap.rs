@@ -244,7 +244,10 @@ fn broker_files(dir: &Path, broker_listen: &str) -> Result<String, BootstrapErro
          # Credentials are sealed in the browser to this key; only the proxies hold fleet.key.\n\
          fleet_public_keys = [\"{fleet_public}\"]\n\
          vendor_api_key_file = \"{VENDOR_API_KEY_FILE}\"\n\
-         proxy_token_file = \"proxy-token\"\n"
+         proxy_token_file = \"proxy-token\"\n\
+         # Every tenant created through the Vendor Bridge API gets its own vendor-managed key\n\
+         # (docs/vendor-keys.md) unless the request says \"vendor_key\": false.\n\
+         vendor_key_on_create = true\n"
     );
     let broker_path = dir.join(BROKER_CONFIG_FILE);
     fs::write(&broker_path, broker_config).map_err(io(&broker_path))?;

@@ -399,6 +399,39 @@ impl BrokerClient {
         }
     }
 
+    /// Sends the broker what this proxy saw since its last report (rotation tracking): EDEKs
+    /// by tenant, KMS configuration and key version.
+    pub async fn report_kms_usage(
+        &self,
+        deltas: &[crate::kms_usage::UsageDelta],
+    ) -> Result<(), BrokerError> {
+        let items: Vec<serde_json::Value> = deltas
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "tenant": d.tenant,
+                    "config_id": d.row.kms_config_id,
+                    "key_version": d.row.key_version,
+                    "edeks_seen": d.row.edeks_seen,
+                    "last_seen": d.row.last_seen,
+                })
+            })
+            .collect();
+        let response = self
+            .http
+            .post(format!("{}/kms-usage", self.proxy_api()))
+            .bearer_auth(self.token.as_str())
+            .json(&serde_json::json!({ "items": items }))
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unreachable(e.without_url().to_string()))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unreachable(format!("KMS usage report: HTTP {}", response.status())))
+        }
+    }
+
     fn proxy_api(&self) -> &str {
         self.snapshot_url.trim_end_matches("/snapshot")
     }

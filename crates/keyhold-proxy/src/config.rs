@@ -390,6 +390,17 @@ pub enum KmsSettings {
         /// The key's name in the keystore.
         key: String,
     },
+    /// A vendor-managed key held by the configuration itself: 32 random bytes, standard
+    /// base64. The broker generates one per `POST /api/v1/tenants/{id}/vendor-keys` and seals it
+    /// to the proxy fleet, so it exists only sealed in the broker and in the proxies' memory
+    /// (docs/vendor-keys.md). Wrapped keys use the local keystore's layout, as version 1.
+    Vendor {
+        /// The key material.
+        key: keyhold_kms::SecretSource,
+        /// A label for people (not used).
+        #[serde(default)]
+        label: Option<String>,
+    },
     /// AWS KMS (docs/kms/aws.md).
     #[cfg(feature = "aws")]
     Aws(keyhold_kms::aws::AwsConfig),

@@ -35,6 +35,7 @@ pub mod config;
 pub mod error;
 mod kms_call;
 mod kms_failures;
+pub mod kms_usage;
 pub mod lease;
 pub mod metrics;
 pub mod registry;
@@ -181,6 +182,7 @@ impl AppState {
                     Arc::downgrade(&service),
                 ));
             }
+            tokio::spawn(kms_usage_reports(Arc::clone(&client), Arc::downgrade(&service)));
             tokio::spawn(broker_poll(
                 config.clone(),
                 client,
@@ -354,6 +356,43 @@ async fn broker_poll(
                 }
                 drop(service);
                 tokio::time::sleep(client.poll_interval).await;
+            }
+        }
+    }
+}
+
+/// Sends the broker, every poll interval (at most 10 s), the EDEKs seen since the last
+/// report, so that it can tell per tenant which KMS configurations are still in use. A failed
+/// report is sent again with the next one (nothing is lost, counts only grow). Ends when the
+/// service is dropped.
+async fn kms_usage_reports(
+    client: Arc<broker::BrokerClient>,
+    service: std::sync::Weak<service::KeyService>,
+) {
+    let pause = client.poll_interval.min(std::time::Duration::from_secs(10));
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(pause).await;
+        let Some(service) = service.upgrade() else { return };
+        let usage = Arc::clone(service.usage());
+        drop(service);
+        loop {
+            let deltas = usage.deltas(1000);
+            if deltas.is_empty() {
+                break;
+            }
+            match client.report_kms_usage(&deltas).await {
+                Ok(()) => {
+                    usage.acknowledge(&deltas);
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot report KMS usage to the broker yet; retrying");
+                    }
+                    failing = true;
+                    break;
+                }
             }
         }
     }

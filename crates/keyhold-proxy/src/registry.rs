@@ -7,7 +7,7 @@ use keyhold_kms::local::{Keystore, KeystoreError, LocalKms, load_root_key};
 use keyhold_kms::resilience::ResilientKms;
 use keyhold_kms::{ConnectOptions, Kms};
 
-use keyhold_core::secret::Dek;
+use keyhold_core::secret::{Dek, MasterKeyMaterial};
 use keyhold_kms::{KeyContext, KmsError};
 
 use crate::config::{KmsConfigEntry, KmsConfigStatus, KmsSettings, ProxyConfig};
@@ -268,6 +268,22 @@ async fn connect(
                 });
             }
             Arc::new(LocalKms::new(Arc::clone(ks), key.clone()))
+        }
+        (KmsSettings::Vendor { key, .. }, _) => {
+            let text = key.load(&config.base_dir).map_err(|source| RegistryError::Kms {
+                tenant: tenant.to_owned(),
+                config_id: entry.id,
+                source,
+            })?;
+            let material =
+                MasterKeyMaterial::from_base64(&text).map_err(|_| RegistryError::Kms {
+                    tenant: tenant.to_owned(),
+                    config_id: entry.id,
+                    source: KmsError::ConfigurationInvalid(
+                        "a vendor key must be 32 bytes in standard base64".into(),
+                    ),
+                })?;
+            Arc::new(LocalKms::single(material))
         }
         (KmsSettings::Local { key }, None) => {
             return Err(RegistryError::MissingLocalKey {

@@ -17,6 +17,7 @@ use keyhold_kms::{KeyContext, KmsError};
 
 use crate::config::KmsConfigStatus;
 use crate::error::{KmsOperation, ServiceError};
+use crate::kms_usage::KmsUsage;
 use keyhold_audit::{AuditEvent, EventKind, Spool};
 
 use crate::kms_call::KmsCallSite;
@@ -52,6 +53,8 @@ pub struct KeyService {
     backlog_limit: Option<u64>,
     /// KMS failures of key accesses, reported as periodic audit events.
     kms_failures: Option<Arc<crate::kms_failures::KmsFailureLog>>,
+    /// Which configurations and key versions the EDEKs seen name (rotation tracking).
+    usage: Arc<KmsUsage>,
 }
 
 impl KeyService {
@@ -71,7 +74,18 @@ impl KeyService {
             delivery: None,
             backlog_limit: None,
             kms_failures: None,
+            usage: Arc::default(),
         }
+    }
+
+    /// The EDEKs seen, by tenant, KMS configuration and key version.
+    pub fn usage(&self) -> &Arc<KmsUsage> {
+        &self.usage
+    }
+
+    /// Whether `tenant` is served now (active, with an active configuration).
+    pub fn serves(&self, tenant: &str) -> bool {
+        self.tenant(tenant).is_ok()
     }
 
     /// Records every key access in `spool` before answering it; `instance` names this proxy in
@@ -258,6 +272,7 @@ impl KeyService {
         }
         let envelope = EncryptedDeks::from_base64(edek)
             .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))?;
+        self.note_usage(tenant, &envelope);
         let (entry, config) = select_entry(tenant, &envelope)?;
         // Parsing validated the leasing fields; this only splits them out.
         let leased = entry
@@ -296,6 +311,24 @@ impl KeyService {
             config.kms.unwrap(&entry.encrypted_dek_data, &ctx),
         )
         .await
+    }
+
+    /// Counts the EDEK for rotation tracking: the first entry naming one of the tenant's
+    /// configurations, disabled ones included (an EDEK still naming a disabled configuration is
+    /// exactly what its owner needs to know about).
+    fn note_usage(&self, tenant: &Tenant, envelope: &EncryptedDeks) {
+        let found = envelope.encrypted_deks.iter().find_map(|entry| {
+            let own = entry.tenant_id.is_empty() || entry.tenant_id == tenant.id;
+            own.then(|| tenant.config(entry.kms_config_id).map(|c| (entry, c))).flatten()
+        });
+        if let Some((entry, config)) = found {
+            let wrapped = if entry.is_leased() {
+                &entry.encrypted_leased_key_data
+            } else {
+                &entry.encrypted_dek_data
+            };
+            self.usage.note(&tenant.id, config.id, config.kms.key_version(wrapped));
+        }
     }
 
     /// One new data key per document id. Tenant-level problems fail the call; KMS failures are

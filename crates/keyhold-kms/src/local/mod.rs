@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use keyhold_core::aead::{Aes256GcmKey, NONCE_LEN, TAG_LEN};
 use keyhold_core::kdf;
 use keyhold_core::random::random_array;
-use keyhold_core::secret::{Dek, KEY_LEN};
+use keyhold_core::secret::{Dek, KEY_LEN, MasterKeyMaterial};
 
 use keystore::Lookup;
 pub use keystore::{
@@ -42,18 +42,48 @@ const KDF_LABEL: &[u8] = b"keyhold/local-kms/v1/wrap";
 const WRAPPED_LEN: usize = 4 + 4 + SALT_LEN + KEY_LEN + TAG_LEN;
 const ZERO_NONCE: [u8; NONCE_LEN] = [0; NONCE_LEN];
 
-/// One master key of a [`Keystore`], as a [`Kms`].
+/// One master key of a [`Keystore`], or one key held in memory, as a [`Kms`].
 #[derive(Debug, Clone)]
 pub struct LocalKms {
-    keystore: Arc<Keystore>,
+    source: KeySource,
     key_name: String,
 }
+
+/// Where the master key material is.
+#[derive(Clone)]
+enum KeySource {
+    /// A key of a keystore file (versions, enable/disable).
+    Keystore(Arc<Keystore>),
+    /// One key (version 1) given by the configuration: a vendor-managed key that the broker
+    /// generated and sealed to the proxy fleet. It has no other versions; a new key is a new
+    /// KMS configuration, and disabling is done by the configuration's status.
+    Single(MasterKeyMaterial),
+}
+
+impl core::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Keystore(ks) => f.debug_tuple("Keystore").field(&ks.path()).finish(),
+            Self::Single(_) => f.write_str("Single(<redacted>)"),
+        }
+    }
+}
+
+/// The key name a single in-memory key derives its wrapping keys with.
+pub const VENDOR_KEY_NAME: &str = "vendor-key";
 
 impl LocalKms {
     /// The key `key_name` of `keystore`. The key need not exist yet; operations on a missing
     /// key fail with [`KmsError::ConfigurationInvalid`].
     pub fn new(keystore: Arc<Keystore>, key_name: impl Into<String>) -> Self {
-        Self { keystore, key_name: key_name.into() }
+        Self { source: KeySource::Keystore(keystore), key_name: key_name.into() }
+    }
+
+    /// A single key held in memory (a vendor-managed key from the broker), as version 1. Its
+    /// wrapped keys have the same layout as a keystore key's, under the name
+    /// [`VENDOR_KEY_NAME`]; the tenant and configuration id are bound by the [`KeyContext`].
+    pub fn single(material: MasterKeyMaterial) -> Self {
+        Self { source: KeySource::Single(material), key_name: VENDOR_KEY_NAME.to_owned() }
     }
 
     /// The key's name.
@@ -71,7 +101,18 @@ impl LocalKms {
     }
 
     fn lookup(&self, version: Option<u32>) -> Result<keystore::KeyVersion, KmsError> {
-        match self.keystore.lookup(&self.key_name, version) {
+        let keystore = match &self.source {
+            KeySource::Keystore(keystore) => keystore,
+            KeySource::Single(material) => {
+                return match version {
+                    None | Some(1) => {
+                        Ok(keystore::KeyVersion { version: 1, material: material.clone() })
+                    }
+                    Some(_) => Err(KmsError::InvalidCiphertext),
+                };
+            }
+        };
+        match keystore.lookup(&self.key_name, version) {
             Lookup::Found(v) => Ok(v),
             Lookup::Disabled => {
                 Err(KmsError::KeyDisabled(format!("local key {:?} is disabled", self.key_name)))
@@ -114,7 +155,10 @@ impl LocalKms {
 #[async_trait]
 impl Kms for LocalKms {
     fn kind(&self) -> &'static str {
-        "local"
+        match self.source {
+            KeySource::Keystore(_) => "local",
+            KeySource::Single(_) => "vendor",
+        }
     }
 
     async fn wrap(&self, dek: &Dek, context: &KeyContext<'_>) -> Result<Vec<u8>, KmsError> {
@@ -162,6 +206,10 @@ impl Kms for LocalKms {
     async fn health(&self) -> Result<(), KmsError> {
         self.lookup(None).map(|_| ())
     }
+
+    fn key_version(&self, wrapped: &[u8]) -> Option<String> {
+        Self::key_version_of(wrapped).map(|v| v.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +247,33 @@ mod tests {
         let err = missing.generate(&KeyContext::new("t", 1)).await.unwrap_err();
         assert!(matches!(err, KmsError::ConfigurationInvalid(_)));
         assert!(missing.health().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_single_key_wraps_as_version_one_and_refuses_others() {
+        let material = MasterKeyMaterial::generate().unwrap();
+        let kms = LocalKms::single(material.clone());
+        assert_eq!(kms.kind(), "vendor");
+        let ctx = KeyContext::new("t", 7);
+        let generated = kms.generate(&ctx).await.unwrap();
+        assert_eq!(LocalKms::key_version_of(&generated.wrapped), Some(1));
+        // The same material (another proxy) unwraps it; another key or context does not.
+        let again = LocalKms::single(material).unwrap(&generated.wrapped, &ctx).await.unwrap();
+        assert_eq!(again, generated.dek);
+        let other = LocalKms::single(MasterKeyMaterial::generate().unwrap());
+        assert_eq!(
+            other.unwrap(&generated.wrapped, &ctx).await.unwrap_err(),
+            KmsError::InvalidCiphertext
+        );
+        assert_eq!(
+            kms.unwrap(&generated.wrapped, &KeyContext::new("u", 7)).await.unwrap_err(),
+            KmsError::InvalidCiphertext
+        );
+        let mut v2 = generated.wrapped.clone();
+        v2[4..8].copy_from_slice(&2u32.to_be_bytes());
+        assert_eq!(kms.unwrap(&v2, &ctx).await.unwrap_err(), KmsError::InvalidCiphertext);
+        assert!(kms.health().await.is_ok());
+        assert!(!format!("{kms:?}").contains(&format!("{:?}", generated.dek)));
     }
 
     #[tokio::test]

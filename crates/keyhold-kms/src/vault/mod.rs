@@ -644,6 +644,10 @@ impl Kms for VaultKms {
         "vault"
     }
 
+    fn key_version(&self, wrapped: &[u8]) -> Option<String> {
+        Self::key_version_of(wrapped).map(|v| v.to_string())
+    }
+
     async fn generate(&self, context: &KeyContext<'_>) -> Result<GeneratedKey, KmsError> {
         self.ensure_key().await?;
         let context = encode_context(context);
