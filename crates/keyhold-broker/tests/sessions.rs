@@ -237,6 +237,7 @@ async fn invitation_login_csrf_roles_logout() {
         let (status, added, _) =
             call(&b, Method::POST, path, Some(&cookie), Some(&csrf), Some(kms.clone())).await;
         assert_eq!(status, 201, "{name}: {added}");
+        assert_eq!(added["managed_by"], "tenant", "{name}: the tenant's admin added it");
         let (_, history) = b.get("/api/v1/tenants/acme/history?limit=1000").await;
         let last = history["items"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(
@@ -257,6 +258,7 @@ async fn invitation_login_csrf_roles_logout() {
             path,
             "/api/v1/tenants/acme/siem-configs",
             "/api/v1/tenants/acme/history",
+            "/api/v1/tenants/acme/kms-usage",
         ] {
             let (status, body, _) = call(&b, Method::GET, read, Some(&cookie), None, None).await;
             assert_eq!(status, 200, "{name}: {read}: {body}");
@@ -287,6 +289,9 @@ async fn invitation_login_csrf_roles_logout() {
             (Method::POST, "/api/v1/tenants", Some(json!({"id": "evil"}))),
             (Method::POST, "/api/v1/tenants/acme/disable", None),
             (Method::POST, "/api/v1/tenants/acme/enable", None),
+            // Vendor-managed keys are the vendor's to make, even for the admin's own tenant.
+            (Method::POST, "/api/v1/tenants/acme/vendor-keys", Some(json!({}))),
+            (Method::GET, "/api/v1/tenants/globex/kms-usage", None),
         ];
         for (method, path, body) in forbidden {
             let got = call(&b, method.clone(), path, Some(&cookie), Some(&csrf), body).await;

@@ -527,7 +527,9 @@ impl BrokerChange {
             .get("id")
             .and_then(serde_json::Value::as_i64)
             .and_then(|id| i32::try_from(id).ok())
-            .filter(|_| self.action.starts_with("kms_config."));
+            .filter(|_| {
+                self.action.starts_with("kms_config.") || self.action.starts_with("vendor_key.")
+            });
         event.custom.insert("changed_at".into(), self.at.clone());
         event.custom.insert("detail".into(), self.detail.to_string());
         event.proxy = proxy.to_owned();

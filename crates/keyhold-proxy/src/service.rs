@@ -272,12 +272,18 @@ impl KeyService {
         }
         let envelope = EncryptedDeks::from_base64(edek)
             .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))?;
-        self.note_usage(tenant, &envelope);
-        let (entry, config) = select_entry(tenant, &envelope)?;
+        let (entry, config) = match select_entry(tenant, &envelope) {
+            Ok(found) => found,
+            Err(e) => {
+                self.note_unusable(tenant, &envelope);
+                return Err(e);
+            }
+        };
         // Parsing validated the leasing fields; this only splits them out.
         let leased = entry
             .lease_parts()
             .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))?;
+        self.note_usage(tenant, config, entry, leased.as_ref());
         if let Some(parts) = leased {
             if let Some(leases) = self.leases(&tenant.id, config.id) {
                 return leases
@@ -313,21 +319,32 @@ impl KeyService {
         .await
     }
 
-    /// Counts the EDEK for rotation tracking: the first entry naming one of the tenant's
-    /// configurations, disabled ones included (an EDEK still naming a disabled configuration is
-    /// exactly what its owner needs to know about).
-    fn note_usage(&self, tenant: &Tenant, envelope: &EncryptedDeks) {
+    /// Counts an EDEK for rotation tracking, with the master key version its KMS ciphertext
+    /// names (the lease key's, for a leased EDEK).
+    fn note_usage(
+        &self,
+        tenant: &Tenant,
+        config: &KmsConfig,
+        entry: &EncryptedDek,
+        leased: Option<&keyhold_core::edek::LeasedEntry<'_>>,
+    ) {
+        let wrapped = leased.map_or(entry.encrypted_dek_data.as_slice(), |parts| {
+            parts.wrapped_lease_key.as_slice()
+        });
+        self.usage.note(&tenant.id, config.id, config.kms.key_version(wrapped));
+    }
+
+    /// Counts an EDEK that names one of the tenant's configurations but cannot be used (the
+    /// configuration is disabled): that something still depends on a disabled configuration is
+    /// exactly what its owner needs to know.
+    fn note_unusable(&self, tenant: &Tenant, envelope: &EncryptedDeks) {
         let found = envelope.encrypted_deks.iter().find_map(|entry| {
             let own = entry.tenant_id.is_empty() || entry.tenant_id == tenant.id;
             own.then(|| tenant.config(entry.kms_config_id).map(|c| (entry, c))).flatten()
         });
         if let Some((entry, config)) = found {
-            let wrapped = if entry.is_leased() {
-                &entry.encrypted_leased_key_data
-            } else {
-                &entry.encrypted_dek_data
-            };
-            self.usage.note(&tenant.id, config.id, config.kms.key_version(wrapped));
+            let leased = entry.lease_parts().ok().flatten();
+            self.note_usage(tenant, config, entry, leased.as_ref());
         }
     }
 
