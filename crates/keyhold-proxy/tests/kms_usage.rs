@@ -24,7 +24,7 @@ async fn usage(p: &TestProxy, tenant: &str) -> Value {
     body
 }
 
-fn config<'a>(usage: &'a Value, id: i32) -> &'a Value {
+fn config(usage: &Value, id: i32) -> &Value {
     usage["configs"]
         .as_array()
         .unwrap()
