@@ -87,10 +87,12 @@ async function createTenant(form) {
     return;
   }
   const body = name ? { id, name } : { id };
+  body.vendor_key = form.elements.vendor_key.checked;
   const created = await busy(form, () => call('POST', '/api/v1/tenants', body));
   if (!created) return;
   form.reset();
-  announce(`Created tenant ${created.id}.`);
+  const key = created.vendor_key ? ` with its own vendor-managed key (configuration ${created.vendor_key.id})` : '';
+  announce(`Created tenant ${created.id}${key}.`);
   $('invite-tenant').value = created.id;
   await busy(null, loadTenants);
 }

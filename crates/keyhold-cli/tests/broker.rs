@@ -266,8 +266,13 @@ fn three_proxy_processes_follow_one_broker_on_postgresql() {
     let broker = start_broker(&dir, broker_port, &database);
 
     // The tenant and its key, created through the Vendor Bridge API before any proxy runs.
-    let (status, body) =
-        vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(json!({"id": "acme"})));
+    let (status, body) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        "/api/v1/tenants",
+        Some(json!({"id": "acme", "vendor_key": false})),
+    );
     assert_eq!(status, 201, "{body}");
     let poll = Duration::from_millis(1000);
     let proxies: Vec<Proxy> = (1..=3)
@@ -506,8 +511,13 @@ fn a_tenant_admin_configures_openbao_in_the_browser_and_the_proxy_uses_it() {
 
     // The vendor onboards the tenant (with a vendor-held key first) and invites its admin.
     let tenant = "acme-browser";
-    let (status, body) =
-        vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(json!({"id": tenant})));
+    let (status, body) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        "/api/v1/tenants",
+        Some(json!({"id": tenant, "vendor_key": false})),
+    );
     assert_eq!(status, 201, "{body}");
     let (status, body) = vendor(
         &broker_url,
@@ -603,8 +613,13 @@ fn a_siem_the_tenant_configures_in_the_broker_receives_its_events() {
     let Setup { root: _root, dir: _dir, api_key, vendor_key, broker_url, _broker, proxy } =
         broker_and_proxy("siem");
     let tenant = format!("siem-{}", std::process::id());
-    let (status, body) =
-        vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(json!({"id": tenant})));
+    let (status, body) = vendor(
+        &broker_url,
+        &vendor_key,
+        "POST",
+        "/api/v1/tenants",
+        Some(json!({"id": tenant, "vendor_key": false})),
+    );
     assert_eq!(status, 201, "{body}");
     let (status, body) = vendor(
         &broker_url,
@@ -653,7 +668,9 @@ fn a_broker_restored_from_an_older_state_is_refused_and_the_proxy_keeps_its_tena
     let broker_url = format!("http://127.0.0.1:{broker_port}");
     let current = format!("sqlite://{}?mode=rwc", dir.join("current.db").display());
     let broker = start_broker(&dir, broker_port, &current);
-    for body in [json!({"id": "acme"}), json!({"id": "beta"})] {
+    for body in
+        [json!({"id": "acme", "vendor_key": false}), json!({"id": "beta", "vendor_key": false})]
+    {
         assert_eq!(vendor(&broker_url, &vendor_key, "POST", "/api/v1/tenants", Some(body)).0, 201);
     }
     let (status, _) = vendor(

@@ -73,7 +73,9 @@ try {
   await page.getByRole('link', { name: tenant, exact: true }).click();
   await page.waitForURL(`${broker}/tenant#tenant=${tenant}`);
   await page.locator('#tenant-name', { hasText: `E2E ${tenant}` }).waitFor();
-  await page.locator('#kms-table td.empty').waitFor();
+  // Created with its own vendor-managed key (the checkbox's default): the primary configuration.
+  await page.locator('#kms-table tr[data-status="primary"]', { hasText: 'vendor key' }).waitFor();
+  await page.locator('#kms-table tr[data-status="primary"] td.usage', { hasText: 'none seen' }).waitFor();
 
   await page.locator('#kms-type').selectOption('aws');
   await page.getByLabel('Secret access key').waitFor();
