@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod bench;
 mod crypt;
 mod keys;
 mod seal;
@@ -73,6 +74,9 @@ enum Command {
     /// Seal a credential (a JSON object on standard input) to the proxy fleet's key for a
     /// tenant, for the `sealed` field of a broker configuration.
     Seal(seal::SealArgs),
+    /// Benchmark: start a proxy (and OpenBao, if installed) on loopback, drive both with the same
+    /// load, print requests/s, keys/s and latency percentiles (docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
             Command::Keys(args) => keys::run(args),
             Command::Audit(args) => audit::run(args),
             Command::Seal(args) => seal::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

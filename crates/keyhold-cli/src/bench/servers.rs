@@ -1,0 +1,194 @@
+//! What a benchmark run starts on loopback: a Keyhold proxy (this binary, `keyhold proxy`, as a
+//! separate process) and an OpenBao dev server (the real `bao` binary) with a Transit key.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::process::{Child, Command};
+
+/// The tenant whose keys are leased.
+pub const LEASED_TENANT: &str = "bench-leased";
+/// The tenant whose every key is a KMS call.
+pub const DIRECT_TENANT: &str = "bench-direct";
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_ready(url: &str, what: &str, child: &mut Child) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let http = reqwest::Client::new();
+    loop {
+        if let Ok(response) = http.get(url).send().await
+            && response.status().is_success()
+        {
+            return Ok(started.elapsed());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited before it was ready ({status})");
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{what} was not ready after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A `keyhold proxy` process over a fresh data directory: a local keystore, `tenants` tenants
+/// (the first two are [`LEASED_TENANT`] and [`DIRECT_TENANT`]), and the audit trail of the
+/// default configuration (events synced to disk before each answer).
+pub struct ProxyProcess {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+    /// Its API key.
+    pub api_key: String,
+    /// From spawning the process to `/ready` answering 200.
+    pub start_to_ready: Duration,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Starts it; `audit = false` drops the `[audit]` section (events only in the log).
+    pub async fn start(tenants: usize, audit: bool) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut names = vec![LEASED_TENANT.to_owned(), DIRECT_TENANT.to_owned()];
+        names.extend((names.len()..tenants.max(2)).map(|i| format!("bench-{i:06}")));
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let data = keyhold_proxy::bootstrap::init_data_dir(
+            dir.path(),
+            &refs,
+            &format!("127.0.0.1:{port}"),
+        )?;
+        let mut text = std::fs::read_to_string(&data.config_path)?;
+        let direct = format!("id = \"{DIRECT_TENANT}\"\n");
+        if !text.contains(&direct) {
+            bail!("the generated configuration has no tenant {DIRECT_TENANT}");
+        }
+        text = text.replacen(&direct, &format!("{direct}leasing = {{ enabled = false }}\n"), 1);
+        if !audit {
+            text = without_table(&text, "[audit]");
+        }
+        std::fs::write(&data.config_path, text)?;
+        let exe = std::env::current_exe()?;
+        let started = Instant::now();
+        let mut child = Command::new(exe)
+            .args(["proxy", "--config"])
+            .arg(&data.config_path)
+            .env("KEYHOLD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start `keyhold proxy`")?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&format!("{url}/ready"), "the proxy", &mut child).await?;
+        let start_to_ready = started.elapsed();
+        let api_key = std::fs::read_to_string(dir.path().join("api-key"))?.trim().to_owned();
+        Ok(Self { child, url, api_key, start_to_ready, _dir: dir })
+    }
+
+    /// The process's peak resident set (VmHWM), in bytes, where /proc tells.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+}
+
+/// `text` without the TOML table `header` (up to the next table header).
+fn without_table(text: &str, header: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut skipping = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            skipping = trimmed == header
+                || trimmed.starts_with(&format!("{}.", &header[..header.len() - 1]));
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// An OpenBao dev server (in-memory storage, as Transit needs none per request) with Transit
+/// enabled and one `aes256-gcm96` key, `bench`.
+pub struct OpenBao {
+    _child: Child,
+    /// Its base URL.
+    pub url: String,
+    /// Its root token.
+    pub token: String,
+}
+
+impl OpenBao {
+    /// Where the `bao` binary is: `--openbao-bin`, else `$KEYHOLD_TEST_OPENBAO_BIN` (what
+    /// `scripts/services/vault.sh` installs), else `bao` on the PATH.
+    pub fn find(given: Option<&Path>) -> Option<PathBuf> {
+        if let Some(path) = given {
+            return Some(path.to_owned());
+        }
+        if let Ok(path) = std::env::var("KEYHOLD_TEST_OPENBAO_BIN")
+            && !path.is_empty()
+        {
+            return Some(PathBuf::from(path));
+        }
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths).map(|p| p.join("bao")).find(|p| p.is_file())
+        })
+    }
+
+    /// Starts `bin server -dev` on a free loopback port and creates the key.
+    pub async fn start(bin: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let token = format!("bench-{}", hex::encode(keyhold_core::random::random_array::<16>()?));
+        let mut child = Command::new(bin)
+            .args(["server", "-dev", "-dev-no-store-token"])
+            .arg(format!("-dev-root-token-id={token}"))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .env("BAO_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start OpenBao ({})", bin.display()))?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&format!("{url}/v1/sys/health"), "OpenBao", &mut child).await?;
+        let bao = Self { _child: child, url, token };
+        bao.call("sys/mounts/transit", serde_json::json!({"type": "transit"})).await?;
+        bao.call("transit/keys/bench", serde_json::json!({"type": "aes256-gcm96"})).await?;
+        Ok(bao)
+    }
+
+    async fn call(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/{path}", self.url))
+            .header("X-Vault-Token", &self.token)
+            .json(&body)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("OpenBao {path}: HTTP {}", response.status());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_is_dropped_with_its_subtables() {
+        let text = "a = 1\n[audit]\nspool_dir = \"x\"\n[audit.x]\ny = 2\n[leasing]\nz = 3\n";
+        assert_eq!(without_table(text, "[audit]"), "a = 1\n[leasing]\nz = 3\n");
+    }
+}

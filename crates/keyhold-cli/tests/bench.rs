@@ -1,0 +1,80 @@
+//! `keyhold bench` runs end to end: it starts a proxy (and OpenBao, when the test servers are
+//! there), drives every scenario briefly, and writes a JSON report whose figures add up. Speed
+//! is not checked here (docs/benchmarks.md has the measured figures); that it measures is.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyhold");
+
+#[test]
+fn keyhold_bench_measures_every_scenario_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let openbao = std::env::var("KEYHOLD_TEST_OPENBAO_BIN").is_ok_and(|b| !b.is_empty());
+    let mut command = Command::new(BIN);
+    command
+        .args(["bench", "--seconds", "0.3", "--warmup", "0", "--concurrency", "2", "--json"])
+        .arg(&json_path)
+        .current_dir(dir.path());
+    if !openbao {
+        command.arg("--no-openbao");
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("proxy start to ready"), "{stdout}");
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    let row = |target: &str, scenario: &str, leasing: Value| {
+        results
+            .iter()
+            .find(|r| r["target"] == target && r["scenario"] == scenario && r["leasing"] == leasing)
+            .unwrap_or_else(|| panic!("no {target} {scenario} {leasing} in {report}"))
+    };
+    for leasing in [Value::Bool(true), Value::Bool(false)] {
+        for (scenario, keys) in [
+            ("wrap", 1.0),
+            ("unwrap", 1.0),
+            ("batch-wrap-100", 100.0),
+            ("batch-unwrap-1000", 1000.0),
+            ("sdk-1k", 1.0),
+        ] {
+            let r = row("keyhold", scenario, leasing.clone());
+            assert!(r["requests"].as_u64().unwrap() > 0, "{r}");
+            assert_eq!(r["errors"], 0, "{r}");
+            let (rps, kps) =
+                (r["requests_per_sec"].as_f64().unwrap(), r["keys_per_sec"].as_f64().unwrap());
+            assert!((kps - rps * keys).abs() < 1e-6 * kps.max(1.0), "{r}");
+            let (p50, p99, p999) = (
+                r["p50_ms"].as_f64().unwrap(),
+                r["p99_ms"].as_f64().unwrap(),
+                r["p999_ms"].as_f64().unwrap(),
+            );
+            assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{r}");
+        }
+    }
+    let half = row("keyhold", "unwrap-half-load", Value::Bool(true));
+    let peak = row("keyhold", "unwrap", Value::Bool(true));
+    assert!(
+        (half["rate"].as_f64().unwrap() - peak["requests_per_sec"].as_f64().unwrap() / 2.0).abs()
+            < 1e-6,
+        "the paced run is at half the measured peak: {half}"
+    );
+    assert!(report["proxy_start_to_ready_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["proxy_peak_rss_bytes"].as_u64().unwrap() > 1024 * 1024);
+    if openbao {
+        assert!(row("openbao", "unwrap", Value::Null)["requests"].as_u64().unwrap() > 0);
+        assert!(report["ratios"]["unwrap_leased_vs_openbao_decrypt"].as_f64().unwrap() > 0.0);
+    } else {
+        assert!(report["ratios"].as_object().unwrap().is_empty());
+    }
+
+    // An unknown scenario is refused before anything starts.
+    let output = Command::new(BIN).args(["bench", "--only", "nope"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown scenario"));
+}
