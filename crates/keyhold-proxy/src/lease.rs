@@ -117,7 +117,10 @@ pub struct ConfigLeases {
     state: RwLock<LeaseState>,
     /// Held while the first lease is obtained, so concurrent first requests make one KMS call.
     first_lease: tokio::sync::Mutex<()>,
-    cache: moka::future::Cache<[u8; 32], Arc<Lease>>,
+    // Built on first use: a moka cache allocates its frequency sketch for `cache_capacity` up
+    // front (about 32 KiB at the default), which for 10,000 configured tenants that mostly sit
+    // idle would be most of the proxy's memory.
+    cache: OnceLock<moka::future::Cache<[u8; 32], Arc<Lease>>>,
     renewer_started: AtomicBool,
     /// The audit spool and this proxy's name, for periodic events.
     audit: OnceLock<(Arc<Spool>, String)>,
@@ -133,12 +136,6 @@ impl ConfigLeases {
         kms_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let cache = moka::future::Cache::builder()
-            .max_capacity(policy.cache_capacity)
-            // Idle, not absolute, expiry: a lease in use keeps serving for as long as the hold
-            // allows (the gate enforces that); one unused for max_hold is dropped from memory.
-            .time_to_idle(policy.max_hold)
-            .build();
         Arc::new(Self {
             tenant: tenant.to_owned(),
             config_id,
@@ -148,7 +145,7 @@ impl ConfigLeases {
             metrics,
             state: RwLock::new(LeaseState::default()),
             first_lease: tokio::sync::Mutex::new(()),
-            cache,
+            cache: OnceLock::new(),
             renewer_started: AtomicBool::new(false),
             audit: OnceLock::new(),
         })
@@ -184,7 +181,7 @@ impl ConfigLeases {
         let digest: [u8; 32] = Sha256::digest(&entry.wrapped_lease_key).into();
         let cached = match self.current_if(&digest) {
             Some(lease) => Some(lease),
-            None => self.cache.get(&digest).await,
+            None => self.cache().get(&digest).await,
         };
         let lease = match cached {
             Some(lease) => {
@@ -195,7 +192,7 @@ impl ConfigLeases {
                 self.count_cache("miss");
                 let wrapped = entry.wrapped_lease_key.clone();
                 let lease_id = entry.lease_id;
-                self.cache
+                self.cache()
                     .try_get_with(digest, self.unwrap_lease(wrapped, lease_id, digest))
                     .await
                     .map_err(|e| LeaseFailure::Kms((*e).clone()))?
@@ -233,7 +230,7 @@ impl ConfigLeases {
         match outcome {
             Ok(lease) => {
                 let lease = Arc::new(lease);
-                self.cache.insert(lease.digest, Arc::clone(&lease)).await;
+                self.cache().insert(lease.digest, Arc::clone(&lease)).await;
                 {
                     let mut state = self.write_state();
                     state.current = Some(Arc::clone(&lease));
@@ -410,7 +407,9 @@ impl ConfigLeases {
             state.current = None;
             state.revoked = Some(error.clone());
         }
-        self.cache.invalidate_all();
+        if let Some(cache) = self.cache.get() {
+            cache.invalidate_all();
+        }
         tracing::warn!(
             target: "keyhold::audit",
             tenant = %self.tenant,
@@ -418,6 +417,17 @@ impl ConfigLeases {
             error = %error,
             "leases dropped: the KMS refused access"
         );
+    }
+
+    fn cache(&self) -> &moka::future::Cache<[u8; 32], Arc<Lease>> {
+        self.cache.get_or_init(|| {
+            moka::future::Cache::builder()
+                .max_capacity(self.policy.cache_capacity)
+                // Idle, not absolute, expiry: a lease in use keeps serving for as long as the
+                // hold allows (the gate enforces that); one unused for max_hold is dropped.
+                .time_to_idle(self.policy.max_hold)
+                .build()
+        })
     }
 
     fn count_cache(&self, result: &'static str) {

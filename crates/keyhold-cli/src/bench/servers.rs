@@ -51,19 +51,35 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Starts it; `audit = false` drops the `[audit]` section (events only in the log).
+    /// Starts it; `audit = false` drops the `[audit]` section (events only in the log). The
+    /// configuration is `keyhold up`'s with the production intervals (lease renewal 5 min,
+    /// checkpoints every minute); tenants beyond the first two each get a vendor key of their
+    /// own in the configuration (`type = "vendor"`), as a broker would send them.
     pub async fn start(tenants: usize, audit: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let mut names = vec![LEASED_TENANT.to_owned(), DIRECT_TENANT.to_owned()];
-        names.extend((names.len()..tenants.max(2)).map(|i| format!("bench-{i:06}")));
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let data = keyhold_proxy::bootstrap::init_data_dir(
             dir.path(),
-            &refs,
+            &[LEASED_TENANT, DIRECT_TENANT],
             &format!("127.0.0.1:{port}"),
         )?;
-        let mut text = std::fs::read_to_string(&data.config_path)?;
+        let mut text = std::fs::read_to_string(&data.config_path)?
+            .lines()
+            .filter(|l| {
+                !l.starts_with("renew_interval_ms") && !l.starts_with("checkpoint_interval_ms")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        text.push('\n');
+        for i in 2..tenants.max(2) {
+            let key = keyhold_core::secret::MasterKeyMaterial::generate()?;
+            text.push_str(&format!(
+                "\n[[tenants]]\nid = \"bench-{i:06}\"\n\n[[tenants.kms_configs]]\nid = {}\n\
+                 status = \"primary\"\ntype = \"vendor\"\nkey = \"{}\"\n",
+                i + 1,
+                key.to_base64().as_str()
+            ));
+        }
         let direct = format!("id = \"{DIRECT_TENANT}\"\n");
         if !text.contains(&direct) {
             bail!("the generated configuration has no tenant {DIRECT_TENANT}");
