@@ -5,6 +5,7 @@
 mod audit;
 mod crypt;
 mod keys;
+mod rekey;
 mod seal;
 mod serve;
 
@@ -70,6 +71,9 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Check the audit trail.
     Audit(audit::AuditArgs),
+    /// Rekey a file of EDEKs (one base64 EDEK per line) through a running proxy: resumable, with
+    /// progress, failures reported per record without stopping.
+    Rekey(rekey::RekeyArgs),
     /// Seal a credential (a JSON object on standard input) to the proxy fleet's key for a
     /// tenant, for the `sealed` field of a broker configuration.
     Seal(seal::SealArgs),
@@ -102,12 +106,17 @@ fn main() -> ExitCode {
             Command::Decrypt(args) => crypt::decrypt(args).await,
             Command::Keys(args) => keys::run(args),
             Command::Audit(args) => audit::run(args),
+            Command::Rekey(args) => rekey::run(args).await,
             Command::Seal(args) => seal::run(args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<rekey::RekeyExit>() {
+                eprintln!("{exit}");
+                return ExitCode::from(exit.status);
+            }
             eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
