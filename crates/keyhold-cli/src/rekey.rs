@@ -1,6 +1,6 @@
 //! `keyhold rekey`: wraps a file of EDEKs again through a running proxy, in batches, resumably.
 //!
-//! Design (docs/cli.md would be its home; the `--help` text says the same):
+//! Design (docs/configuration.md §12.8; `keyhold rekey --help` says the same):
 //! - The output has exactly one line per input line, in input order: the new EDEK, or the
 //!   original line unchanged when that record failed (its line number, code and message go to the
 //!   failures file, JSON lines). Nothing is lost and the output stays aligned with the input.
