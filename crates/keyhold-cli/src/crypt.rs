@@ -54,7 +54,7 @@ pub struct DecryptArgs {
 }
 
 impl ProxyArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let key = self.api_key()?;
         Ok(ClientBuilder::new(&self.proxy_url, key.as_str()).build()?)
     }
@@ -83,7 +83,7 @@ impl ProxyArgs {
         )
     }
 
-    fn metadata(&self, tenant: &str) -> RequestMetadata {
+    pub(crate) fn metadata(&self, tenant: &str) -> RequestMetadata {
         let meta = RequestMetadata::new(tenant, &self.requesting_id);
         match &self.data_label {
             Some(label) => meta.with_data_label(label),

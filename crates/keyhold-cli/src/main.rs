@@ -6,6 +6,7 @@ mod audit;
 mod bench;
 mod crypt;
 mod keys;
+mod rekey;
 mod seal;
 mod serve;
 
@@ -71,6 +72,9 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Check the audit trail.
     Audit(audit::AuditArgs),
+    /// Rekey a file of EDEKs (one base64 EDEK per line) through a running proxy: resumable, with
+    /// progress, failures reported per record without stopping.
+    Rekey(rekey::RekeyArgs),
     /// Seal a credential (a JSON object on standard input) to the proxy fleet's key for a
     /// tenant, for the `sealed` field of a broker configuration.
     Seal(seal::SealArgs),
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             Command::Decrypt(args) => crypt::decrypt(args).await,
             Command::Keys(args) => keys::run(args),
             Command::Audit(args) => audit::run(args),
+            Command::Rekey(args) => rekey::run(args).await,
             Command::Seal(args) => seal::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
@@ -113,6 +118,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<rekey::RekeyExit>() {
+                eprintln!("{exit}");
+                return ExitCode::from(exit.status);
+            }
             eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }

@@ -82,6 +82,11 @@ error_codes! {
     DocumentEncryptFailed = 901, "DOCUMENT_ENCRYPT_FAILED", "Failed to encrypt the document.";
     /// A client-side error: decryption failed (never sent by the proxy).
     DocumentDecryptFailed = 902, "DOCUMENT_DECRYPT_FAILED", "Failed to decrypt the document.";
+    /// Keyhold extension: a rekey into another tenant that the proxy's `[rekey] allow` list does
+    /// not permit. IronCore's clients do not know this code: Java and Node report it as
+    /// `UNKNOWN_ERROR` ("outside of recognized range"), PHP as an unknown TSP error, alloy as
+    /// `Service/UnknownError`; the message still says what happened.
+    RekeyTargetNotAllowed = 1001, "REKEY_TARGET_NOT_ALLOWED", "Rekeying into this tenant is not allowed by the proxy's rekey policy.";
 }
 
 impl ErrorCode {
@@ -99,7 +104,8 @@ impl ErrorCode {
             ErrorCode::KmsConfigurationDisabled
             | ErrorCode::KmsAuthorizationFailed
             | ErrorCode::KmsConfigurationInvalid
-            | ErrorCode::KmsAccountIssue => 403,
+            | ErrorCode::KmsAccountIssue
+            | ErrorCode::RekeyTargetNotAllowed => 403,
             ErrorCode::KmsWrapFailed | ErrorCode::KmsUnwrapFailed => 502,
             ErrorCode::KmsUnreachable => 503,
             ErrorCode::KmsThrottled => 429,
@@ -150,7 +156,7 @@ mod tests {
             numbers,
             [
                 0, 100, 101, 102, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 301, 900,
-                901, 902
+                901, 902, 1001
             ]
         );
         for code in ErrorCode::ALL {

@@ -22,6 +22,8 @@ pub const ROUTE_BATCH_WRAP: &str = "/api/1/document/batch-wrap";
 pub const ROUTE_BATCH_UNWRAP: &str = "/api/1/document/batch-unwrap";
 /// Route of the rekey call.
 pub const ROUTE_REKEY: &str = "/api/1/document/rekey";
+/// Route of the batch rekey call (a Keyhold extension; IronCore's clients do not call it).
+pub const ROUTE_BATCH_REKEY: &str = "/api/1/document/batch-rekey";
 /// Route where applications post security events.
 pub const ROUTE_SECURITY_EVENT: &str = "/api/1/event/security-event";
 /// Route where clients that cache keys report how often they used them.
@@ -129,6 +131,20 @@ with_metadata! {
 }
 
 with_metadata! {
+    /// `POST /api/1/document/batch-rekey` (Keyhold extension): each EDEK of `tenantId` wrapped
+    /// again for the primary KMS configuration of `newTenantId`, by id. The response carries no
+    /// data keys.
+    pub struct BatchRekeyRequest {
+        /// Id → EDEK (standard base64).
+        #[serde(default, deserialize_with = "null_as_default")]
+        pub edeks: HashMap<String, String>,
+        /// The tenant the new EDEKs are for.
+        #[serde(default, deserialize_with = "null_as_default")]
+        pub new_tenant_id: String,
+    }
+}
+
+with_metadata! {
     /// `POST /api/1/event/security-event`: an application's security event for the audit trail.
     pub struct SecurityEventRequest {
         /// When the event happened, in milliseconds since the Unix epoch.
@@ -220,6 +236,17 @@ pub struct BatchUnwrapResponse {
     #[serde(default)]
     pub keys: HashMap<String, UnwrappedKey>,
     /// Document id → error, for each id that failed.
+    #[serde(default)]
+    pub failures: HashMap<String, ErrorBody>,
+}
+
+/// Response of `batch-rekey` (Keyhold extension): every requested id is in exactly one map.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRekeyResponse {
+    /// Id → the new EDEK (standard base64), for each id that succeeded.
+    #[serde(default)]
+    pub edeks: HashMap<String, String>,
+    /// Id → error, for each id that failed.
     #[serde(default)]
     pub failures: HashMap<String, ErrorBody>,
 }

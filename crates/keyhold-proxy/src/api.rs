@@ -13,8 +13,8 @@ use bytes::Bytes;
 use keyhold_audit::EventKind;
 use keyhold_core::metadata::RequestMetadata;
 use keyhold_core::wire::{
-    self, BatchUnwrapRequest, BatchWrapRequest, RekeyRequest, ReportOperationsRequest,
-    SecurityEventRequest, UnwrapRequest, UnwrappedKey, WrapRequest,
+    self, BatchRekeyRequest, BatchUnwrapRequest, BatchWrapRequest, RekeyRequest,
+    ReportOperationsRequest, SecurityEventRequest, UnwrapRequest, UnwrappedKey, WrapRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -71,6 +71,7 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         .route(wire::ROUTE_BATCH_WRAP, post(batch_wrap))
         .route(wire::ROUTE_BATCH_UNWRAP, post(batch_unwrap))
         .route(wire::ROUTE_REKEY, post(rekey))
+        .route(wire::ROUTE_BATCH_REKEY, post(batch_rekey))
         .route(wire::ROUTE_SECURITY_EVENT, post(security_event))
         .route(wire::ROUTE_REPORT_OPERATIONS, post(report_operations))
         .route(crate::kms_usage::ROUTE_KMS_USAGE, post(kms_usage))
@@ -197,6 +198,17 @@ async fn rekey(
     let meta = validated(meta)?;
     let key = state.service.rekey(&meta, &edek, &new_tenant).await?;
     Ok(secret_json(&key))
+}
+
+/// Keyhold extension: rekey many EDEKs in one call. The response holds EDEKs only, no data keys.
+async fn batch_rekey(
+    State(state): State<AppState>,
+    TspJson(req): TspJson<BatchRekeyRequest>,
+) -> Result<Response, ServiceError> {
+    let (meta, (edeks, new_tenant)) = req.split_metadata();
+    let meta = validated(meta)?;
+    let response = state.service.batch_rekey(&meta, edeks, &new_tenant).await?;
+    Ok(axum::Json(response).into_response())
 }
 
 /// The success body of calls that return nothing: the JSON literal `null`, which every IronCore

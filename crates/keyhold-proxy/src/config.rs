@@ -120,6 +120,10 @@ pub struct ProxyConfig {
     /// Key leasing defaults for every tenant (docs/leasing.md); tenants may override them.
     #[serde(default)]
     pub leasing: LeasingConfig,
+    /// Which rekeys into another tenant are allowed (within one tenant: always). Applies to
+    /// tenants from this file and from the broker alike.
+    #[serde(default)]
+    pub rekey: RekeyConfig,
     /// The vendor-held keystore, for KMS configurations of type `local`.
     #[serde(default)]
     pub local_keystore: Option<LocalKeystoreConfig>,
@@ -292,6 +296,50 @@ fn default_audit_retry_max_ms() -> u64 {
 }
 fn default_audit_max_backlog() -> u64 {
     1_000_000
+}
+
+/// The rekey policy: an EDEK of one tenant may be wrapped again for the same tenant (after a key
+/// change) always, and for another tenant only if a pair here allows it. Default: no pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyConfig {
+    /// The allowed cross-tenant moves.
+    #[serde(default)]
+    pub allow: Vec<RekeyAllow>,
+}
+
+/// One allowed cross-tenant move: EDEKs of `from` may be rekeyed into `to`. Either may be `"*"`
+/// (any tenant).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyAllow {
+    /// The tenant the EDEKs belong to now, or `"*"`.
+    pub from: String,
+    /// The tenant they may be moved to, or `"*"`.
+    pub to: String,
+}
+
+impl RekeyConfig {
+    /// Whether an EDEK of `from` may be rekeyed into `to`.
+    pub fn allows(&self, from: &str, to: &str) -> bool {
+        from == to
+            || self.allow.iter().any(|pair| {
+                (pair.from == "*" || pair.from == from) && (pair.to == "*" || pair.to == to)
+            })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for pair in &self.allow {
+            for id in [&pair.from, &pair.to] {
+                if id != "*" && validate_tenant_id(id).is_err() {
+                    return Err(ConfigError::Invalid(format!(
+                        "[rekey] allow: {id:?} is neither \"*\" nor a tenant id (1 to 1024 bytes)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Key leasing (docs/leasing.md): the proxy wraps new data keys with a lease key it renews from
@@ -630,6 +678,7 @@ impl ProxyConfig {
         if self.leasing.cache_capacity == 0 {
             return invalid("leasing.cache_capacity must be positive".into());
         }
+        self.rekey.validate()?;
         let mut tenant_ids = HashSet::new();
         let mut config_ids: HashMap<i32, &str> = HashMap::new();
         for tenant in &self.tenants {
@@ -903,6 +952,26 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn rekey_policy_defaults_to_same_tenant_only() {
+        let config = ProxyConfig::from_toml(SAMPLE).unwrap();
+        assert!(config.rekey.allows("a", "a"));
+        assert!(!config.rekey.allows("a", "b"));
+        let text = format!(
+            "{SAMPLE}\n[rekey]\nallow = [ {{ from = \"a-old\", to = \"a\" }}, {{ from = \"x\", to = \"*\" }} ]\n"
+        );
+        let config = ProxyConfig::from_toml(&text).unwrap();
+        config.validate().unwrap();
+        assert!(config.rekey.allows("a-old", "a"));
+        assert!(!config.rekey.allows("a", "a-old"), "pairs have a direction");
+        assert!(config.rekey.allows("x", "anyone"));
+        assert!(!config.rekey.allows("y", "anyone"));
+        let typo = format!("{SAMPLE}\n[rekey]\nallow = [ {{ form = \"a\", to = \"b\" }} ]\n");
+        assert!(ProxyConfig::from_toml(&typo).is_err());
+        let empty = format!("{SAMPLE}\n[rekey]\nallow = [ {{ from = \"\", to = \"b\" }} ]\n");
+        assert!(ProxyConfig::from_toml(&empty).unwrap().validate().is_err());
     }
 
     #[test]

@@ -53,6 +53,16 @@ pub enum ServiceError {
         /// The KMS's answer.
         source: KmsError,
     },
+    /// A rekey into another tenant that the proxy's `[rekey] allow` list does not permit.
+    #[error(
+        "rekeying EDEKs of tenant {from:?} into tenant {to:?} is not allowed by this proxy's [rekey] policy"
+    )]
+    RekeyNotAllowed {
+        /// The tenant the EDEK belongs to.
+        from: String,
+        /// The tenant it was to be moved to.
+        to: String,
+    },
     /// A security event could not be accepted.
     #[error("{0}")]
     SecurityEventRejected(String),
@@ -81,6 +91,7 @@ impl ServiceError {
             ServiceError::InvalidEdek(_) => ErrorCode::InvalidProvidedEdek,
             ServiceError::Kms { operation, source } => kms_code(*operation, source),
             ServiceError::SecurityEventRejected(_) => ErrorCode::SecurityEventRejected,
+            ServiceError::RekeyNotAllowed { .. } => ErrorCode::RekeyTargetNotAllowed,
             ServiceError::NotFound(_)
             | ServiceError::AuditUnavailable(_)
             | ServiceError::Internal => ErrorCode::UnknownError,
@@ -170,10 +181,13 @@ mod tests {
             ServiceError::ConfigDisabled(1),
             ServiceError::InvalidEdek("x".into()),
             ServiceError::NotFound("/x".into()),
+            ServiceError::RekeyNotAllowed { from: "a".into(), to: "b".into() },
         ] {
             assert!(e.status().is_client_error(), "{e:?} -> {}", e.status());
         }
         assert_eq!(ServiceError::Unauthorized.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(ServiceError::Unauthorized.body().code, 101);
+        let refused = ServiceError::RekeyNotAllowed { from: "a".into(), to: "b".into() };
+        assert_eq!((refused.status(), refused.body().code), (StatusCode::FORBIDDEN, 1001));
     }
 }

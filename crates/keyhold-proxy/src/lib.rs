@@ -117,7 +117,8 @@ impl AppState {
                 max_batch_size: config.max_batch_size,
                 batch_concurrency: config.batch_concurrency,
             },
-        );
+        )
+        .with_rekey_policy(config.rekey.clone());
         if let Some(audit) = &config.audit {
             let instance = audit.instance.clone().unwrap_or_else(default_instance);
             let spool_dir = config.resolve(&audit.spool_dir);

@@ -12,10 +12,12 @@ use futures::StreamExt as _;
 use keyhold_core::edek::{EncryptedDek, EncryptedDeks};
 use keyhold_core::metadata::{RequestMetadata, validate_tenant_id};
 use keyhold_core::secret::Dek;
-use keyhold_core::wire::{BatchUnwrapResponse, BatchWrapResponse, UnwrappedKey, WrappedKey};
+use keyhold_core::wire::{
+    BatchRekeyResponse, BatchUnwrapResponse, BatchWrapResponse, UnwrappedKey, WrappedKey,
+};
 use keyhold_kms::{KeyContext, KmsError};
 
-use crate::config::KmsConfigStatus;
+use crate::config::{KmsConfigStatus, RekeyConfig};
 use crate::error::{KmsOperation, ServiceError};
 use crate::kms_usage::KmsUsage;
 use keyhold_audit::{AuditEvent, EventKind, Spool};
@@ -55,6 +57,8 @@ pub struct KeyService {
     kms_failures: Option<Arc<crate::kms_failures::KmsFailureLog>>,
     /// Which configurations and key versions the EDEKs seen name (rotation tracking).
     usage: Arc<KmsUsage>,
+    /// Which cross-tenant rekeys are allowed (default: none).
+    rekey_policy: RekeyConfig,
 }
 
 impl KeyService {
@@ -75,7 +79,14 @@ impl KeyService {
             backlog_limit: None,
             kms_failures: None,
             usage: Arc::default(),
+            rekey_policy: RekeyConfig::default(),
         }
+    }
+
+    /// Allows the cross-tenant rekeys of `policy` (rekeys within one tenant are always allowed).
+    pub fn with_rekey_policy(mut self, policy: RekeyConfig) -> Self {
+        self.rekey_policy = policy;
+        self
     }
 
     /// The EDEKs seen, by tenant, KMS configuration and key version.
@@ -478,30 +489,110 @@ impl KeyService {
         edek: &str,
         new_tenant_id: &str,
     ) -> Result<WrappedKey, ServiceError> {
+        let (old_tenant, new_tenant) = self.rekey_tenants(meta, new_tenant_id)?;
+        let new_config = primary(&new_tenant)?;
+        let dek = self.unwrap_for(&old_tenant, edek).await?;
+        let edek = self.wrap_existing(&new_tenant, new_config, &dek).await?;
+        Ok(WrappedKey { dek, edek })
+    }
+
+    /// The two tenants of a rekey, once the policy allows the move. The policy is checked
+    /// first: a refused move touches no tenant's KMS and does not tell whether the target
+    /// exists.
+    fn rekey_tenants(
+        &self,
+        meta: &RequestMetadata,
+        new_tenant_id: &str,
+    ) -> Result<(Arc<Tenant>, Arc<Tenant>), ServiceError> {
         validate_tenant_id(new_tenant_id).map_err(|_| {
             ServiceError::InvalidRequest("newTenantId must be 1 to 1024 bytes".into())
         })?;
-        let old_tenant = self.tenant(&meta.tenant_id)?;
-        let new_tenant = self.tenant(new_tenant_id)?;
-        let new_config = primary(&new_tenant)?;
-        let dek = self.unwrap_for(&old_tenant, edek).await?;
-        if let Some(leases) = self.leases(&new_tenant.id, new_config.id) {
-            let entry =
-                leases.seal(&dek).await.map_err(|e| e.into_service_error(KmsOperation::Wrap))?;
-            return Ok(WrappedKey { dek, edek: EncryptedDeks::single(entry).to_base64() });
+        if !self.rekey_policy.allows(&meta.tenant_id, new_tenant_id) {
+            return Err(ServiceError::RekeyNotAllowed {
+                from: meta.tenant_id.clone(),
+                to: new_tenant_id.to_owned(),
+            });
         }
-        let ctx = KeyContext::new(&new_tenant.id, new_config.id);
+        Ok((self.tenant(&meta.tenant_id)?, self.tenant(new_tenant_id)?))
+    }
+
+    /// Wraps an existing data key for `config` of `tenant`: sealed under a lease key when the
+    /// tenant leases keys (no KMS call), else one KMS `wrap`.
+    async fn wrap_existing(
+        &self,
+        tenant: &Tenant,
+        config: &KmsConfig,
+        dek: &Dek,
+    ) -> Result<String, ServiceError> {
+        if let Some(leases) = self.leases(&tenant.id, config.id) {
+            let entry =
+                leases.seal(dek).await.map_err(|e| e.into_service_error(KmsOperation::Wrap))?;
+            return Ok(EncryptedDeks::single(entry).to_base64());
+        }
+        let ctx = KeyContext::new(&tenant.id, config.id);
         let wrapped = self
-            .call_kms(
-                &new_tenant,
-                new_config,
-                "wrap",
-                KmsOperation::Wrap,
-                new_config.kms.wrap(&dek, &ctx),
-            )
+            .call_kms(tenant, config, "wrap", KmsOperation::Wrap, config.kms.wrap(dek, &ctx))
             .await?;
-        let edek = envelope(&new_tenant, new_config, wrapped);
-        Ok(WrappedKey { dek, edek: edek.to_base64() })
+        Ok(envelope(tenant, config, wrapped).to_base64())
+    }
+
+    /// Each EDEK of `meta.tenant_id` wrapped again for the primary configuration of
+    /// `new_tenant_id`, by id (a Keyhold extension). Tenant-level problems (the policy, an
+    /// unknown tenant, no primary configuration) fail the call; the others are reported per id.
+    /// No data key leaves the proxy.
+    pub async fn batch_rekey(
+        &self,
+        meta: &RequestMetadata,
+        edeks: HashMap<String, String>,
+        new_tenant_id: &str,
+    ) -> Result<BatchRekeyResponse, ServiceError> {
+        self.check_batch_size(edeks.len())?;
+        self.admit(&meta.tenant_id)?;
+        self.admit(new_tenant_id)?;
+        let tenants = self
+            .rekey_tenants(meta, new_tenant_id)
+            .and_then(|(old, new)| primary(&new).map(|c| c.id).map(|id| (old, new, id)));
+        let (old_tenant, new_tenant, config_id) = match tenants {
+            Ok(t) => t,
+            Err(e) => {
+                self.record(meta, "batch_rekey", Some(&e), edeks.len(), KeyIds::default()).await?;
+                return Err(e);
+            }
+        };
+        let config = new_tenant.config(config_id).ok_or(ServiceError::Internal)?;
+        let (old_tenant, new_tenant) = (&old_tenant, &new_tenant);
+        let results: Vec<(String, Result<String, ServiceError>)> = futures::stream::iter(edeks)
+            .map(|(id, edek)| async move {
+                let result = match self.unwrap_for(old_tenant, &edek).await {
+                    Ok(dek) => self.wrap_existing(new_tenant, config, &dek).await,
+                    Err(e) => Err(e),
+                };
+                (id, result)
+            })
+            .buffer_unordered(self.limits.batch_concurrency)
+            .collect()
+            .await;
+        let mut response = BatchRekeyResponse::default();
+        let mut refused: std::collections::BTreeMap<u16, (ServiceError, usize)> =
+            Default::default();
+        for (id, result) in results {
+            match result {
+                Ok(edek) => {
+                    response.edeks.insert(id, edek);
+                }
+                Err(e) => {
+                    response.failures.insert(id, e.body());
+                    refused.entry(e.code().code()).or_insert((e, 0)).1 += 1;
+                }
+            }
+        }
+        // One event per outcome (not per id), as for the other batches.
+        for (error, count) in refused.values() {
+            self.record(meta, "batch_rekey", Some(error), *count, KeyIds::default()).await?;
+        }
+        let granted = KeyIds { kms_config_id: Some(config_id), lease_id: None };
+        self.record(meta, "batch_rekey", None, response.edeks.len(), granted).await?;
+        Ok(response)
     }
 
     fn tenant(&self, id: &str) -> Result<Arc<Tenant>, ServiceError> {

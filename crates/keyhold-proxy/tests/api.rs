@@ -335,7 +335,10 @@ async fn batches_report_per_id_failures() {
 
 #[tokio::test]
 async fn rekey_moves_a_key_to_another_tenant() {
-    let p = TestProxy::new();
+    // Allowed by the proxy's rekey policy (without it: 1001, see tests/rekey.rs).
+    let p = TestProxy::with_config(|t| {
+        t.push_str("\n[rekey]\nallow = [ { from = \"tenant-a\", to = \"*\" } ]\n");
+    });
     let wrapped = p.wrap("tenant-a").await;
     let mut req = meta("tenant-a");
     req["encryptedDocumentKey"] = json!(edek_str(&wrapped));

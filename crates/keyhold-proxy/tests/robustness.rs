@@ -17,6 +17,7 @@ const ROUTES: &[&str] = &[
     "/api/1/document/batch-wrap",
     "/api/1/document/batch-unwrap",
     "/api/1/document/rekey",
+    "/api/1/document/batch-rekey",
     "/api/1/event/security-event",
     "/api/1/document/report-operations",
 ];

@@ -7,16 +7,17 @@ use keyhold_core::ErrorCode;
 use keyhold_core::metadata::RequestMetadata;
 use keyhold_core::secret::Dek;
 use keyhold_core::wire::{
-    self, BatchUnwrapRequest, BatchUnwrapResponse, BatchWrapRequest, BatchWrapResponse, ErrorBody,
-    RekeyRequest, SecurityEventRequest, UnwrapRequest, UnwrappedKey, WrapRequest, WrappedKey,
+    self, BatchRekeyRequest, BatchRekeyResponse, BatchUnwrapRequest, BatchUnwrapResponse,
+    BatchWrapRequest, BatchWrapResponse, ErrorBody, RekeyRequest, SecurityEventRequest,
+    UnwrapRequest, UnwrappedKey, WrapRequest, WrappedKey,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::Edek;
 use crate::error::{Error, Result};
+use crate::{BatchResult, Edek};
 
 /// Environment variable naming the proxy URL (used by the CLI and [`ClientBuilder::from_env`]).
 pub const PROXY_URL_ENV: &str = "KEYHOLD_PROXY_URL";
@@ -182,6 +183,35 @@ impl Client {
             RekeyRequest::from_metadata(meta, edek.as_str().to_owned(), new_tenant_id.to_owned());
         let key: WrappedKey = self.post(wire::ROUTE_REKEY, &body).await?;
         Ok(Edek::from(key.edek))
+    }
+
+    /// Re-wraps many EDEKs (of `meta.tenant_id`, by id) for `new_tenant_id`'s primary KMS
+    /// configuration in one proxy call (`document/batch-rekey`, a Keyhold extension). Every id
+    /// comes back in exactly one of the result's maps; a failed id's [`Error::code`] says why
+    /// (e.g. [`ErrorCode::InvalidProvidedEdek`]). No data key leaves the proxy. A refusal of the
+    /// whole call (unknown tenant, a move the proxy's rekey policy does not allow:
+    /// [`ErrorCode::RekeyTargetNotAllowed`], too many ids) is an `Err`.
+    pub async fn rekey_edeks(
+        &self,
+        edeks: HashMap<String, Edek>,
+        new_tenant_id: &str,
+        meta: &RequestMetadata,
+    ) -> Result<BatchResult<Edek>> {
+        check(meta)?;
+        let edeks = edeks.into_iter().map(|(id, edek)| (id, edek.into_string())).collect();
+        let body = BatchRekeyRequest::from_metadata(meta, edeks, new_tenant_id.to_owned());
+        let response: BatchRekeyResponse = self.post(wire::ROUTE_BATCH_REKEY, &body).await?;
+        let mut result = BatchResult::default();
+        for (id, edek) in response.edeks {
+            result.successes.insert(id, Edek::from(edek));
+        }
+        for (id, failure) in response.failures {
+            result.failures.insert(
+                id,
+                Error::Proxy { code: failure.error_code(), status: 200, message: failure.message },
+            );
+        }
+        Ok(result)
     }
 
     /// Sends an application security event (e.g. `USER_LOGIN`) to the tenant's audit trail.

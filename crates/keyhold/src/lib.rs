@@ -27,6 +27,7 @@
 //! | [`Client::encrypt_batch`], [`Client::decrypt_batch`] | one per batch |
 //! | [`Client::encrypt_with_existing_edek`] | one (unwrap) |
 //! | [`Client::rekey_edek`] | one; the data is not touched |
+//! | [`Client::rekey_edeks`] | one per batch; per-id results, no data keys returned (Keyhold extension) |
 //! | [`Client::encrypt_stream`], [`Client::encrypt_file`] and their `decrypt_` pairs | one; constant memory |
 //!
 //! [`Client::decrypt`] also reads fields written by IronCore's client SDKs (their "v3" layout), and

@@ -357,3 +357,42 @@ async fn connection_and_auth_errors() {
 
     client.log_security_event("USER_LOGIN", Some(1), &meta("tenant-a")).await.unwrap();
 }
+
+#[tokio::test]
+async fn rekey_edeks_in_one_call_with_per_id_results() {
+    let proxy = RunningProxy::start().await;
+    let client = proxy.client();
+    let meta_a = meta("tenant-a");
+    let docs: Vec<EncryptedDocument> = encrypt_three(&client, &meta_a).await;
+    let foreign = client.encrypt(&doc(&[("f", b"b")]), &meta("tenant-b")).await.unwrap();
+    let mut edeks: HashMap<String, keyhold::Edek> =
+        docs.iter().enumerate().map(|(i, d)| (format!("d{i}"), d.edek.clone())).collect();
+    edeks.insert("foreign".into(), foreign.edek.clone());
+    edeks.insert("junk".into(), keyhold::Edek::from("AAAA".to_owned()));
+
+    let result = client.rekey_edeks(edeks, "tenant-a", &meta_a).await.unwrap();
+    assert_eq!((result.successes.len(), result.failures.len()), (3, 2));
+    assert_eq!(result.failures["foreign"].code(), ErrorCode::InvalidProvidedEdek);
+    assert_eq!(result.failures["junk"].code(), ErrorCode::InvalidProvidedEdek);
+    for (i, d) in docs.iter().enumerate() {
+        let new = &result.successes[&format!("d{i}")];
+        assert_ne!(new, &d.edek);
+        let moved = EncryptedDocument { edek: new.clone(), fields: d.fields.clone() };
+        assert_eq!(client.decrypt(&moved, &meta_a).await.unwrap()["f"], i.to_string().as_bytes());
+    }
+
+    // A move into another tenant is refused as a whole, with its own code.
+    let one = HashMap::from([("x".to_owned(), docs[0].edek.clone())]);
+    let err = client.rekey_edeks(one, "tenant-b", &meta_a).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RekeyTargetNotAllowed, "{err}");
+    assert!(matches!(err, Error::Proxy { status: 403, .. }), "{err:?}");
+    assert!(!err.is_retryable());
+}
+
+async fn encrypt_three(client: &Client, meta: &RequestMetadata) -> Vec<EncryptedDocument> {
+    let mut docs = Vec::new();
+    for i in 0..3 {
+        docs.push(client.encrypt(&doc(&[("f", i.to_string().as_bytes())]), meta).await.unwrap());
+    }
+    docs
+}
