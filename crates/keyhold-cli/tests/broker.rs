@@ -983,6 +983,8 @@ fn a_tenant_moves_from_its_vendor_key_to_its_own_openbao_and_rekeys_every_record
         vec![
             ("vendor".to_owned(), "tenant.create".to_owned()),
             ("vendor".to_owned(), "vendor_key.create".to_owned()),
+            ("vendor".to_owned(), "invitation.create".to_owned()),
+            (admin_actor.clone(), "admin.create".to_owned()),
             (admin_actor.clone(), "kms_config.add".to_owned()),
             (admin_actor, "kms_config.disable".to_owned()),
         ]
