@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Run without OpenBao (no ratios).
     #[arg(long)]
     no_openbao: bool,
+    /// Run the proxy without its audit trail (events only in its log), to see what the
+    /// synced trail costs; the default is the audit trail on, as deployed.
+    #[arg(long)]
+    no_audit: bool,
     /// Write every result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -340,11 +344,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rate: None,
     };
 
-    let proxy_process = ProxyProcess::start(args.tenants, true).await?;
+    let proxy_process = ProxyProcess::start(args.tenants, !args.no_audit).await?;
     eprintln!(
-        "proxy ready {:.0} ms after start ({} tenants, audit on); {} in flight, {} s per scenario",
+        "proxy ready {:.0} ms after start ({} tenants, audit {}); {} in flight, {} s per scenario",
         proxy_process.start_to_ready.as_secs_f64() * 1000.0,
         args.tenants.max(2),
+        if args.no_audit { "off" } else { "on" },
         load.concurrency,
         args.seconds
     );
@@ -431,6 +436,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "concurrency": load.concurrency,
             "seconds": args.seconds,
             "tenants": args.tenants.max(2),
+            "audit": !args.no_audit,
             "proxy_peak_rss_bytes": peak_rss,
             "proxy_start_to_ready_ms": start_to_ready.as_secs_f64() * 1000.0,
             "results": results,
