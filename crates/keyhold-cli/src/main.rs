@@ -115,6 +115,10 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
         }
     });
+    // Blocking tasks still running are waited for a short while only: a read of standard input
+    // that `keyhold rekey` stopped using (SIGINT while the writer keeps the pipe open) never
+    // returns, and dropping the runtime would wait for it forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -365,3 +365,32 @@ fn a_move_the_proxy_does_not_allow_stops_the_run_with_1001() {
     assert!(stderr.contains("REKEY_TARGET_NOT_ALLOWED (1001)"), "{stderr}");
     assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "");
 }
+
+/// SIGINT while the input pipe is open and idle (the writer has nothing more yet): the run
+/// stops at once instead of waiting for a line that may never come. (The read of standard
+/// input blocks a thread; the process must not wait for it on the way out.)
+#[test]
+fn sigint_while_standard_input_is_idle_stops_the_run() {
+    let f = fixture();
+    let mut child = f.rekey("-", &[]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let started = Instant::now();
+    // The run id file is written once the run has started (and is reading).
+    while !f.path("out.txt.run").exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the run never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, "-INT");
+    let signalled = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "keyhold rekey still runs 15 s after SIGINT with its input idle"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+}
