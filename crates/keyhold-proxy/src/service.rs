@@ -266,27 +266,40 @@ impl KeyService {
     /// The data key inside an EDEK, if it belongs to the tenant and its KMS agrees.
     pub async fn unwrap(&self, meta: &RequestMetadata, edek: &str) -> Result<Dek, ServiceError> {
         self.admit(&meta.tenant_id)?;
-        let result = self.unwrap_inner(meta, edek).await;
-        let ids = KeyIds::of_edek(edek, &meta.tenant_id);
+        let mut ids = KeyIds::default();
+        let result = self.unwrap_inner(meta, edek, &mut ids).await;
         self.record(meta, "unwrap", result.as_ref().err(), 1, ids).await?;
         result
     }
 
-    async fn unwrap_inner(&self, meta: &RequestMetadata, edek: &str) -> Result<Dek, ServiceError> {
+    /// Unwraps, and notes in `ids` what the EDEK names (for the audit event): the EDEK is
+    /// parsed once for both.
+    async fn unwrap_inner(
+        &self,
+        meta: &RequestMetadata,
+        edek: &str,
+        ids: &mut KeyIds,
+    ) -> Result<Dek, ServiceError> {
         let tenant = self.tenant(&meta.tenant_id)?;
-        self.unwrap_for(&tenant, edek).await
+        let envelope = parse_edek(edek)?;
+        *ids = KeyIds::of_envelope(&envelope, &meta.tenant_id);
+        self.unwrap_envelope(&tenant, &envelope).await
     }
 
     async fn unwrap_for(&self, tenant: &Tenant, edek: &str) -> Result<Dek, ServiceError> {
-        if edek.is_empty() {
-            return Err(ServiceError::InvalidRequest("encryptedDocumentKey is required".into()));
-        }
-        let envelope = EncryptedDeks::from_base64(edek)
-            .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))?;
-        let (entry, config) = match select_entry(tenant, &envelope) {
+        let envelope = parse_edek(edek)?;
+        self.unwrap_envelope(tenant, &envelope).await
+    }
+
+    async fn unwrap_envelope(
+        &self,
+        tenant: &Tenant,
+        envelope: &EncryptedDeks,
+    ) -> Result<Dek, ServiceError> {
+        let (entry, config) = match select_entry(tenant, envelope) {
             Ok(found) => found,
             Err(e) => {
-                self.note_unusable(tenant, &envelope);
+                self.note_unusable(tenant, envelope);
                 return Err(e);
             }
         };
@@ -736,6 +749,11 @@ impl KeyIds {
     /// that does not parse (the event's code says why it was refused).
     fn of_edek(edek: &str, tenant_id: &str) -> Self {
         let Ok(envelope) = EncryptedDeks::from_base64(edek) else { return Self::default() };
+        Self::of_envelope(&envelope, tenant_id)
+    }
+
+    /// What a parsed EDEK names: its entry for `tenant_id` (else its first).
+    fn of_envelope(envelope: &EncryptedDeks, tenant_id: &str) -> Self {
         let entries = &envelope.encrypted_deks;
         let entry = entries.iter().find(|e| e.tenant_id == tenant_id).or_else(|| entries.first());
         let Some(entry) = entry else { return Self::default() };
@@ -744,6 +762,15 @@ impl KeyIds {
             lease_id: Some(entry.leased_key_id).filter(|id| *id != 0),
         }
     }
+}
+
+/// An EDEK as the API receives it (base64 of the protobuf envelope), parsed.
+fn parse_edek(edek: &str) -> Result<EncryptedDeks, ServiceError> {
+    if edek.is_empty() {
+        return Err(ServiceError::InvalidRequest("encryptedDocumentKey is required".into()));
+    }
+    EncryptedDeks::from_base64(edek)
+        .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))
 }
 
 fn primary(tenant: &Tenant) -> Result<&KmsConfig, ServiceError> {
