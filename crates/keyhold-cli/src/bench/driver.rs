@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::servers::cpu_seconds;
+
 /// How hard and how long to drive.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
@@ -51,11 +53,20 @@ pub struct Outcome {
     pub p999_ms: f64,
     /// Largest.
     pub max_ms: f64,
+    /// CPU time the server process used per request while measured (user + system, all its
+    /// threads), in microseconds: its cost per operation, whoever else shares the machine.
+    pub server_cpu_us_per_request: Option<f64>,
+    /// The same per key (batches).
+    pub server_cpu_us_per_key: Option<f64>,
+    /// CPU cores the server process kept busy on average while measured.
+    pub server_cores: Option<f64>,
 }
 
-/// Runs `op` from `load.concurrency` workers; `keys` is how many keys one request handles.
+/// Runs `op` from `load.concurrency` workers; `keys` is how many keys one request handles;
+/// `server` is the process whose CPU time is measured, if it is known.
 pub async fn drive<F, Fut>(
     target: &str,
+    server: Option<u32>,
     scenario: &str,
     leasing: Option<bool>,
     keys: u64,
@@ -113,6 +124,8 @@ where
             anyhow::Ok((histogram, ok, errors))
         }));
     }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = server.and_then(cpu_seconds);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors) = (0u64, 0u64);
     for worker in workers {
@@ -121,6 +134,13 @@ where
         requests += ok;
         errors += failed;
     }
+    // The last requests end a little after `until`: CPU is counted up to the last answer.
+    let measured = measure_from.elapsed().as_secs_f64();
+    let cpu = match (cpu_before, server.and_then(cpu_seconds)) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let per = |n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
     let seconds = load.duration.as_secs_f64();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(Outcome {
@@ -137,5 +157,8 @@ where
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
         max_ms: histogram.max() as f64 / 1000.0,
+        server_cpu_us_per_request: per(requests),
+        server_cpu_us_per_key: per(requests * keys),
+        server_cores: cpu.map(|c| c / measured.max(f64::MIN_POSITIVE)),
     })
 }

@@ -2,6 +2,7 @@
 //! driver, in one run, and reports requests/s, keys/s and latency percentiles (issue 8;
 //! docs/benchmarks.md §6).
 
+mod client;
 mod driver;
 mod servers;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
+use client::{Call, Connections};
 use driver::{Load, Outcome, drive};
 use servers::{DIRECT_TENANT, LEASED_TENANT, OpenBao, ProxyProcess};
 
@@ -44,6 +46,15 @@ pub struct BenchArgs {
     /// synced trail costs; the default is the audit trail on, as deployed.
     #[arg(long)]
     no_audit: bool,
+    /// Runs of every scenario; the table shows each scenario's median run and each ratio is
+    /// the median of the runs' ratios (the machine drifts: one run can mislead).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Run the proxy under this command, for profiling: e.g. `perf record -g -o proxy.data` or
+    /// `valgrind --tool=callgrind --callgrind-out-file=proxy.callgrind` (split on spaces; the
+    /// proxy's command line is appended). Its figures are then the profiler's, not the proxy's.
+    #[arg(long)]
+    proxy_wrapper: Option<String>,
     /// Write every result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -60,36 +71,70 @@ const SCENARIOS: &[&str] = &[
     "half-load",
 ];
 
-/// One HTTP client per run: a connection pool as large as the concurrency, kept alive.
-fn http_client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
 struct Proxy {
-    http: reqwest::Client,
-    url: String,
+    connections: Connections,
     auth: String,
+    /// The proxy process, whose CPU time is measured.
+    pid: Option<u32>,
 }
 
 impl Proxy {
-    async fn post(&self, route: &str, body: &Value) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}{route}", self.url))
-            .header("Authorization", &self.auth)
-            .json(body)
-            .send()
-            .await?;
-        let status = response.status();
-        let value: Value = response.json().await?;
-        if !status.is_success() {
-            bail!("{route}: HTTP {status}: {value}");
-        }
-        Ok(value)
+    /// `body` posted to `route`, serialized once for the whole scenario.
+    fn call(&self, route: &str, body: &Value) -> anyhow::Result<Call> {
+        self.connections.post(
+            route,
+            &[(http::header::AUTHORIZATION, &self.auth)],
+            serde_json::to_vec(body)?,
+        )
     }
+
+    /// One request, its answer parsed (set-up, not measured).
+    async fn post(&self, route: &str, body: &Value) -> anyhow::Result<Value> {
+        let answer = self.call(route, body)?.send().await?;
+        serde_json::from_slice(&answer).with_context(|| format!("{route}: not JSON"))
+    }
+}
+
+/// The fields a scenario checks in an answer; borrowed, so that checking costs the driver
+/// little (every answer is still parsed in full).
+#[derive(serde::Deserialize)]
+struct KeyAnswer<'a> {
+    #[serde(borrow, default)]
+    edek: Option<&'a str>,
+    #[serde(borrow, default)]
+    dek: Option<&'a str>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchAnswer<'a> {
+    #[serde(borrow)]
+    keys: HashMap<&'a str, serde::de::IgnoredAny>,
+    #[serde(default)]
+    failures: HashMap<String, serde::de::IgnoredAny>,
+}
+
+/// Sends `call` and checks that the answer carries `what` (`edek` or `dek`).
+async fn key_call(call: &Call, what: &str) -> anyhow::Result<()> {
+    let answer = call.send().await?;
+    let parsed: KeyAnswer<'_> = serde_json::from_slice(&answer)?;
+    let present = match what {
+        "edek" => parsed.edek.is_some_and(|v| !v.is_empty()),
+        _ => parsed.dek.is_some_and(|v| !v.is_empty()),
+    };
+    if !present {
+        bail!("the answer has no {what}");
+    }
+    Ok(())
+}
+
+/// Sends `call` and checks that the answer carries `n` keys and no failure.
+async fn batch_call(call: &Call, n: usize) -> anyhow::Result<()> {
+    let answer = call.send().await?;
+    let parsed: BatchAnswer<'_> = serde_json::from_slice(&answer)?;
+    if parsed.keys.len() != n || !parsed.failures.is_empty() {
+        bail!("{} of {n} keys, {} failures", parsed.keys.len(), parsed.failures.len());
+    }
+    Ok(())
 }
 
 fn meta(tenant: &str) -> Value {
@@ -117,9 +162,16 @@ fn batch_wrap_body(tenant: &str, n: usize) -> Value {
     meta_with(tenant, Some(("documentIds", json!(ids))))
 }
 
+/// The unwrap request of one fresh EDEK of `tenant`.
+async fn unwrap_call(proxy: &Proxy, tenant: &str) -> anyhow::Result<Call> {
+    let wrapped = proxy.post("/api/1/document/wrap", &meta(tenant)).await?;
+    let body = meta_with(tenant, Some(("encryptedDocumentKey", field(&wrapped, "edek").clone())));
+    proxy.call("/api/1/document/unwrap", &body)
+}
+
 /// Every proxy scenario for one tenant.
 async fn proxy_scenarios(
-    proxy: &Arc<Proxy>,
+    proxy: &Proxy,
     tenant: &'static str,
     leasing: bool,
     load: Load,
@@ -127,64 +179,34 @@ async fn proxy_scenarios(
     out: &mut Vec<Outcome>,
 ) -> anyhow::Result<()> {
     if wanted("wrap") {
-        let p = Arc::clone(proxy);
-        let body = Arc::new(meta(tenant));
+        let call = proxy.call("/api/1/document/wrap", &meta(tenant))?;
         out.push(
-            drive("keyhold", "wrap", Some(leasing), 1, load, move || {
-                let (p, body) = (Arc::clone(&p), Arc::clone(&body));
-                async move {
-                    let v = p.post("/api/1/document/wrap", &body).await?;
-                    if field(&v, "edek").as_str().is_none() {
-                        bail!("no edek");
-                    }
-                    Ok(())
-                }
+            drive("keyhold", proxy.pid, "wrap", Some(leasing), 1, load, move || {
+                let call = call.clone();
+                async move { key_call(&call, "edek").await }
             })
             .await?,
         );
     }
     if wanted("unwrap") {
-        let wrapped = proxy.post("/api/1/document/wrap", &meta(tenant)).await?;
-        let body =
-            meta_with(tenant, Some(("encryptedDocumentKey", field(&wrapped, "edek").clone())));
-        let (p, body) = (Arc::clone(proxy), Arc::new(body));
+        let call = unwrap_call(proxy, tenant).await?;
         out.push(
-            drive("keyhold", "unwrap", Some(leasing), 1, load, move || {
-                let (p, body) = (Arc::clone(&p), Arc::clone(&body));
-                async move {
-                    let v = p.post("/api/1/document/unwrap", &body).await?;
-                    if field(&v, "dek").as_str().is_none() {
-                        bail!("no dek");
-                    }
-                    Ok(())
-                }
+            drive("keyhold", proxy.pid, "unwrap", Some(leasing), 1, load, move || {
+                let call = call.clone();
+                async move { key_call(&call, "dek").await }
             })
             .await?,
         );
     }
     for n in [100usize, 1000] {
         if wanted(&format!("batch-wrap-{n}")) {
-            let (p, body) = (Arc::clone(proxy), Arc::new(batch_wrap_body(tenant, n)));
+            let call = proxy.call("/api/1/document/batch-wrap", &batch_wrap_body(tenant, n))?;
+            let scenario = format!("batch-wrap-{n}");
             out.push(
-                drive(
-                    "keyhold",
-                    &format!("batch-wrap-{n}"),
-                    Some(leasing),
-                    n as u64,
-                    load,
-                    move || {
-                        let (p, body) = (Arc::clone(&p), Arc::clone(&body));
-                        async move {
-                            let v = p.post("/api/1/document/batch-wrap", &body).await?;
-                            let made =
-                                field(&v, "keys").as_object().map_or(0, serde_json::Map::len);
-                            if made != n {
-                                bail!("{made} of {n} keys");
-                            }
-                            Ok(())
-                        }
-                    },
-                )
+                drive("keyhold", proxy.pid, &scenario, Some(leasing), n as u64, load, move || {
+                    let call = call.clone();
+                    async move { batch_call(&call, n).await }
+                })
                 .await?,
             );
         }
@@ -197,27 +219,16 @@ async fn proxy_scenarios(
                 .iter()
                 .map(|(id, k)| (id.clone(), field(k, "edek").clone()))
                 .collect();
-            let body = meta_with(tenant, Some(("edeks", json!(edeks))));
-            let (p, body) = (Arc::clone(proxy), Arc::new(body));
+            let call = proxy.call(
+                "/api/1/document/batch-unwrap",
+                &meta_with(tenant, Some(("edeks", json!(edeks)))),
+            )?;
+            let scenario = format!("batch-unwrap-{n}");
             out.push(
-                drive(
-                    "keyhold",
-                    &format!("batch-unwrap-{n}"),
-                    Some(leasing),
-                    n as u64,
-                    load,
-                    move || {
-                        let (p, body) = (Arc::clone(&p), Arc::clone(&body));
-                        async move {
-                            let v = p.post("/api/1/document/batch-unwrap", &body).await?;
-                            let got = field(&v, "keys").as_object().map_or(0, serde_json::Map::len);
-                            if got != n {
-                                bail!("{got} of {n} keys");
-                            }
-                            Ok(())
-                        }
-                    },
-                )
+                drive("keyhold", proxy.pid, &scenario, Some(leasing), n as u64, load, move || {
+                    let call = call.clone();
+                    async move { batch_call(&call, n).await }
+                })
                 .await?,
             );
         }
@@ -229,6 +240,7 @@ async fn proxy_scenarios(
 async fn sdk_scenario(
     url: &str,
     api_key: &str,
+    pid: Option<u32>,
     tenant: &'static str,
     leasing: bool,
     load: Load,
@@ -237,7 +249,7 @@ async fn sdk_scenario(
     let meta = Arc::new(keyhold::RequestMetadata::new(tenant, "keyhold-bench"));
     let record: Arc<keyhold::Document> =
         Arc::new([("record".to_owned(), vec![0x5a; 1024])].into_iter().collect());
-    drive("keyhold", "sdk-1k", Some(leasing), 1, load, move || {
+    drive("keyhold", pid, "sdk-1k", Some(leasing), 1, load, move || {
         let (client, meta, record) = (Arc::clone(&client), Arc::clone(&meta), Arc::clone(&record));
         async move {
             let encrypted = client.encrypt(&record, &meta).await?;
@@ -251,6 +263,34 @@ async fn sdk_scenario(
     .await
 }
 
+/// What OpenBao Transit answers: `data.ciphertext` (datakey) or `data.plaintext` (decrypt).
+#[derive(serde::Deserialize)]
+struct TransitAnswer<'a> {
+    #[serde(borrow)]
+    data: TransitData<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct TransitData<'a> {
+    #[serde(borrow, default)]
+    ciphertext: Option<&'a str>,
+    #[serde(borrow, default)]
+    plaintext: Option<&'a str>,
+}
+
+async fn transit_call(call: &Call, what: &str) -> anyhow::Result<()> {
+    let answer = call.send().await?;
+    let parsed: TransitAnswer<'_> = serde_json::from_slice(&answer)?;
+    let present = match what {
+        "ciphertext" => parsed.data.ciphertext.is_some_and(|v| !v.is_empty()),
+        _ => parsed.data.plaintext.is_some_and(|v| !v.is_empty()),
+    };
+    if !present {
+        bail!("OpenBao answered no {what}");
+    }
+    Ok(())
+}
+
 /// OpenBao Transit: `datakey/plaintext` (a new data key, as wrap) and `decrypt` (as unwrap).
 async fn openbao_scenarios(
     bao: &OpenBao,
@@ -258,61 +298,29 @@ async fn openbao_scenarios(
     wanted: &dyn Fn(&str) -> bool,
     out: &mut Vec<Outcome>,
 ) -> anyhow::Result<()> {
-    let http = http_client(load.concurrency)?;
-    let datakey_url = Arc::new(format!("{}/v1/transit/datakey/plaintext/bench", bao.url));
-    let decrypt_url = Arc::new(format!("{}/v1/transit/decrypt/bench", bao.url));
-    let token = Arc::new(bao.token.clone());
-    let post = {
-        let (http, token) = (http.clone(), Arc::clone(&token));
-        move |url: Arc<String>, body: Arc<Value>| {
-            let (http, token) = (http.clone(), Arc::clone(&token));
-            async move {
-                let response = http
-                    .post(url.as_str())
-                    .header("X-Vault-Token", token.as_str())
-                    .json(&*body)
-                    .send()
-                    .await?;
-                let status = response.status();
-                let value: Value = response.json().await?;
-                if !status.is_success() {
-                    bail!("OpenBao: HTTP {status}: {value}");
-                }
-                anyhow::Ok(value)
-            }
-        }
-    };
+    let connections = Connections::new(&bao.url)?;
+    let token = [(http::header::HeaderName::from_static("x-vault-token"), bao.token.as_str())];
+    let datakey =
+        connections.post("/v1/transit/datakey/plaintext/bench", &token, b"{}".to_vec())?;
     if wanted("wrap") {
-        let (post, url, body) = (post.clone(), Arc::clone(&datakey_url), Arc::new(json!({})));
+        let call = datakey.clone();
         out.push(
-            drive("openbao", "wrap", None, 1, load, move || {
-                let fut = post(Arc::clone(&url), Arc::clone(&body));
-                async move {
-                    let v = fut.await?;
-                    if field(field(&v, "data"), "ciphertext").as_str().is_none() {
-                        bail!("no ciphertext");
-                    }
-                    Ok(())
-                }
+            drive("openbao", bao.pid(), "wrap", None, 1, load, move || {
+                let call = call.clone();
+                async move { transit_call(&call, "ciphertext").await }
             })
             .await?,
         );
     }
     if wanted("unwrap") {
-        let made = post(Arc::clone(&datakey_url), Arc::new(json!({}))).await?;
+        let made: Value = serde_json::from_slice(&datakey.send().await?)?;
         let ciphertext = field(field(&made, "data"), "ciphertext").clone();
-        let (post, url, body) =
-            (post.clone(), Arc::clone(&decrypt_url), Arc::new(json!({ "ciphertext": ciphertext })));
+        let body = serde_json::to_vec(&json!({ "ciphertext": ciphertext }))?;
+        let call = connections.post("/v1/transit/decrypt/bench", &token, body)?;
         out.push(
-            drive("openbao", "unwrap", None, 1, load, move || {
-                let fut = post(Arc::clone(&url), Arc::clone(&body));
-                async move {
-                    let v = fut.await?;
-                    if field(field(&v, "data"), "plaintext").as_str().is_none() {
-                        bail!("no plaintext");
-                    }
-                    Ok(())
-                }
+            drive("openbao", bao.pid(), "unwrap", None, 1, load, move || {
+                let call = call.clone();
+                async move { transit_call(&call, "plaintext").await }
             })
             .await?,
         );
@@ -343,70 +351,98 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
         rate: None,
     };
+    let runs = args.runs.max(1);
 
-    let proxy_process = ProxyProcess::start(args.tenants, !args.no_audit).await?;
+    let wrapper: Vec<String> = args
+        .proxy_wrapper
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let proxy_process = ProxyProcess::start(args.tenants, !args.no_audit, &wrapper).await?;
     eprintln!(
-        "proxy ready {:.0} ms after start ({} tenants, audit {}); {} in flight, {} s per scenario",
+        "proxy ready {:.0} ms after start ({} tenants, audit {}); {} in flight, {} s per scenario, {runs} run(s)",
         proxy_process.start_to_ready.as_secs_f64() * 1000.0,
         args.tenants.max(2),
         if args.no_audit { "off" } else { "on" },
         load.concurrency,
         args.seconds
     );
-    let proxy = Arc::new(Proxy {
-        http: http_client(load.concurrency)?,
-        url: proxy_process.url.clone(),
+    let proxy = Proxy {
+        connections: Connections::new(&proxy_process.url)?,
         auth: format!("cmk {}", proxy_process.api_key),
-    });
-    let mut results = Vec::new();
-    for (tenant, leasing) in [(LEASED_TENANT, true), (DIRECT_TENANT, false)] {
-        proxy_scenarios(&proxy, tenant, leasing, load, &wanted, &mut results).await?;
-        if wanted("sdk-1k") {
-            results.push(
-                sdk_scenario(&proxy_process.url, &proxy_process.api_key, tenant, leasing, load)
-                    .await?,
-            );
-        }
-    }
-    // Half of the peak leased unwrap rate, paced: the latency a proxy gives with headroom.
-    if wanted("half-load")
-        && let Some(peak) = find(&results, "keyhold", "unwrap", Some(true))
-    {
-        let paced = Load { rate: Some(peak.requests_per_sec / 2.0), ..load };
-        let wrapped = proxy.post("/api/1/document/wrap", &meta(LEASED_TENANT)).await?;
-        let body = meta_with(
-            LEASED_TENANT,
-            Some(("encryptedDocumentKey", field(&wrapped, "edek").clone())),
-        );
-        let (p, body) = (Arc::clone(&proxy), Arc::new(body));
-        results.push(
-            drive("keyhold", "unwrap-half-load", Some(true), 1, paced, move || {
-                let (p, body) = (Arc::clone(&p), Arc::clone(&body));
-                async move { p.post("/api/1/document/unwrap", &body).await.map(|_| ()) }
-            })
-            .await?,
-        );
-    }
-    let peak_rss = proxy_process.peak_rss();
-    let start_to_ready = proxy_process.start_to_ready;
-    drop(proxy_process);
-
+        pid: proxy_process.pid(),
+    };
+    // Both servers run for the whole benchmark and their scenarios alternate run by run, so
+    // that the machine's drift over minutes falls on both sides of each ratio.
     let mut openbao_note = None;
-    if !args.no_openbao {
+    let bao = if args.no_openbao {
+        None
+    } else {
         match OpenBao::find(args.openbao_bin.as_deref()) {
-            Some(bin) => {
-                let bao = OpenBao::start(&bin).await?;
-                openbao_scenarios(&bao, load, &wanted, &mut results).await?;
-            }
+            Some(bin) => Some(OpenBao::start(&bin).await?),
             None => {
                 openbao_note = Some(
                     "no OpenBao binary (--openbao-bin, $KEYHOLD_TEST_OPENBAO_BIN or `bao` on the PATH): no comparison",
                 );
+                None
             }
         }
-    }
+    };
 
+    let mut all_runs: Vec<Vec<Outcome>> = Vec::new();
+    for run in 1..=runs {
+        if runs > 1 {
+            eprintln!("run {run} of {runs}");
+        }
+        let mut results = Vec::new();
+        for (tenant, leasing) in [(LEASED_TENANT, true), (DIRECT_TENANT, false)] {
+            proxy_scenarios(&proxy, tenant, leasing, load, &wanted, &mut results).await?;
+            if wanted("sdk-1k") {
+                results.push(
+                    sdk_scenario(
+                        &proxy_process.url,
+                        &proxy_process.api_key,
+                        proxy.pid,
+                        tenant,
+                        leasing,
+                        load,
+                    )
+                    .await?,
+                );
+            }
+        }
+        // Half of this run's peak leased unwrap rate, paced: the latency a proxy gives with
+        // headroom.
+        if wanted("half-load")
+            && let Some(peak) = find(&results, "keyhold", "unwrap", Some(true))
+        {
+            let paced = Load { rate: Some(peak.requests_per_sec / 2.0), ..load };
+            let call = unwrap_call(&proxy, LEASED_TENANT).await?;
+            results.push(
+                drive("keyhold", proxy.pid, "unwrap-half-load", Some(true), 1, paced, move || {
+                    let call = call.clone();
+                    async move { key_call(&call, "dek").await }
+                })
+                .await?,
+            );
+        }
+        if let Some(bao) = &bao {
+            openbao_scenarios(bao, load, &wanted, &mut results).await?;
+        }
+        all_runs.push(results);
+    }
+    let peak_rss = proxy_process.peak_rss();
+    let start_to_ready = proxy_process.start_to_ready;
+    drop(proxy_process);
+    drop(bao);
+
+    let results = medians(&all_runs);
     print_table(&results);
+    if runs > 1 {
+        println!("(each row: the run with the median requests/s of {runs} runs)");
+    }
     let mut ratios = serde_json::Map::new();
     for (name, ours, theirs) in [
         ("unwrap_leased_vs_openbao_decrypt", ("unwrap", Some(true)), "unwrap"),
@@ -414,12 +450,52 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("unwrap_direct_vs_openbao_decrypt", ("unwrap", Some(false)), "unwrap"),
         ("wrap_direct_vs_openbao_datakey", ("wrap", Some(false)), "wrap"),
     ] {
-        if let (Some(a), Some(b)) =
-            (find(&results, "keyhold", ours.0, ours.1), find(&results, "openbao", theirs, None))
-        {
-            let ratio = a.requests_per_sec / b.requests_per_sec.max(f64::MIN_POSITIVE);
-            println!("{name}: {ratio:.1}×");
-            ratios.insert(name.to_owned(), json!(ratio));
+        // The ratio of each run (same minutes on both sides), then their median: requests/s,
+        // and the server CPU time per request (OpenBao's over ours: how many times cheaper).
+        let pairs: Vec<(&Outcome, &Outcome)> = all_runs
+            .iter()
+            .filter_map(|results| {
+                Some((
+                    find(results, "keyhold", ours.0, ours.1)?,
+                    find(results, "openbao", theirs, None)?,
+                ))
+            })
+            .collect();
+        let speed: Vec<f64> = pairs
+            .iter()
+            .map(|(a, b)| a.requests_per_sec / b.requests_per_sec.max(f64::MIN_POSITIVE))
+            .collect();
+        let cost: Vec<f64> = pairs
+            .iter()
+            .filter_map(|(a, b)| {
+                Some(b.server_cpu_us_per_request? / a.server_cpu_us_per_request?.max(f64::EPSILON))
+            })
+            .collect();
+        let show = |values: &[f64]| {
+            if values.len() > 1 {
+                format!(
+                    " (runs: {})",
+                    values.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>().join(", ")
+                )
+            } else {
+                String::new()
+            }
+        };
+        if let Some(ratio) = median(&mut speed.clone()) {
+            let cost_ratio = median(&mut cost.clone());
+            let cost_text = cost_ratio.map_or_else(String::new, |c| {
+                format!("; {c:.1}× less server CPU per request{}", show(&cost))
+            });
+            println!("{name}: {ratio:.1}× requests/s{}{cost_text}", show(&speed));
+            ratios.insert(
+                name.to_owned(),
+                json!({
+                    "median": ratio,
+                    "runs": speed,
+                    "cpu_per_request_median": cost_ratio,
+                    "cpu_per_request_runs": cost,
+                }),
+            );
         }
     }
     if let Some(rss) = peak_rss {
@@ -435,27 +511,50 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "concurrency": load.concurrency,
             "seconds": args.seconds,
+            "runs": runs,
             "tenants": args.tenants.max(2),
             "audit": !args.no_audit,
             "proxy_peak_rss_bytes": peak_rss,
             "proxy_start_to_ready_ms": start_to_ready.as_secs_f64() * 1000.0,
             "results": results,
+            "every_run": all_runs,
             "ratios": ratios,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("results written to {}", path.display());
     }
-    let failed: u64 = results.iter().map(|o| o.errors).sum();
+    let failed: u64 = all_runs.iter().flatten().map(|o| o.errors).sum();
     if failed > 0 {
         bail!("{failed} requests failed during the run");
     }
     Ok(())
 }
 
+/// The middle value (the lower of the two middle ones for an even count).
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len().saturating_sub(1) / 2).copied()
+}
+
+/// Per scenario, the outcome of the run with the median requests/s (a real run's figures,
+/// latencies included, not a blend of several).
+fn medians(runs: &[Vec<Outcome>]) -> Vec<Outcome> {
+    let Some(first) = runs.first() else { return Vec::new() };
+    first
+        .iter()
+        .filter_map(|o| {
+            let mut same: Vec<&Outcome> =
+                runs.iter().filter_map(|r| find(r, &o.target, &o.scenario, o.leasing)).collect();
+            same.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+            same.get(same.len().saturating_sub(1) / 2).map(|o| (*o).clone())
+        })
+        .collect()
+}
+
 fn print_table(results: &[Outcome]) {
     println!(
-        "{:<8} {:<18} {:<8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>7}",
+        "{:<8} {:<18} {:<8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>7}",
         "target",
         "scenario",
         "leasing",
@@ -464,6 +563,7 @@ fn print_table(results: &[Outcome]) {
         "p50 ms",
         "p99 ms",
         "p99.9 ms",
+        "cpu µs/key",
         "errors"
     );
     for o in results {
@@ -473,7 +573,7 @@ fn print_table(results: &[Outcome]) {
             None => "-",
         };
         println!(
-            "{:<8} {:<18} {:<8} {:>12.0} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+            "{:<8} {:<18} {:<8} {:>12.0} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>10} {:>7}",
             o.target,
             o.scenario,
             leasing,
@@ -482,6 +582,7 @@ fn print_table(results: &[Outcome]) {
             o.p50_ms,
             o.p99_ms,
             o.p999_ms,
+            o.server_cpu_us_per_key.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
             o.errors
         );
     }

@@ -55,7 +55,8 @@ impl ProxyProcess {
     /// configuration is `keyhold up`'s with the production intervals (lease renewal 5 min,
     /// checkpoints every minute); tenants beyond the first two each get a vendor key of their
     /// own in the configuration (`type = "vendor"`), as a broker would send them.
-    pub async fn start(tenants: usize, audit: bool) -> anyhow::Result<Self> {
+    /// `wrapper` is a command the proxy runs under (a profiler), if any.
+    pub async fn start(tenants: usize, audit: bool, wrapper: &[String]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let data = keyhold_proxy::bootstrap::init_data_dir(
@@ -91,7 +92,15 @@ impl ProxyProcess {
         std::fs::write(&data.config_path, text)?;
         let exe = std::env::current_exe()?;
         let started = Instant::now();
-        let mut child = Command::new(exe)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .args(["proxy", "--config"])
             .arg(&data.config_path)
             .env("KEYHOLD_LOG", "warn")
@@ -107,6 +116,11 @@ impl ProxyProcess {
         Ok(Self { child, url, api_key, start_to_ready, _dir: dir })
     }
 
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The process's peak resident set (VmHWM), in bytes, where /proc tells.
     pub fn peak_rss(&self) -> Option<u64> {
         let pid = self.child.id()?;
@@ -115,6 +129,19 @@ impl ProxyProcess {
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     }
+}
+
+/// CPU time (user + system, all threads) the process `pid` has used, in seconds, where /proc
+/// tells. /proc counts it in USER_HZ ticks, 100 per second on Linux (a fixed ABI value).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    // `rest` begins at field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// `text` without the TOML table `header` (up to the next table header).
@@ -138,7 +165,7 @@ fn without_table(text: &str, header: &str) -> String {
 /// An OpenBao dev server (in-memory storage, as Transit needs none per request) with Transit
 /// enabled and one `aes256-gcm96` key, `bench`.
 pub struct OpenBao {
-    _child: Child,
+    child: Child,
     /// Its base URL.
     pub url: String,
     /// Its root token.
@@ -178,10 +205,15 @@ impl OpenBao {
             .with_context(|| format!("cannot start OpenBao ({})", bin.display()))?;
         let url = format!("http://127.0.0.1:{port}");
         wait_ready(&format!("{url}/v1/sys/health"), "OpenBao", &mut child).await?;
-        let bao = Self { _child: child, url, token };
+        let bao = Self { child, url, token };
         bao.call("sys/mounts/transit", serde_json::json!({"type": "transit"})).await?;
         bao.call("transit/keys/bench", serde_json::json!({"type": "aes256-gcm96"})).await?;
         Ok(bao)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     async fn call(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
@@ -201,6 +233,18 @@ impl OpenBao {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_has_used_some_cpu_time() {
+        let mut spent = 0u64;
+        for i in 0..20_000_000u64 {
+            spent = spent.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
+        }
+        std::hint::black_box(spent);
+        let used = cpu_seconds(std::process::id()).expect("/proc/self/stat");
+        assert!(used > 0.0, "{used}");
+        assert!(cpu_seconds(u32::MAX).is_none());
+    }
 
     #[test]
     fn a_table_is_dropped_with_its_subtables() {
