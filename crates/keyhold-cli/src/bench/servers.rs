@@ -88,6 +88,20 @@ impl ProxyProcess {
         text = text.replacen(&direct, &format!("{direct}leasing = {{ enabled = false }}\n"), 1);
         if !audit {
             text = without_table(&text, "[audit]");
+        } else {
+            // The audit signing key exists, as at every start of a deployed proxy but its very
+            // first: start-to-ready measures a (re)start, not the one-time key generation
+            // (whose first use of AWS-LC's random generator seeds it, ~50 ms here).
+            let spool = dir.path().join("audit");
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(&spool)?;
+            keyhold_audit::checkpoint::CheckpointSigner::load_or_create(
+                &spool.join("audit-signing.key"),
+            )
+            .map_err(|e| anyhow::anyhow!("audit signing key: {e:?}"))?;
         }
         std::fs::write(&data.config_path, text)?;
         let exe = std::env::current_exe()?;
