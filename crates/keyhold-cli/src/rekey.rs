@@ -190,8 +190,9 @@ pub async fn run(args: RekeyArgs) -> anyhow::Result<()> {
             let bar = ProgressBar::new(total);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {per_sec} ETA {eta}",
+                    "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {rate} ETA {eta}",
                 )
+                .map(with_rate)
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar
@@ -200,8 +201,9 @@ pub async fn run(args: RekeyArgs) -> anyhow::Result<()> {
             let spinner = ProgressBar::new_spinner();
             spinner.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {human_pos} EDEKs {per_sec}",
+                    "{spinner} [{elapsed_precise}] {human_pos} EDEKs {rate}",
                 )
+                .map(with_rate)
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             spinner
@@ -647,4 +649,12 @@ impl Signals {
             "Ctrl-C"
         }
     }
+}
+
+/// `{rate}` in a progress template: EDEKs per second as a whole number (indicatif's `{per_sec}`
+/// prints four decimals: "84,785.7008/s").
+fn with_rate(style: ProgressStyle) -> ProgressStyle {
+    style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.0} EDEKs/s", state.per_sec());
+    })
 }

@@ -16,6 +16,9 @@ use std::time::Instant;
 
 use keyhold::{Client, RequestMetadata};
 
+const USAGE: &str = "usage: make_edeks --count N --out FILE [--tenant T] [--deks FILE] \
+[--proxy URL] [--api-key-file FILE] [--batch 1000] [--concurrency 4]";
+
 struct Args {
     count: usize,
     tenant: String,
@@ -41,6 +44,10 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--count" => a.count = value.parse().expect("--count: a number"),
@@ -54,7 +61,7 @@ fn args() -> Args {
             other => panic!("unknown option {other}"),
         }
     }
-    assert!(a.count > 0 && !a.out.is_empty(), "usage: make_edeks --count N --out FILE [...]");
+    assert!(a.count > 0 && !a.out.is_empty(), "{USAGE}");
     a
 }
 
