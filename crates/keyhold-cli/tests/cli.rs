@@ -1,48 +1,13 @@
 //! The `keyhold` binary: `up`, `encrypt`, `decrypt`, `keys`, `proxy`, as a user runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyhold");
+mod common;
 
-/// A `keyhold up` child process, killed on drop.
-struct Up {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn up(dir: &Path) -> Up {
-    let mut child = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0", "--broker-listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .env_remove("KEYHOLD_API_KEY")
-        .env_remove("KEYHOLD_DATA_DIR")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(url) = line.trim().strip_prefix("proxy     ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let url =
-        rx.recv_timeout(Duration::from_secs(30)).expect("keyhold up printed no proxy address");
-    Up { child, url }
-}
+use common::{BIN, up};
 
 fn keyhold(dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN).args(args).current_dir(dir).env_remove("KEYHOLD_API_KEY").output().unwrap()

@@ -4,53 +4,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keyhold::{Client, RequestMetadata};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyhold");
+mod common;
+
+use common::{BIN, Up, up};
 const TENANT: &str = "demo-tenant";
 const GOOD: usize = 20_000;
 const BATCH: usize = 500;
 const CONCURRENCY: usize = 4;
-
-struct Up {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn up(dir: &Path) -> Up {
-    let mut child = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0", "--broker-listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .env_remove("KEYHOLD_API_KEY")
-        .env_remove("KEYHOLD_DATA_DIR")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(url) = line.trim().strip_prefix("proxy     ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let url =
-        rx.recv_timeout(Duration::from_secs(30)).expect("keyhold up printed no proxy address");
-    Up { child, url }
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
