@@ -361,14 +361,8 @@ impl BrokerClient {
         &self,
         proxy: &str,
     ) -> Result<Option<Vec<BrokerChange>>, BrokerError> {
-        let response = self
-            .http
-            .post(format!("{}/admin-events/claim", self.proxy_api()))
-            .bearer_auth(self.token.as_str())
-            .json(&serde_json::json!({ "proxy": proxy }))
-            .send()
-            .await
-            .map_err(|e| BrokerError::Unreachable(e.without_url().to_string()))?;
+        let response =
+            self.post_json("admin-events/claim", &serde_json::json!({ "proxy": proxy })).await?;
         match response.status() {
             reqwest::StatusCode::NO_CONTENT => Ok(None),
             status if status.is_success() => {
@@ -382,16 +376,26 @@ impl BrokerClient {
         }
     }
 
+    /// POSTs `body` to the broker's proxy API at `route`, with this proxy's token.
+    async fn post_json(
+        &self,
+        route: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, BrokerError> {
+        self.http
+            .post(format!("{}/{route}", self.proxy_api()))
+            .bearer_auth(self.token.as_str())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unreachable(e.without_url().to_string()))
+    }
+
     /// Tells the broker the changes up to `up_to` are in this proxy's spool.
     pub async fn ack_admin_events(&self, proxy: &str, up_to: i64) -> Result<(), BrokerError> {
         let response = self
-            .http
-            .post(format!("{}/admin-events/ack", self.proxy_api()))
-            .bearer_auth(self.token.as_str())
-            .json(&serde_json::json!({ "proxy": proxy, "up_to": up_to }))
-            .send()
-            .await
-            .map_err(|e| BrokerError::Unreachable(e.without_url().to_string()))?;
+            .post_json("admin-events/ack", &serde_json::json!({ "proxy": proxy, "up_to": up_to }))
+            .await?;
         if response.status().is_success() {
             Ok(())
         } else {
@@ -417,14 +421,7 @@ impl BrokerClient {
                 })
             })
             .collect();
-        let response = self
-            .http
-            .post(format!("{}/kms-usage", self.proxy_api()))
-            .bearer_auth(self.token.as_str())
-            .json(&serde_json::json!({ "items": items }))
-            .send()
-            .await
-            .map_err(|e| BrokerError::Unreachable(e.without_url().to_string()))?;
+        let response = self.post_json("kms-usage", &serde_json::json!({ "items": items })).await?;
         if response.status().is_success() {
             Ok(())
         } else {
