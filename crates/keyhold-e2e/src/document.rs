@@ -1,0 +1,457 @@
+//! End-to-end encrypted documents and the grants that let groups and users read them.
+//!
+//! A document is encrypted once: AES-256-GCM under a key derived from a fresh [`Plaintext`], with
+//! the document id and the author device's signing key as associated data, and signed by that
+//! device (Ed25519) over everything, so readers and the server can check who wrote it and that
+//! nothing changed. Each [`Grant`] carries the same plaintext encrypted to one group's or user's
+//! public key, signed by the device that granted it. Granting to someone new adds a grant;
+//! revoking deletes one; the document itself never changes.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use keyhold_core::aead::{Aes256GcmKey, NONCE_LEN, TAG_LEN};
+use rand_core::{CryptoRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::keys::DeviceKeys;
+use crate::pre::{self, EncryptedValue, Plaintext, PreError, PrivateKey, PublicKey};
+
+const DOCUMENT_DOMAIN: &[u8] = b"keyhold-e2e-v1 document";
+const GRANT_DOMAIN: &[u8] = b"keyhold-e2e-v1 grant";
+pub(crate) const DOCUMENT_KEY_INFO: &[u8] = b"keyhold-e2e-v1 document key";
+const DOCUMENT_VERSION: u8 = 1;
+/// Longest document, group or user id, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Why a document or grant was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    /// The author's (or granter's) signature does not verify: the document, grant or one of
+    /// their fields was altered, or the signer is not who it claims.
+    #[error("signature does not verify: the document or grant was altered")]
+    Signature,
+    /// The document key could not be recovered with this key: not a recipient (or no longer),
+    /// a revoked device, or an altered key value.
+    #[error("this key cannot open the document (no access, or revoked)")]
+    NoAccess,
+    /// The body failed authentication although the key was recovered.
+    #[error("the document body failed authentication")]
+    Body,
+    /// Bytes that are not a document or grant of this version.
+    #[error("malformed document: {0}")]
+    Malformed(&'static str),
+    /// An id empty or longer than [`MAX_ID_LEN`].
+    #[error("id must be 1..=256 bytes")]
+    Id,
+    /// The AEAD failed to seal.
+    #[error("AES-GCM failed")]
+    Aead,
+}
+
+impl From<PreError> for DocumentError {
+    fn from(e: PreError) -> Self {
+        match e {
+            PreError::Decrypt => Self::NoAccess,
+            PreError::Malformed(m) => Self::Malformed(m),
+            PreError::TooManyHops => Self::Malformed("too many hops"),
+        }
+    }
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Recipient {
+    /// Every current member of the group.
+    Group(String),
+    /// One user (all of the user's authorized devices).
+    User(String),
+}
+
+impl Recipient {
+    fn tag(&self) -> (u8, &str) {
+        match self {
+            Self::Group(id) => (1, id),
+            Self::User(id) => (2, id),
+        }
+    }
+}
+
+/// An encrypted, signed document. Its bytes are the same for every reader and never change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptedDocument {
+    id: String,
+    author: VerifyingKey,
+    nonce: [u8; NONCE_LEN],
+    /// Ciphertext followed by the GCM tag.
+    ciphertext: Vec<u8>,
+    signature: [u8; 64],
+}
+
+/// One recipient's access to a document: the document's [`Plaintext`] encrypted to the
+/// recipient's public key, signed by the device that made the grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    document_id: String,
+    recipient: Recipient,
+    value: EncryptedValue,
+    granted_by: VerifyingKey,
+    signature: [u8; 64],
+}
+
+fn check_id(id: &str) -> Result<(), DocumentError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN { Err(DocumentError::Id) } else { Ok(()) }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Ids are at most MAX_ID_LEN bytes, checked before any encoding.
+    out.extend_from_slice(&u16::try_from(s.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn document_aad(id: &str, author: &VerifyingKey) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(DOCUMENT_DOMAIN.len() + 2 + id.len() + 32);
+    aad.extend_from_slice(DOCUMENT_DOMAIN);
+    put_str(&mut aad, id);
+    aad.extend_from_slice(author.as_bytes());
+    aad
+}
+
+/// Encrypts `plaintext` once, signs it with `author`, and grants it to each recipient.
+pub fn encrypt(
+    id: &str,
+    plaintext: &[u8],
+    author: &DeviceKeys,
+    recipients: &[(Recipient, PublicKey)],
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<(EncryptedDocument, Vec<Grant>), DocumentError> {
+    check_id(id)?;
+    for (r, _) in recipients {
+        check_id(r.tag().1)?;
+    }
+    let m = Plaintext::generate(rng);
+    let key =
+        Aes256GcmKey::new(&m.derive_key(DOCUMENT_KEY_INFO)).map_err(|_| DocumentError::Aead)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let author_key = author.public().signing;
+    let mut ciphertext = Vec::with_capacity(plaintext.len() + TAG_LEN);
+    ciphertext.extend_from_slice(plaintext);
+    let tag = key
+        .seal_in_place(&nonce, &document_aad(id, &author_key), &mut ciphertext)
+        .map_err(|_| DocumentError::Aead)?;
+    ciphertext.extend_from_slice(&tag);
+    let mut doc = EncryptedDocument {
+        id: id.to_owned(),
+        author: author_key,
+        nonce,
+        ciphertext,
+        signature: [0; 64],
+    };
+    doc.signature = author.sign(&doc.signed_bytes());
+    let grants = recipients
+        .iter()
+        .map(|(r, pk)| Grant::new(id, r.clone(), pre::encrypt(&m, pk, rng), author))
+        .collect();
+    Ok((doc, grants))
+}
+
+impl EncryptedDocument {
+    /// The document's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The signing key of the device that wrote it.
+    pub fn author(&self) -> &VerifyingKey {
+        &self.author
+    }
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = document_aad(&self.id, &self.author);
+        out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&(self.ciphertext.len() as u64).to_be_bytes());
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    /// Checks the author's signature (readers and the server both do).
+    pub fn verify(&self) -> Result<(), DocumentError> {
+        self.author
+            .verify_strict(&self.signed_bytes(), &Signature::from_bytes(&self.signature))
+            .map_err(|_| DocumentError::Signature)
+    }
+
+    /// Verifies the signature, recovers the document key from `value` (a grant's value,
+    /// transformed to `reader` by the server where needed) and decrypts.
+    pub fn open(
+        &self,
+        value: &EncryptedValue,
+        reader: &PrivateKey,
+    ) -> Result<Zeroizing<Vec<u8>>, DocumentError> {
+        self.verify()?;
+        let m = pre::decrypt(value, reader)?;
+        self.open_with(&m)
+    }
+
+    pub(crate) fn open_with(&self, m: &Plaintext) -> Result<Zeroizing<Vec<u8>>, DocumentError> {
+        let key =
+            Aes256GcmKey::new(&m.derive_key(DOCUMENT_KEY_INFO)).map_err(|_| DocumentError::Aead)?;
+        let split = self.ciphertext.len().checked_sub(TAG_LEN).ok_or(DocumentError::Body)?;
+        let (body, tag) = self.ciphertext.split_at(split);
+        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| DocumentError::Body)?;
+        let mut out = Zeroizing::new(body.to_vec());
+        key.open_in_place(&self.nonce, &document_aad(&self.id, &self.author), &mut out, &tag)
+            .map_err(|_| DocumentError::Body)?;
+        Ok(out)
+    }
+
+    /// Tries a raw AES-256 key on the body (the attack tests).
+    #[cfg(test)]
+    pub(crate) fn open_with_raw_key(&self, raw: &[u8; 32]) -> bool {
+        let Ok(key) = Aes256GcmKey::new(raw) else { return false };
+        let Some(split) = self.ciphertext.len().checked_sub(TAG_LEN) else { return false };
+        let (body, tag) = self.ciphertext.split_at(split);
+        let Ok(tag) = <[u8; TAG_LEN]>::try_from(tag) else { return false };
+        let mut out = body.to_vec();
+        key.open_in_place(&self.nonce, &document_aad(&self.id, &self.author), &mut out, &tag)
+            .is_ok()
+    }
+
+    /// Grants the document to one more recipient: the reader recovers the document key (as in
+    /// [`EncryptedDocument::open`]) and encrypts it to `recipient_key`. The document is unchanged.
+    pub fn grant(
+        &self,
+        value: &EncryptedValue,
+        reader: &PrivateKey,
+        granter: &DeviceKeys,
+        recipient: Recipient,
+        recipient_key: &PublicKey,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Grant, DocumentError> {
+        check_id(recipient.tag().1)?;
+        self.verify()?;
+        let m = pre::decrypt(value, reader)?;
+        // Check the key really opens this document before handing it on.
+        self.open_with(&m)?;
+        Ok(Grant::new(&self.id, recipient, pre::encrypt(&m, recipient_key, rng), granter))
+    }
+
+    /// `version ‖ id ‖ author ‖ nonce ‖ signature ‖ ciphertext‖tag`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(1 + 2 + self.id.len() + 32 + NONCE_LEN + 64 + self.ciphertext.len());
+        out.push(DOCUMENT_VERSION);
+        put_str(&mut out, &self.id);
+        out.extend_from_slice(self.author.as_bytes());
+        out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&self.signature);
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    /// Parses [`EncryptedDocument::to_bytes`] (the signature is checked by `verify`/`open`).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DocumentError> {
+        let mut r = Reader(bytes);
+        if r.array::<1>()? != [DOCUMENT_VERSION] {
+            return Err(DocumentError::Malformed("unknown document version"));
+        }
+        let id = r.string()?;
+        let author = VerifyingKey::from_bytes(&r.array()?)
+            .map_err(|_| DocumentError::Malformed("author key"))?;
+        let nonce = r.array()?;
+        let signature = r.array()?;
+        if r.0.len() < TAG_LEN {
+            return Err(DocumentError::Malformed("truncated"));
+        }
+        Ok(Self { id, author, nonce, ciphertext: r.0.to_vec(), signature })
+    }
+}
+
+impl Grant {
+    fn new(
+        document_id: &str,
+        recipient: Recipient,
+        value: EncryptedValue,
+        granter: &DeviceKeys,
+    ) -> Self {
+        let mut g = Self {
+            document_id: document_id.to_owned(),
+            recipient,
+            value,
+            granted_by: granter.public().signing,
+            signature: [0; 64],
+        };
+        g.signature = granter.sign(&g.signed_bytes());
+        g
+    }
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(GRANT_DOMAIN);
+        put_str(&mut out, &self.document_id);
+        let (kind, id) = self.recipient.tag();
+        out.push(kind);
+        put_str(&mut out, id);
+        out.extend_from_slice(self.granted_by.as_bytes());
+        out.extend_from_slice(&self.value.to_bytes());
+        out
+    }
+
+    /// Checks the granter's signature.
+    pub fn verify(&self) -> Result<(), DocumentError> {
+        self.granted_by
+            .verify_strict(&self.signed_bytes(), &Signature::from_bytes(&self.signature))
+            .map_err(|_| DocumentError::Signature)
+    }
+
+    /// The document it opens.
+    pub fn document_id(&self) -> &str {
+        &self.document_id
+    }
+
+    /// Who it is for.
+    pub fn recipient(&self) -> &Recipient {
+        &self.recipient
+    }
+
+    /// The document key encrypted to the recipient's public key.
+    pub fn value(&self) -> &EncryptedValue {
+        &self.value
+    }
+
+    /// The signing key of the device that made the grant.
+    pub fn granted_by(&self) -> &VerifyingKey {
+        &self.granted_by
+    }
+
+    /// `document id ‖ kind ‖ recipient id ‖ granted by ‖ signature ‖ value`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_str(&mut out, &self.document_id);
+        let (kind, id) = self.recipient.tag();
+        out.push(kind);
+        put_str(&mut out, id);
+        out.extend_from_slice(self.granted_by.as_bytes());
+        out.extend_from_slice(&self.signature);
+        out.extend_from_slice(&self.value.to_bytes());
+        out
+    }
+
+    /// Parses [`Grant::to_bytes`] (the signature is checked by `verify`).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DocumentError> {
+        let mut r = Reader(bytes);
+        let document_id = r.string()?;
+        let [kind] = r.array::<1>()?;
+        let id = r.string()?;
+        let recipient = match kind {
+            1 => Recipient::Group(id),
+            2 => Recipient::User(id),
+            _ => return Err(DocumentError::Malformed("recipient kind")),
+        };
+        let granted_by = VerifyingKey::from_bytes(&r.array()?)
+            .map_err(|_| DocumentError::Malformed("granter key"))?;
+        let signature = r.array()?;
+        let value = EncryptedValue::from_bytes(r.0)?;
+        Ok(Self { document_id, recipient, value, granted_by, signature })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DocumentError> {
+        if self.0.len() < N {
+            return Err(DocumentError::Malformed("truncated"));
+        }
+        let (head, tail) = self.0.split_at(N);
+        self.0 = tail;
+        head.try_into().map_err(|_| DocumentError::Malformed("truncated"))
+    }
+
+    fn string(&mut self) -> Result<String, DocumentError> {
+        let len = usize::from(u16::from_be_bytes(self.array()?));
+        if len == 0 || len > MAX_ID_LEN || self.0.len() < len {
+            return Err(DocumentError::Malformed("id"));
+        }
+        let (head, tail) = self.0.split_at(len);
+        self.0 = tail;
+        String::from_utf8(head.to_vec()).map_err(|_| DocumentError::Malformed("id is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng as _;
+
+    #[test]
+    fn encrypt_open_grant_and_refuse_alterations() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let author = DeviceKeys::generate(&mut rng);
+        let (alice, bob, eve) = (
+            PrivateKey::generate(&mut rng),
+            PrivateKey::generate(&mut rng),
+            PrivateKey::generate(&mut rng),
+        );
+        let (doc, grants) = encrypt(
+            "doc-1",
+            b"quarterly numbers",
+            &author,
+            &[(Recipient::User("alice".into()), alice.public_key())],
+            &mut rng,
+        )
+        .unwrap();
+        let doc = EncryptedDocument::from_bytes(&doc.to_bytes()).unwrap();
+        let grant = Grant::from_bytes(&grants[0].to_bytes()).unwrap();
+        grant.verify().unwrap();
+        assert_eq!(&**doc.open(grant.value(), &alice).unwrap(), b"quarterly numbers");
+        assert_eq!(doc.open(grant.value(), &eve).unwrap_err(), DocumentError::NoAccess);
+
+        let to_bob = doc
+            .grant(
+                grant.value(),
+                &alice,
+                &author,
+                Recipient::User("bob".into()),
+                &bob.public_key(),
+                &mut rng,
+            )
+            .unwrap();
+        to_bob.verify().unwrap();
+        assert_eq!(&**doc.open(to_bob.value(), &bob).unwrap(), b"quarterly numbers");
+        // Someone without access cannot make a grant.
+        assert!(
+            doc.grant(
+                grant.value(),
+                &eve,
+                &author,
+                Recipient::User("e".into()),
+                &eve.public_key(),
+                &mut rng
+            )
+            .is_err()
+        );
+
+        let bytes = doc.to_bytes();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            let r = EncryptedDocument::from_bytes(&bad).and_then(|d| d.open(grant.value(), &alice));
+            assert!(r.is_err(), "flip at byte {i} accepted");
+            if i > 3 + 5 + 32 + 12 + 64 {
+                // Past the header: the body is covered by the signature.
+                assert_eq!(r.unwrap_err(), DocumentError::Signature, "byte {i}");
+            }
+        }
+        let gbytes = grant.to_bytes();
+        for i in (0..gbytes.len()).step_by(5) {
+            let mut bad = gbytes.clone();
+            bad[i] ^= 0x20;
+            if let Ok(g) = Grant::from_bytes(&bad) {
+                assert!(g.verify().is_err(), "grant flip at {i} verified");
+            }
+        }
+        assert!(encrypt("", b"x", &author, &[], &mut rng).is_err());
+        assert!(EncryptedDocument::from_bytes(&[]).is_err());
+    }
+}
