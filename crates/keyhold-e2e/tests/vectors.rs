@@ -93,7 +93,9 @@ fn generate() -> Vec<(&'static str, String)> {
 /// Seeds for the `e2e_formats` fuzz target (fuzz/corpus/e2e_formats), one per parser, written
 /// with the vectors.
 fn write_fuzz_seeds() {
-    use keyhold_e2e::keys::{DeviceKeys, KeySealedToPublicKey, PassphraseCost, PassphraseSealedKey, UserKeys};
+    use keyhold_e2e::keys::{
+        DeviceKeys, KeySealedToPublicKey, PassphraseCost, PassphraseSealedKey, UserKeys,
+    };
     use keyhold_e2e::{Recipient, document};
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/e2e_formats");
     let mut rng = ChaCha20Rng::seed_from_u64(17);
@@ -108,7 +110,8 @@ fn write_fuzz_seeds() {
     )
     .unwrap();
     let cheap = PassphraseCost { memory_kib: 64, iterations: 1, parallelism: 1 };
-    let sealed_user = PassphraseSealedKey::seal(&UserKeys::generate(&mut rng), b"p", cheap, &mut rng).unwrap();
+    let sealed_user =
+        PassphraseSealedKey::seal(&UserKeys::generate(&mut rng), b"p", cheap, &mut rng).unwrap();
     let sealed_group = KeySealedToPublicKey::seal(&reader, &reader.public_key(), &mut rng).unwrap();
     for (name, selector, bytes) in [
         ("document", 2u8, doc.to_bytes()),
