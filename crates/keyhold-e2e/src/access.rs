@@ -267,8 +267,15 @@ impl E2eEvent {
 #[derive(Debug, Clone)]
 struct Device {
     certificate: DeviceCertificate,
-    /// user → device.
-    transform: TransformKey,
+    /// user → device; deleted (`None`) when the device is revoked. The certificate stays, so
+    /// that documents the device wrote before keep a verifiable author.
+    transform: Option<TransformKey>,
+}
+
+/// An authorized (not revoked) device.
+struct ActiveDevice<'a> {
+    certificate: &'a DeviceCertificate,
+    transform: &'a TransformKey,
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +312,9 @@ pub struct DecryptGrant {
     pub author: DeviceCertificate,
     /// The author's user's public keys (the certificate verifies with their signing key).
     pub author_user: UserPublicKeys,
+    /// The author device has been revoked since (the document, written before, still verifies;
+    /// an application may want to say so).
+    pub author_revoked: bool,
     /// The document key, transformed to the requesting device.
     pub value: EncryptedValue,
     /// The group the access came through, if any.
@@ -370,13 +380,17 @@ impl AccessState {
         std::mem::take(&mut self.events)
     }
 
-    fn device(&self, actor: Actor<'_>) -> Result<&Device, AccessError> {
-        self.users
+    /// The actor's device, if it is authorized and not revoked.
+    fn device(&self, actor: Actor<'_>) -> Result<ActiveDevice<'_>, AccessError> {
+        let d = self
+            .users
             .get(actor.user)
             .ok_or(AccessError::UnknownDevice)?
             .devices
             .get(actor.device)
-            .ok_or(AccessError::UnknownDevice)
+            .ok_or(AccessError::UnknownDevice)?;
+        let transform = d.transform.as_ref().ok_or(AccessError::UnknownDevice)?;
+        Ok(ActiveDevice { certificate: &d.certificate, transform })
     }
 
     /// The vendor's backend creates a user with its public keys and its passphrase-sealed keys.
@@ -427,7 +441,8 @@ impl AccessState {
         let event = E2eEvent::new(E2eAction::DeviceAuthorize, None)
             .user(&certificate.user)
             .device(&certificate.device);
-        user.devices.insert(certificate.device.clone(), Device { certificate, transform });
+        user.devices
+            .insert(certificate.device.clone(), Device { certificate, transform: Some(transform) });
         self.events.push(event);
         Ok(())
     }
@@ -437,14 +452,17 @@ impl AccessState {
     pub fn revoke_device(&mut self, actor: Actor<'_>, device: &str) -> Result<(), AccessError> {
         self.device(actor)?;
         let user = self.users.get_mut(actor.user).ok_or(AccessError::UnknownUser)?;
-        user.devices.remove(device).ok_or(AccessError::UnknownDevice)?;
+        let d = user.devices.get_mut(device).ok_or(AccessError::UnknownDevice)?;
+        // Only the transform key goes: the certificate stays so that what the device wrote keeps
+        // a verifiable author, and its id is not reused.
+        d.transform.take().ok_or(AccessError::UnknownDevice)?;
         self.events.push(
             E2eEvent::new(E2eAction::DeviceRevoke, Some(actor)).user(actor.user).device(device),
         );
         Ok(())
     }
 
-    /// A device's certificate.
+    /// A device's certificate (revoked devices' too).
     pub fn device_certificate(
         &self,
         user: &str,
@@ -454,6 +472,15 @@ impl AccessState {
             .get(user)
             .and_then(|u| u.devices.get(device))
             .map(|d| &d.certificate)
+            .ok_or(AccessError::UnknownDevice)
+    }
+
+    /// Whether a device was revoked (`Err` if it never existed).
+    pub fn device_revoked(&self, user: &str, device: &str) -> Result<bool, AccessError> {
+        self.users
+            .get(user)
+            .and_then(|u| u.devices.get(device))
+            .map(|d| d.transform.is_none())
             .ok_or(AccessError::UnknownDevice)
     }
 
@@ -764,7 +791,7 @@ impl AccessState {
     }
 
     fn decrypt_inner(&self, actor: Actor<'_>, document: &str) -> Result<DecryptGrant, AccessError> {
-        let to_device = &self.device(actor)?.transform;
+        let to_device = self.device(actor)?.transform;
         let stored = self.documents.get(document).ok_or(AccessError::UnknownDocument)?;
         let (grant, via) = self.access_path(stored, actor.user).ok_or(AccessError::NoAccess)?;
         let mut value = grant.value().clone();
@@ -774,11 +801,9 @@ impl AccessState {
         }
         let value =
             pre::transform(&value, to_device).map_err(|_| AccessError::KeyMismatch("hops"))?;
-        let author = self.device_certificate(&stored.author_user, &stored.author_device).cloned();
-        // A revoked author device keeps its certificate's evidence in the document's signature;
-        // without the certificate the reader is told so (UnknownDevice) rather than trusting it.
-        let author = author?;
+        let author = self.device_certificate(&stored.author_user, &stored.author_device)?.clone();
         Ok(DecryptGrant {
+            author_revoked: self.device_revoked(&stored.author_user, &stored.author_device)?,
             document: stored.document.clone(),
             author_user: self.user_public_keys(&stored.author_user)?,
             author,
@@ -794,7 +819,7 @@ impl AccessState {
             m.sealed_user_keys.push(u.sealed.clone());
             for d in u.devices.values() {
                 m.certificates.push(d.certificate.clone());
-                m.transform_keys.push(d.transform.clone());
+                m.transform_keys.extend(d.transform.clone());
             }
         }
         for g in self.groups.values() {

@@ -367,6 +367,9 @@ pub struct DecryptResponse {
     pub author: CertificateView,
     /// The author user's public keys.
     pub author_user: UserKeysView,
+    /// The author device was revoked after writing the document (it still verifies).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub author_revoked: bool,
     /// The grant's value transformed to the calling device ([`crate::pre::EncryptedValue`]).
     #[serde(with = "b64")]
     pub value: Vec<u8>,
@@ -442,6 +445,7 @@ impl From<&DecryptGrant> for DecryptResponse {
             author: (&g.author).into(),
             author_user: (&g.author_user).into(),
             value: g.value.to_bytes(),
+            author_revoked: g.author_revoked,
             via_group: g.via_group.clone(),
         }
     }
@@ -456,6 +460,7 @@ impl TryFrom<&DecryptResponse> for DecryptGrant {
             author: (&r.author).try_into()?,
             author_user: (&r.author_user).try_into()?,
             value: EncryptedValue::from_bytes(&r.value).map_err(|_| MalformedField("value"))?,
+            author_revoked: r.author_revoked,
             via_group: r.via_group.clone(),
         })
     }

@@ -154,11 +154,38 @@ fn a_revoked_device_fails_while_the_same_users_other_device_still_works() {
     let stored_before = w.stored_documents();
     assert_eq!(w.read(&bob, 1, "memo").unwrap(), b"memo body");
 
+    // Before it is lost, the phone writes a note to alice.
+    let note = keyhold_e2e::document::encrypt(
+        "note",
+        b"from the phone",
+        bob.device(1),
+        &[(Recipient::User("alice".into()), alice.keys.public().encryption)],
+        &mut w.rng,
+    )
+    .unwrap();
+    w.state.create_document(bob.actor(1), note.0, note.1).unwrap();
+
     // Bob's laptop revokes his lost phone.
     w.state.revoke_device(bob.actor(0), "phone").unwrap();
     assert_eq!(w.read(&bob, 1, "memo").unwrap_err(), AccessError::UnknownDevice);
     assert_eq!(w.read(&bob, 0, "memo").unwrap(), b"memo body");
-    assert_eq!(w.stored_documents(), stored_before);
+    // What the phone wrote before still reads, with its author, marked revoked.
+    let g = w.state.decrypt(alice.actor(0), "note").unwrap();
+    assert!(g.author_revoked);
+    let (plain, author) = g.open(alice.device(0)).unwrap();
+    assert_eq!((&plain[..], author), (&b"from the phone"[..], "bob"));
+    assert!(!w.state.decrypt(alice.actor(0), "memo").unwrap().author_revoked);
+    // A revoked device stays revoked: its id is not reused, and revoking again is refused.
+    let again = DeviceKeys::generate(&mut w.rng);
+    let cert = DeviceCertificate::issue(&bob.keys, "bob", "phone", again.public());
+    let tk = pre::transform_key(bob.keys.encryption_key(), &again.public().encryption, &mut w.rng);
+    assert_eq!(w.state.authorize_device(cert, tk).unwrap_err(), AccessError::Exists);
+    assert_eq!(
+        w.state.revoke_device(bob.actor(0), "phone").unwrap_err(),
+        AccessError::UnknownDevice
+    );
+    // Nothing was re-encrypted: the memo (first by id) is byte for byte what was stored.
+    assert_eq!(w.stored_documents()[..1], stored_before[..]);
 
     // The server cannot be made to transform to the phone's key any more, even by asking for
     // another user's device: alice cannot revoke or use bob's devices.
