@@ -1,5 +1,7 @@
 //! Admin events: the change history, handed to the proxies so that every change becomes an
-//! audit event in the tenant's own trail (and SIEM), like every key access.
+//! audit event in the tenant's own trail (and SIEM), like every key access. The E2E service's
+//! audit events (`e2e_events`, [`crate::e2e`]) reach the trails the same way, through a feed
+//! of their own ([`E2E_EVENTS`]: its own lease and cursor).
 //!
 //! The broker cannot deliver to a tenant's SIEM itself: the SIEM credentials are sealed to the
 //! proxies. So one proxy at a time holds the `admin_events` lease (renewed while it works, taken
@@ -41,12 +43,22 @@ pub struct AdminEventBatch {
     pub changes: Vec<Change>,
 }
 
-/// A proxy has spooled the changes up to `up_to`.
+/// The E2E service's audit events after their cursor, for the holder of their lease.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct E2eEventBatch {
+    /// The id of the last E2E event already spooled by some proxy.
+    pub cursor: i64,
+    /// The events after it, in order (at most 500): `action` is the event's `e2e.*` name,
+    /// `actor` `<user>/<device>` or `vendor`, `detail` the event's JSON (docs/e2e-api.md).
+    pub events: Vec<Change>,
+}
+
+/// A proxy has spooled the records up to `up_to`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AckRequest {
     /// The proxy's name.
     pub proxy: String,
-    /// The id of the last change it spooled.
+    /// The id of the last record it spooled.
     pub up_to: i64,
 }
 
@@ -68,20 +80,53 @@ fn check_proxy_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// One stream of records the proxies deliver into the tenants' audit trails: the table it is
+/// read from, the lease that lets one proxy at a time deliver it, and the shared cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventFeed {
+    /// The table (`id, tenant_id, at, actor, action, detail` columns).
+    table: &'static str,
+    /// The `proxy_leases` row.
+    lease: &'static str,
+    /// The `counters` row holding the id of the last record delivered.
+    cursor: &'static str,
+    /// What the records are, for messages.
+    what: &'static str,
+}
+
+/// The change history, delivered as `admin` audit events.
+pub const ADMIN_EVENTS: EventFeed = EventFeed {
+    table: "changes",
+    lease: "admin_events",
+    cursor: "admin_events_delivered",
+    what: "admin events",
+};
+
+/// The E2E service's audit events (`e2e_events`, docs/e2e-api.md).
+pub const E2E_EVENTS: EventFeed = EventFeed {
+    table: "e2e_events",
+    lease: "e2e_events",
+    cursor: "e2e_events_delivered",
+    what: "E2E events",
+};
+
 impl Store {
-    /// Takes or renews the lease for `proxy`; if it holds it, the changes after the cursor.
-    pub async fn claim_admin_events(
+    /// Takes or renews `feed`'s lease for `proxy`; if it holds it, the cursor and the records
+    /// after it (at most [`MAX_BATCH`]), in id order. `None` while another proxy holds it.
+    pub async fn claim_events(
         &self,
+        feed: EventFeed,
         proxy: &str,
-    ) -> Result<Option<AdminEventBatch>, StoreError> {
+    ) -> Result<Option<(i64, Vec<Change>)>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         let held = sqlx::query(
             "UPDATE proxy_leases SET holder = $1, until_ms = $2 \
-             WHERE name = 'admin_events' AND (holder = $1 OR until_ms < $3) RETURNING holder",
+             WHERE name = $3 AND (holder = $1 OR until_ms < $4) RETURNING holder",
         )
         .bind(proxy)
         .bind(now.saturating_add(LEASE_MS))
+        .bind(feed.lease)
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
@@ -89,21 +134,23 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        let cursor: i64 =
-            sqlx::query("SELECT value FROM counters WHERE name = 'admin_events_delivered'")
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("value")?;
-        let rows = sqlx::query(
-            "SELECT id, tenant_id, at, actor, action, detail FROM changes \
+        let cursor: i64 = sqlx::query("SELECT value FROM counters WHERE name = $1")
+            .bind(feed.cursor)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("value")?;
+        // `feed.table` is one of this module's constants, never input.
+        let rows = sqlx::query(&format!(
+            "SELECT id, tenant_id, at, actor, action, detail FROM {} \
              WHERE id > $1 ORDER BY id LIMIT $2",
-        )
+            feed.table
+        ))
         .bind(cursor)
         .bind(MAX_BATCH)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let changes = rows
+        let records = rows
             .iter()
             .map(|r| {
                 let detail: String = r.try_get("detail")?;
@@ -114,33 +161,79 @@ impl Store {
                     actor: r.try_get("actor")?,
                     action: r.try_get("action")?,
                     detail: serde_json::from_str(&detail)
-                        .map_err(|e| StoreError::Corrupt(format!("change detail: {e}")))?,
+                        .map_err(|e| StoreError::Corrupt(format!("{} detail: {e}", feed.what)))?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(AdminEventBatch { cursor, changes }))
+        Ok(Some((cursor, records)))
+    }
+
+    /// Moves `feed`'s cursor to `up_to` (never backwards) if `proxy` holds its lease; `false`
+    /// if it does not.
+    pub async fn ack_events(
+        &self,
+        feed: EventFeed,
+        proxy: &str,
+        up_to: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let holds = sqlx::query("SELECT holder FROM proxy_leases WHERE name = $1 AND holder = $2")
+            .bind(feed.lease)
+            .bind(proxy)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if holds {
+            sqlx::query("UPDATE counters SET value = $1 WHERE name = $2 AND value < $1")
+                .bind(up_to)
+                .bind(feed.cursor)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(holds)
+    }
+
+    /// Takes or renews the lease for `proxy`; if it holds it, the changes after the cursor.
+    pub async fn claim_admin_events(
+        &self,
+        proxy: &str,
+    ) -> Result<Option<AdminEventBatch>, StoreError> {
+        let claimed = self.claim_events(ADMIN_EVENTS, proxy).await?;
+        Ok(claimed.map(|(cursor, changes)| AdminEventBatch { cursor, changes }))
     }
 
     /// Moves the cursor to `up_to` if `proxy` holds the lease; `false` if it does not.
     pub async fn ack_admin_events(&self, proxy: &str, up_to: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let holds = sqlx::query(
-            "SELECT holder FROM proxy_leases WHERE name = 'admin_events' AND holder = $1",
-        )
-        .bind(proxy)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
-        if holds {
-            sqlx::query(
-                "UPDATE counters SET value = $1 WHERE name = 'admin_events_delivered' AND value < $1",
-            )
-            .bind(up_to)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(holds)
+        self.ack_events(ADMIN_EVENTS, proxy, up_to).await
+    }
+
+    /// Takes or renews the E2E-events lease for `proxy`; if it holds it, the E2E events after
+    /// their cursor.
+    pub async fn claim_e2e_events(&self, proxy: &str) -> Result<Option<E2eEventBatch>, StoreError> {
+        let claimed = self.claim_events(E2E_EVENTS, proxy).await?;
+        Ok(claimed.map(|(cursor, events)| E2eEventBatch { cursor, events }))
+    }
+
+    /// Moves the E2E events' cursor to `up_to` if `proxy` holds their lease.
+    pub async fn ack_e2e_events(&self, proxy: &str, up_to: i64) -> Result<bool, StoreError> {
+        self.ack_events(E2E_EVENTS, proxy, up_to).await
+    }
+}
+
+async fn acknowledge(
+    state: &AppState,
+    feed: EventFeed,
+    request: AckRequest,
+) -> Result<Response, ApiError> {
+    check_proxy_name(&request.proxy)?;
+    if state.store().ack_events(feed, &request.proxy, request.up_to).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::Store(StoreError::Conflict(format!(
+            "the {} lease is held by another proxy",
+            feed.what
+        ))))
     }
 }
 
@@ -171,12 +264,36 @@ pub(crate) async fn ack(
     State(state): State<AppState>,
     Json(request): Json<AckRequest>,
 ) -> Result<Response, ApiError> {
+    acknowledge(&state, ADMIN_EVENTS, request).await
+}
+
+/// The E2E service's audit events not yet spooled, for the proxy holding (or taking) their
+/// lease (its own, apart from the admin events').
+#[utoipa::path(post, path = "/api/proxy/v1/e2e-events/claim", tag = "proxy",
+    security(("proxy_token" = [])), request_body = ClaimRequest,
+    responses((status = 200, body = E2eEventBatch),
+              (status = 204, description = "Another proxy holds the lease"),
+              (status = 401, body = crate::error::ErrorBody)))]
+pub(crate) async fn claim_e2e(
+    State(state): State<AppState>,
+    Json(request): Json<ClaimRequest>,
+) -> Result<Response, ApiError> {
     check_proxy_name(&request.proxy)?;
-    if state.store().ack_admin_events(&request.proxy, request.up_to).await? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::Store(StoreError::Conflict(
-            "the admin events lease is held by another proxy".into(),
-        )))
+    match state.store().claim_e2e_events(&request.proxy).await? {
+        Some(batch) => Ok(Json(batch).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
+}
+
+/// The proxy has spooled the E2E events up to `up_to`.
+#[utoipa::path(post, path = "/api/proxy/v1/e2e-events/ack", tag = "proxy",
+    security(("proxy_token" = [])), request_body = AckRequest,
+    responses((status = 204, description = "Acknowledged"),
+              (status = 409, body = crate::error::ErrorBody, description = "The lease is another proxy's"),
+              (status = 401, body = crate::error::ErrorBody)))]
+pub(crate) async fn ack_e2e(
+    State(state): State<AppState>,
+    Json(request): Json<AckRequest>,
+) -> Result<Response, ApiError> {
+    acknowledge(&state, E2E_EVENTS, request).await
 }

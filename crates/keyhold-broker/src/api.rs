@@ -118,6 +118,16 @@ impl AppState {
         &self.inner.store
     }
 
+    /// The Vendor Bridge API key (the E2E routes check it themselves).
+    pub(crate) fn vendor_key(&self) -> &BearerKey {
+        &self.inner.vendor_key
+    }
+
+    /// The largest request body of the broker's routes.
+    pub(crate) fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
+    }
+
     /// The fleet key new secrets are sealed to (the first configured).
     fn sealing_key(&self) -> ApiResult<&FleetPublicKey> {
         self.inner.fleet_keys.first().ok_or_else(|| {
@@ -362,11 +372,14 @@ pub fn app(state: AppState) -> Router {
         .route("/api/proxy/v1/snapshot", get(snapshot))
         .route("/api/proxy/v1/admin-events/claim", post(crate::admin_events::claim))
         .route("/api/proxy/v1/admin-events/ack", post(crate::admin_events::ack))
+        .route("/api/proxy/v1/e2e-events/claim", post(crate::admin_events::claim_e2e))
+        .route("/api/proxy/v1/e2e-events/ack", post(crate::admin_events::ack_e2e))
         .route("/api/proxy/v1/kms-usage", post(crate::kms_usage::report))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_proxy_token));
     Router::new()
         .merge(vendor)
         .merge(proxy)
+        .merge(crate::e2e::router())
         .merge(crate::ui::router())
         .route("/api/v1/invitations/accept", post(accept_invitation))
         .route("/api/v1/session", post(login).get(whoami).delete(logout))
@@ -1065,28 +1078,52 @@ impl Modify for SecuritySchemes {
             "proxy_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        components.add_security_scheme(
+            "e2e_device",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                keyhold_e2e::wire::SIGNATURE_HEADER,
+                "A request signed by an authorized device: keyhold-e2e-user, keyhold-e2e-device, \
+                 keyhold-e2e-timestamp and keyhold-e2e-signature (docs/e2e-api.md §2)",
+            ))),
+        );
     }
 }
 
 /// The OpenAPI description of the broker's API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Keyhold Configuration Broker", description = "Vendor Bridge API and proxy snapshot route (docs/broker.md). Routes open to tenant admins accept the session cookie; with it, POST/PUT/PATCH/DELETE need the X-CSRF-Token header."),
+    info(title = "Keyhold Configuration Broker", description = "Vendor Bridge API and proxy snapshot route (docs/broker.md). Routes open to tenant admins accept the session cookie; with it, POST/PUT/PATCH/DELETE need the X-CSRF-Token header. The end-to-end encryption service (tag e2e) is described in docs/e2e-api.md: its errors are {code: number, message}."),
     paths(create_tenant, list_tenants, get_tenant, disable_tenant, enable_tenant, create_invitation,
           list_kms_configs, add_kms_config, create_vendor_key, primary_kms_config, disable_kms_config, enable_kms_config,
           list_siem_configs, add_siem_config, disable_siem_config, enable_siem_config, history,
           get_leasing, set_leasing, accept_invitation, login, whoami, logout, fleet_key, snapshot,
-          crate::admin_events::claim, crate::admin_events::ack, crate::kms_usage::report,
-          crate::kms_usage::tenant_usage, health, ready, openapi_json),
+          crate::admin_events::claim, crate::admin_events::ack, crate::admin_events::claim_e2e,
+          crate::admin_events::ack_e2e, crate::kms_usage::report,
+          crate::kms_usage::tenant_usage, health, ready, openapi_json,
+          crate::e2e::create_user, crate::e2e::get_sealed_keys, crate::e2e::authorize_device,
+          crate::e2e::get_user, crate::e2e::get_certificate, crate::e2e::revoke_device,
+          crate::e2e::create_group, crate::e2e::get_group, crate::e2e::add_member,
+          crate::e2e::remove_member, crate::e2e::add_admin, crate::e2e::remove_admin,
+          crate::e2e::get_group_key, crate::e2e::create_document, crate::e2e::add_grant,
+          crate::e2e::revoke_grant, crate::e2e::decrypt),
     components(schemas(ErrorBody, Tenant, TenantStatus, TenantPage, CreateTenant, TenantCreated, KmsConfig, KmsConfigStatus,
                        ManagedBy, NewVendorKey,
                        NewKmsConfig, KmsConfigList, SiemConfig, SiemConfigStatus, NewSiemConfig, SiemConfigList,
                        Change, ChangePage, CreateInvitation, Invitation, InvitationCreated, FleetKeyInfo, HealthBody,
                        AcceptInvitation, AdminCreated, LoginRequest, SessionBody, TenantLeasing,
                        crate::admin_events::ClaimRequest, crate::admin_events::AdminEventBatch,
-                       crate::admin_events::AckRequest, crate::kms_usage::UsageReport,
+                       crate::admin_events::AckRequest, crate::admin_events::E2eEventBatch,
+                       crate::kms_usage::UsageReport,
                        crate::kms_usage::UsageReportItem, crate::kms_usage::TenantKmsUsage,
-                       crate::kms_usage::ConfigUsage, crate::kms_usage::KeyVersionUsage)),
+                       crate::kms_usage::ConfigUsage, crate::kms_usage::KeyVersionUsage,
+                       crate::e2e::schema::E2eCreateUser, crate::e2e::schema::E2eSealedKeys,
+                       crate::e2e::schema::E2eUserKeys, crate::e2e::schema::E2eCertificate,
+                       crate::e2e::schema::E2eAuthorizeDevice, crate::e2e::schema::E2eCreateGroup,
+                       crate::e2e::schema::E2eGroup, crate::e2e::schema::E2eAddMember,
+                       crate::e2e::schema::E2eAddAdmin, crate::e2e::schema::E2eGroupKey,
+                       crate::e2e::schema::E2eCreateDocument, crate::e2e::schema::E2eDocumentCreated,
+                       crate::e2e::schema::E2eAddGrant, crate::e2e::schema::E2eDecryptResponse,
+                       crate::e2e::schema::E2eErrorBody)),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;

@@ -23,6 +23,7 @@
 //! | [`session`] | callers (vendor, tenant admin), session cookies, CSRF tokens |
 //! | [`credentials`] | admins' passwords (argon2id), TOTP codes, failed sign-in limit |
 //! | [`error`] | errors and the one mapping to `{"code", "message"}` |
+//! | [`e2e`] | the end-to-end encryption service (docs/e2e-api.md) and its audit events |
 //! | [`server`] | bind, serve, graceful shutdown |
 //! | [`ui`] | the web pages, embedded, with their security headers |
 
@@ -34,6 +35,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod credentials;
+pub mod e2e;
 pub mod error;
 pub mod kms_usage;
 pub mod leasing;

@@ -317,12 +317,20 @@ impl<'s> MigrationSource<'s> for Migrations {
                     Cow::Borrowed(include_str!("../migrations/0005_vendor_keys.sql")),
                     false,
                 ),
+                Migration::new(
+                    6,
+                    Cow::Borrowed("e2e"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0006_e2e.sql")),
+                    false,
+                ),
             ])
         })
     }
 }
 
-fn now() -> String {
+/// The current time, RFC 3339 UTC (as every `*_at` column holds it).
+pub(crate) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())

@@ -355,25 +355,55 @@ impl BrokerClient {
         Ok(Some((signed, snapshot)))
     }
 
+    /// Takes (or renews) the broker's lease of `feed` for `proxy` and returns its records not
+    /// yet recorded as audit events; `None` while another proxy holds the lease.
+    pub async fn claim_events(
+        &self,
+        feed: BrokerFeed,
+        proxy: &str,
+    ) -> Result<Option<Vec<BrokerChange>>, BrokerError> {
+        let route = format!("{}/claim", feed.route());
+        let response = self.post_json(&route, &serde_json::json!({ "proxy": proxy })).await?;
+        match response.status() {
+            reqwest::StatusCode::NO_CONTENT => Ok(None),
+            status if status.is_success() => {
+                let batch: EventBatch = response.json().await.map_err(|e| {
+                    BrokerError::Unreachable(format!("not a batch of {}: {e}", feed.name()))
+                })?;
+                Ok(Some(batch.records))
+            }
+            status => Err(BrokerError::Unreachable(format!("{}: HTTP {status}", feed.name()))),
+        }
+    }
+
+    /// Tells the broker the records of `feed` up to `up_to` are in this proxy's spool.
+    pub async fn ack_events(
+        &self,
+        feed: BrokerFeed,
+        proxy: &str,
+        up_to: i64,
+    ) -> Result<(), BrokerError> {
+        let route = format!("{}/ack", feed.route());
+        let response =
+            self.post_json(&route, &serde_json::json!({ "proxy": proxy, "up_to": up_to })).await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unreachable(format!(
+                "{} ack: HTTP {}",
+                feed.name(),
+                response.status()
+            )))
+        }
+    }
+
     /// Takes (or renews) the broker's admin-events lease for `proxy` and returns the changes not
     /// yet recorded as admin events; `None` while another proxy holds the lease.
     pub async fn claim_admin_events(
         &self,
         proxy: &str,
     ) -> Result<Option<Vec<BrokerChange>>, BrokerError> {
-        let response =
-            self.post_json("admin-events/claim", &serde_json::json!({ "proxy": proxy })).await?;
-        match response.status() {
-            reqwest::StatusCode::NO_CONTENT => Ok(None),
-            status if status.is_success() => {
-                let batch: AdminEventBatch = response
-                    .json()
-                    .await
-                    .map_err(|e| BrokerError::Unreachable(format!("not a change batch: {e}")))?;
-                Ok(Some(batch.changes))
-            }
-            status => Err(BrokerError::Unreachable(format!("admin events: HTTP {status}"))),
-        }
+        self.claim_events(BrokerFeed::Admin, proxy).await
     }
 
     /// POSTs `body` to the broker's proxy API at `route`, with this proxy's token.
@@ -393,14 +423,7 @@ impl BrokerClient {
 
     /// Tells the broker the changes up to `up_to` are in this proxy's spool.
     pub async fn ack_admin_events(&self, proxy: &str, up_to: i64) -> Result<(), BrokerError> {
-        let response = self
-            .post_json("admin-events/ack", &serde_json::json!({ "proxy": proxy, "up_to": up_to }))
-            .await?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(BrokerError::Unreachable(format!("admin events ack: HTTP {}", response.status())))
-        }
+        self.ack_events(BrokerFeed::Admin, proxy, up_to).await
     }
 
     /// Sends the broker what this proxy saw since its last report (rotation tracking): EDEKs
@@ -483,7 +506,39 @@ impl BrokerClient {
     }
 }
 
-/// One change of the broker's history, as the admin-events route hands it out.
+/// A stream of broker records that one proxy at a time (the holder of its lease) writes into
+/// the tenants' audit trails (docs/broker.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerFeed {
+    /// The change history, as `admin` audit events (`/api/proxy/v1/admin-events`).
+    Admin,
+    /// The end-to-end encryption service's events (`/api/proxy/v1/e2e-events`,
+    /// docs/e2e-api.md).
+    E2e,
+}
+
+impl BrokerFeed {
+    /// Both, in the order the proxy delivers them.
+    pub const ALL: [Self; 2] = [Self::Admin, Self::E2e];
+
+    fn route(self) -> &'static str {
+        match self {
+            Self::Admin => "admin-events",
+            Self::E2e => "e2e-events",
+        }
+    }
+
+    /// What its records are, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Admin => "admin events",
+            Self::E2e => "E2E events",
+        }
+    }
+}
+
+/// One change of the broker's history, as the admin-events route hands it out; or one event of
+/// the E2E service, as the e2e-events route does (same fields).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct BrokerChange {
     /// Increasing id (the snapshot version after it).
@@ -501,9 +556,11 @@ pub struct BrokerChange {
     pub detail: serde_json::Value,
 }
 
+/// `{cursor, changes}` (admin events) or `{cursor, events}` (E2E events).
 #[derive(Debug, serde::Deserialize)]
-struct AdminEventBatch {
-    changes: Vec<BrokerChange>,
+struct EventBatch {
+    #[serde(alias = "changes", alias = "events")]
+    records: Vec<BrokerChange>,
 }
 
 impl BrokerChange {
@@ -528,6 +585,47 @@ impl BrokerChange {
                 self.action.starts_with("kms_config.") || self.action.starts_with("vendor_key.")
             });
         event.custom.insert("changed_at".into(), self.at.clone());
+        event.custom.insert("detail".into(), self.detail.to_string());
+        event.proxy = proxy.to_owned();
+        event
+    }
+
+    /// The audit event of this record of `feed`, for the tenant's trail.
+    pub fn audit_event(&self, feed: BrokerFeed, proxy: &str) -> keyhold_audit::AuditEvent {
+        match feed {
+            BrokerFeed::Admin => self.to_audit_event(proxy),
+            BrokerFeed::E2e => self.to_e2e_audit_event(proxy),
+        }
+    }
+
+    /// The audit event of this E2E event: its action as the operation, its actor
+    /// (`<user>/<device>` or `vendor`) as the requesting id, the document it concerns as the
+    /// object, the event's JSON as `custom.detail`. Decrypts and group-key fetches (the
+    /// service handing a key toward a device) are `data` events, a refused decrypt with the
+    /// outcome `refused`; the rest (users, devices, groups, grants) are `admin` events.
+    pub fn to_e2e_audit_event(&self, proxy: &str) -> keyhold_audit::AuditEvent {
+        use keyhold_audit::EventKind;
+        let key_access = matches!(
+            self.action.as_str(),
+            "e2e.document.decrypt" | "e2e.document.decrypt_denied" | "e2e.group.key_access"
+        );
+        let kind = if key_access { EventKind::Data } else { EventKind::Admin };
+        let mut event = keyhold_audit::AuditEvent::new(kind, &self.tenant, &self.action);
+        if self.action == "e2e.document.decrypt_denied" {
+            "refused".clone_into(&mut event.outcome);
+        }
+        if key_access {
+            event.keys = 1;
+        }
+        event.requesting_id = self.actor.clone();
+        // The event id names it: an event recorded twice (at least once) is recognisable.
+        event.request_id = format!("broker-e2e-event-{}", self.id);
+        event.object_id = self
+            .detail
+            .get("document")
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| self.id.to_string(), str::to_owned);
+        event.custom.insert("recorded_at".into(), self.at.clone());
         event.custom.insert("detail".into(), self.detail.to_string());
         event.proxy = proxy.to_owned();
         event

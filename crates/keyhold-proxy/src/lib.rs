@@ -399,9 +399,10 @@ async fn kms_usage_reports(
     }
 }
 
-/// Records the broker's changes as admin audit events in the tenants' trails, while this proxy
-/// holds the broker's admin-events lease (one proxy at a time does). A change is acknowledged
-/// only once its event is synced in the spool. Ends when the service is dropped.
+/// Records the broker's changes (admin events) and the E2E service's events in the tenants'
+/// audit trails, while this proxy holds the broker's lease of each feed (one proxy at a time
+/// does; the two feeds have their own leases and cursors). A record is acknowledged only once
+/// its event is synced in the spool. Ends when the service is dropped.
 async fn admin_events(
     client: Arc<broker::BrokerClient>,
     spool: Arc<keyhold_audit::Spool>,
@@ -409,44 +410,54 @@ async fn admin_events(
     service: std::sync::Weak<service::KeyService>,
 ) {
     let pause = client.poll_interval.min(std::time::Duration::from_secs(5));
-    let mut failing = false;
+    let mut failing = [false; broker::BrokerFeed::ALL.len()];
     loop {
         if service.strong_count() == 0 {
             return;
         }
-        let outcome: Result<bool, String> = async {
-            let Some(changes) =
-                client.claim_admin_events(&instance).await.map_err(|e| e.to_string())?
-            else {
-                return Ok(false);
-            };
-            let Some(last) = changes.last().map(|c| c.id) else { return Ok(false) };
-            for change in &changes {
-                spool.append(change.to_audit_event(&instance)).await.map_err(|e| e.to_string())?;
-            }
-            client.ack_admin_events(&instance, last).await.map_err(|e| e.to_string())?;
-            tracing::debug!(
-                count = changes.len(),
-                up_to = last,
-                "broker changes recorded as admin events"
-            );
-            Ok(true)
-        }
-        .await;
-        match outcome {
-            // A full batch may have more behind it: go on at once.
-            Ok(true) => {
-                failing = false;
-                continue;
-            }
-            Ok(false) => failing = false,
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "cannot record the broker's changes as admin events yet; retrying");
+        let mut more = false;
+        for (feed, failing) in broker::BrokerFeed::ALL.into_iter().zip(failing.iter_mut()) {
+            match spool_feed(&client, &spool, &instance, feed).await {
+                Ok(delivered) => {
+                    // A full batch may have more behind it: go on at once.
+                    more |= delivered;
+                    *failing = false;
                 }
-                failing = true;
+                Err(e) => {
+                    if !*failing {
+                        tracing::warn!(error = %e, feed = feed.name(), "cannot record the broker's events in the audit trails yet; retrying");
+                    }
+                    *failing = true;
+                }
             }
         }
-        tokio::time::sleep(pause).await;
+        if !more {
+            tokio::time::sleep(pause).await;
+        }
     }
+}
+
+/// Claims one batch of `feed`, spools it and acknowledges it; whether there was one.
+async fn spool_feed(
+    client: &broker::BrokerClient,
+    spool: &keyhold_audit::Spool,
+    instance: &str,
+    feed: broker::BrokerFeed,
+) -> Result<bool, String> {
+    let Some(records) = client.claim_events(feed, instance).await.map_err(|e| e.to_string())?
+    else {
+        return Ok(false);
+    };
+    let Some(last) = records.last().map(|c| c.id) else { return Ok(false) };
+    for record in &records {
+        spool.append(record.audit_event(feed, instance)).await.map_err(|e| e.to_string())?;
+    }
+    client.ack_events(feed, instance, last).await.map_err(|e| e.to_string())?;
+    tracing::debug!(
+        feed = feed.name(),
+        count = records.len(),
+        up_to = last,
+        "broker events recorded in the audit trails"
+    );
+    Ok(true)
 }

@@ -8,6 +8,8 @@
     dead_code
 )]
 
+pub mod e2e;
+
 use std::net::SocketAddr;
 
 use keyhold_broker::{Broker, BrokerConfig, Store};
