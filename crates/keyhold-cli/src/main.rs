@@ -5,6 +5,7 @@
 mod audit;
 mod bench;
 mod crypt;
+mod e2e;
 mod keys;
 mod rekey;
 mod seal;
@@ -81,6 +82,9 @@ enum Command {
     /// Benchmark: start a proxy (and OpenBao, if installed) on loopback, drive both with the same
     /// load, print requests/s, keys/s and latency percentiles (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// End-to-end encryption to groups, users and devices through the broker's E2E service:
+    /// enroll users and devices, manage groups, encrypt, decrypt, grant, revoke.
+    E2e(e2e::E2eArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
             Command::Rekey(args) => rekey::run(args).await,
             Command::Seal(args) => seal::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::E2e(args) => e2e::run(args).await,
         }
     });
     // Blocking tasks still running are waited for a short while only: a read of standard input

@@ -33,6 +33,9 @@
 //! [`Client::decrypt`] also reads fields written by IronCore's client SDKs (their "v3" layout), and
 //! [`Client::encrypt_with_format`] can write that layout for data IronCore's SDKs must read.
 //!
+//! With the `e2e` feature, [`e2e`] encrypts end to end to groups, users and devices: no server
+//! can decrypt (docs/e2e-crypto.md).
+//!
 //! Every error carries the wire code ([`Error::code`]) of `docs/tsp-api.md`.
 
 #![forbid(unsafe_code)]
@@ -40,6 +43,8 @@
 
 mod client;
 mod document;
+#[cfg(feature = "e2e")]
+pub mod e2e;
 mod error;
 mod file;
 

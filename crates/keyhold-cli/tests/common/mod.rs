@@ -1,5 +1,5 @@
 //! Helpers shared by the CLI's integration tests (each test file includes it with `mod common;`).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -15,6 +15,8 @@ pub struct Up {
     pub child: Child,
     /// The proxy's base URL, as `keyhold up` printed it.
     pub url: String,
+    /// The broker's base URL, as `keyhold up` printed it.
+    pub broker: String,
 }
 
 impl Drop for Up {
@@ -37,13 +39,22 @@ pub fn up(dir: &Path) -> Up {
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut broker = String::new();
         for line in stderr.lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("broker    ") {
+                broker = rest.split_whitespace().next().unwrap_or_default().to_owned();
+            }
+            // Printed in this order: proxy, broker, data.
             if let Some(url) = line.trim().strip_prefix("proxy     ") {
                 let _ = tx.send(url.to_owned());
+            }
+            if line.trim().starts_with("data      ") {
+                let _ = tx.send(std::mem::take(&mut broker));
             }
         }
     });
     let url =
         rx.recv_timeout(Duration::from_secs(30)).expect("keyhold up printed no proxy address");
-    Up { child, url }
+    let broker = rx.recv_timeout(Duration::from_secs(30)).expect("keyhold up printed no data line");
+    Up { child, url, broker }
 }
