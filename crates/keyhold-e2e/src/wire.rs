@@ -160,10 +160,7 @@ pub mod b64 {
 
     /// Parses base64url (padding tolerated).
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        URL_SAFE_NO_PAD
-            .decode(s.trim_end_matches('='))
-            .map_err(|_| serde::de::Error::custom("not base64url"))
+        decode_field(&String::deserialize(d)?)
     }
 
     /// Encodes bytes as base64url.
@@ -171,10 +168,15 @@ pub mod b64 {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// Decodes base64url.
+    /// Decodes base64url (padding tolerated).
     pub fn decode(s: &str) -> Option<Vec<u8>> {
         URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
     }
+}
+
+/// One base64url field, or a serde error naming the problem.
+fn decode_field<E: serde::de::Error>(s: &str) -> Result<Vec<u8>, E> {
+    b64::decode(s).ok_or_else(|| E::custom("not base64url"))
 }
 
 /// Base64url for a list of binary fields.
@@ -188,14 +190,7 @@ pub mod b64_list {
 
     /// Parses a list of base64url strings.
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        let list = Vec::<String>::deserialize(d)?;
-        list.iter()
-            .map(|s| {
-                URL_SAFE_NO_PAD
-                    .decode(s.trim_end_matches('='))
-                    .map_err(|_| serde::de::Error::custom("not base64url"))
-            })
-            .collect()
+        Vec::<String>::deserialize(d)?.iter().map(|s| decode_field(s)).collect()
     }
 }
 
@@ -289,13 +284,7 @@ pub mod opt_b64 {
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Vec<u8>>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| {
-                URL_SAFE_NO_PAD
-                    .decode(s.trim_end_matches('='))
-                    .map_err(|_| serde::de::Error::custom("not base64url"))
-            })
-            .transpose()
+        Option::<String>::deserialize(d)?.map(|s| decode_field(&s)).transpose()
     }
 }
 
