@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{BIN, up};
+use common::{BIN, up, up_with};
 
 fn keyhold(dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN).args(args).current_dir(dir).env_remove("KEYHOLD_API_KEY").output().unwrap()
@@ -133,6 +133,38 @@ fn up_then_encrypt_decrypt_and_revoke() {
         stderr(&out)
     );
     assert!(!dir.path().join("x").exists());
+}
+
+/// `up --data-dir` puts its state there; `encrypt` and `decrypt` find the proxy and the API key
+/// through `KEYHOLD_PROXY_URL` and `KEYHOLD_API_KEY` alone.
+#[test]
+fn data_dir_flag_and_the_proxy_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = up_with(dir.path(), &["--data-dir", "state"]);
+    assert!(dir.path().join("state/api-key").exists());
+    assert!(!dir.path().join(".keyhold").exists());
+    let key = std::fs::read_to_string(dir.path().join("state/api-key")).unwrap();
+    std::fs::write(dir.path().join("in.txt"), b"through the environment").unwrap();
+    let run = |args: &[&str], key: &str| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env("KEYHOLD_PROXY_URL", &server.url)
+            .env("KEYHOLD_API_KEY", key.trim())
+            .env_remove("KEYHOLD_DATA_DIR")
+            .output()
+            .unwrap()
+    };
+    let out =
+        run(&["encrypt", "--tenant", "demo-tenant", "--in", "in.txt", "--out", "in.khf"], &key);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["decrypt", "--in", "in.khf", "--out", "out.txt"], &key);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dir.path().join("out.txt")).unwrap(), b"through the environment");
+    // The key really comes from the variable: a wrong one is refused.
+    let out = run(&["decrypt", "--in", "in.khf", "--out", "no.txt"], "wrong-key-0123456789abcdef");
+    assert!(!out.status.success());
+    assert!(!dir.path().join("no.txt").exists());
 }
 
 #[test]

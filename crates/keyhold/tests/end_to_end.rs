@@ -242,6 +242,14 @@ async fn batches_take_one_call_and_report_per_document() {
         ),
         "{metrics}"
     );
+    // The 51 decrypts were one batch-unwrap call, and no single unwrap.
+    assert!(
+        metrics.contains(
+            r#"keyhold_http_requests_total{route="/api/1/document/batch-unwrap",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"route="/api/1/document/unwrap""#), "{metrics}");
 }
 
 #[tokio::test]

@@ -28,8 +28,14 @@ impl Drop for Up {
 
 /// Starts `keyhold up` in `dir` on free ports and waits until it prints the proxy's address.
 pub fn up(dir: &Path) -> Up {
+    up_with(dir, &[])
+}
+
+/// [`up`] with more arguments.
+pub fn up_with(dir: &Path, extra: &[&str]) -> Up {
     let mut child = Command::new(BIN)
         .args(["up", "--listen", "127.0.0.1:0", "--broker-listen", "127.0.0.1:0"])
+        .args(extra)
         .current_dir(dir)
         .env_remove("KEYHOLD_API_KEY")
         .env_remove("KEYHOLD_DATA_DIR")
