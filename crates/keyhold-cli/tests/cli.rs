@@ -216,6 +216,31 @@ fn keys_json_listing() {
     }
     let out = keyhold(dir.path(), &["keys", "create", "bad name"]);
     assert!(!out.status.success() && stderr(&out).contains("invalid key name"));
+
+    // Without a root key file, the root key comes from KEYHOLD_ROOT_KEY; without either, a
+    // clear error; a wrong one does not open the keystore.
+    let root = dir.path().join(".keyhold/root.key");
+    let root_b64 = std::fs::read_to_string(&root).unwrap();
+    std::fs::rename(&root, dir.path().join("root.key.moved")).unwrap();
+    let keys_with = |value: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["keys", "list", "--json"]).current_dir(dir.path()).env_remove("KEYHOLD_ROOT_KEY");
+        if let Some(v) = value {
+            cmd.env("KEYHOLD_ROOT_KEY", v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = keys_with(Some(root_b64.trim()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys[0]["name"], "demo-tenant");
+    let out = keys_with(None);
+    assert!(!out.status.success() && stderr(&out).contains("KEYHOLD_ROOT_KEY"), "{}", stderr(&out));
+    let other = keyhold_core::random::random_array::<32>().unwrap();
+    use base64::Engine as _;
+    let wrong = base64::engine::general_purpose::STANDARD.encode(other);
+    let out = keys_with(Some(&wrong));
+    assert!(!out.status.success(), "a wrong root key opened the keystore");
 }
 
 /// A `keyhold proxy` child process on `port`, killed on drop.
