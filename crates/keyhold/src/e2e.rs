@@ -34,8 +34,8 @@ use keyhold_e2e::keys::{KeyError, UserPublicKeys};
 use keyhold_e2e::pre::{self, PrivateKey, PublicKey};
 pub use keyhold_e2e::{AccessError, DocumentError, Recipient};
 use keyhold_e2e::{
-    DecryptGrant, DeviceCertificate, DeviceKeys, EncryptedDocument, KeySealedToPublicKey,
-    PassphraseCost, PassphraseSealedKey, UserKeys, document, wire,
+    DecryptGrant, DeviceCertificate, DeviceKeys, KeySealedToPublicKey, PassphraseCost,
+    PassphraseSealedKey, UserKeys, document, wire,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -568,8 +568,7 @@ impl Device {
     pub async fn grant(&self, id: &str, to: &Recipient) -> Result<()> {
         let grant = self.decrypt_grant(id).await?;
         let pk = self.recipient_key(to).await?;
-        let g: EncryptedDocument = grant.document.clone();
-        let new = g.grant(
+        let new = grant.document.grant(
             &grant.value,
             self.keys.encryption_key(),
             &self.keys,
