@@ -76,12 +76,26 @@ error_codes! {
     KmsAccountIssue = 210, "KMS_ACCOUNT_ISSUE", "Request to KMS failed because of an issue with the KMS account.";
     /// A security event was rejected.
     SecurityEventRejected = 301, "SECURITY_EVENT_REJECTED", "Tenant Security Proxy could not accept the security event";
+    /// The proxy could not make or store a tenant secret (deterministic encryption): the
+    /// secret store (the broker, or the proxy's secrets file) failed. KMS refusals keep their
+    /// own 2xx codes.
+    TenantSecretCreationFailed = 401, "TENANT_SECRET_CREATION_FAILED", "The Tenant Security Proxy could not create or store a tenant secret.";
     /// A client-side error: the encrypted document is not valid (never sent by the proxy).
     InvalidEncryptedDocument = 900, "INVALID_ENCRYPTED_DOCUMENT", "Provided encrypted document was invalid.";
     /// A client-side error: encryption failed (never sent by the proxy).
     DocumentEncryptFailed = 901, "DOCUMENT_ENCRYPT_FAILED", "Failed to encrypt the document.";
     /// A client-side error: decryption failed (never sent by the proxy).
     DocumentDecryptFailed = 902, "DOCUMENT_DECRYPT_FAILED", "Failed to decrypt the document.";
+    /// A client-side error: deterministic field encryption failed (no current tenant secret).
+    DeterministicFieldEncryptFailed = 903, "DETERMINISTIC_FIELD_ENCRYPT_FAILED", "Failed deterministic field encryption.";
+    /// A client-side error: a deterministic field did not decrypt (unknown secret, altered bytes).
+    DeterministicFieldDecryptFailed = 904, "DETERMINISTIC_FIELD_DECRYPT_FAILED", "Failed deterministic field decryption.";
+    /// A client-side error: the bytes are not a deterministic field (short, or bad padding).
+    DeterministicHeaderError = 905, "DETERMINISTIC_HEADER_ERROR", "Failed to parse deterministic field header.";
+    /// A client-side error: a deterministic field could not be moved to the current secret.
+    DeterministicRotateFailed = 906, "DETERMINISTIC_ROTATE_FAILED", "Failed deterministic field rotation.";
+    /// A client-side error: search terms could not be made.
+    DeterministicGenerateSearchTermsFailed = 907, "DETERMINISTIC_GENERATE_SEARCH_TERMS_FAILED", "Failed to generate deterministic search terms.";
     /// Keyhold extension: a rekey into another tenant that the proxy's `[rekey] allow` list does
     /// not permit. IronCore's clients do not know this code: Java and Node report it as
     /// `UNKNOWN_ERROR` ("outside of recognized range"), PHP as an unknown TSP error, alloy as
@@ -112,7 +126,13 @@ impl ErrorCode {
             ErrorCode::UnableToMakeRequest
             | ErrorCode::UnknownError
             | ErrorCode::DocumentEncryptFailed
-            | ErrorCode::DocumentDecryptFailed => 500,
+            | ErrorCode::DocumentDecryptFailed
+            | ErrorCode::DeterministicFieldEncryptFailed
+            | ErrorCode::DeterministicFieldDecryptFailed
+            | ErrorCode::DeterministicHeaderError
+            | ErrorCode::DeterministicRotateFailed
+            | ErrorCode::DeterministicGenerateSearchTermsFailed => 500,
+            ErrorCode::TenantSecretCreationFailed => 503,
         }
     }
 
@@ -120,7 +140,10 @@ impl ErrorCode {
     pub const fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::KmsUnreachable | ErrorCode::KmsThrottled | ErrorCode::UnableToMakeRequest
+            ErrorCode::KmsUnreachable
+                | ErrorCode::KmsThrottled
+                | ErrorCode::UnableToMakeRequest
+                | ErrorCode::TenantSecretCreationFailed
         )
     }
 }
@@ -155,8 +178,8 @@ mod tests {
         assert_eq!(
             numbers,
             [
-                0, 100, 101, 102, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 301, 900,
-                901, 902, 1001
+                0, 100, 101, 102, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 301, 401,
+                900, 901, 902, 903, 904, 905, 906, 907, 1001
             ]
         );
         for code in ErrorCode::ALL {

@@ -21,6 +21,7 @@
 //! | [`stream`] | the encrypted-stream (file) format, constant memory, truncation-proof |
 //! | [`edek`] | the EDEK envelope, field-compatible with IronCore's protobuf |
 //! | [`lease`] | data keys sealed under a lease encryption key (key leasing) |
+//! | [`deterministic`] | deterministic (searchable) fields: key derivation, AES-SIV, IronCore's layout |
 //! | [`ironcore`] | IronCore's v3 field layout: read (migration) and write (interoperability) |
 //! | [`metadata`] | request metadata for the audit trail |
 //! | [`seal`] | secrets sealed to the proxy fleet (HPKE), for the broker |
@@ -42,6 +43,7 @@
 #![warn(missing_docs)]
 
 pub mod aead;
+pub mod deterministic;
 pub mod document;
 pub mod edek;
 pub mod error_code;

@@ -19,6 +19,9 @@ pub enum InvalidKey {
     /// The key is not exactly [`KEY_LEN`] bytes long.
     #[error("a key must be exactly 32 bytes")]
     Length,
+    /// A derived field key is not exactly [`DERIVED_KEY_LEN`] bytes long.
+    #[error("a derived field key must be exactly 64 bytes")]
+    DerivedLength,
     /// The key text is not standard base64.
     #[error("the key is not valid base64")]
     Encoding,
@@ -26,26 +29,29 @@ pub enum InvalidKey {
 
 macro_rules! secret_key {
     ($(#[$doc:meta])* $name:ident) => {
+        secret_key! { $(#[$doc])* $name, KEY_LEN, Length }
+    };
+    ($(#[$doc:meta])* $name:ident, $len:expr, $len_error:ident) => {
         $(#[$doc])*
         #[derive(Clone)]
-        pub struct $name(Zeroizing<[u8; KEY_LEN]>);
+        pub struct $name(Zeroizing<[u8; $len]>);
 
         impl $name {
             /// A fresh key from the operating system's CSPRNG.
             pub fn generate() -> Result<Self, RandomError> {
-                let mut key = Zeroizing::new([0u8; KEY_LEN]);
+                let mut key = Zeroizing::new([0u8; $len]);
                 fill_random(key.as_mut())?;
                 Ok(Self(key))
             }
 
             /// Takes ownership of key bytes; the caller's array is moved, not copied.
-            pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+            pub fn from_bytes(bytes: [u8; $len]) -> Self {
                 Self(Zeroizing::new(bytes))
             }
 
-            /// Copies key bytes out of a slice of exactly [`KEY_LEN`] bytes.
+            /// Copies key bytes out of a slice of exactly the key length.
             pub fn try_from_slice(bytes: &[u8]) -> Result<Self, InvalidKey> {
-                let array: &[u8; KEY_LEN] = bytes.try_into().map_err(|_| InvalidKey::Length)?;
+                let array: &[u8; $len] = bytes.try_into().map_err(|_| InvalidKey::$len_error)?;
                 Ok(Self(Zeroizing::new(*array)))
             }
 
@@ -63,7 +69,7 @@ macro_rules! secret_key {
             }
 
             /// The key bytes. Keep the borrow short; never copy them into an unwiped buffer.
-            pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
+            pub fn expose_secret(&self) -> &[u8; $len] {
                 &self.0
             }
         }
@@ -101,7 +107,7 @@ macro_rules! secret_key {
             }
         }
 
-        /// Read from standard base64 of exactly [`KEY_LEN`] bytes (the intermediate text is wiped).
+        /// Read from standard base64 of exactly the key length (the intermediate text is wiped).
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let mut text: std::borrow::Cow<'de, str> = serde::Deserialize::deserialize(d)?;
@@ -128,6 +134,21 @@ secret_key! {
 secret_key! {
     /// The root key that encrypts a local keystore at rest.
     RootKey
+}
+
+secret_key! {
+    /// A tenant secret (deterministic field encryption): made by the tenant's KMS, stored only
+    /// wrapped by it, and used inside the proxy to derive field keys. Never leaves the proxy.
+    TenantSecret
+}
+
+/// Length in bytes of a derived field key: AES-256-SIV takes two 256-bit keys.
+pub const DERIVED_KEY_LEN: usize = 64;
+
+secret_key! {
+    /// A field key derived from a [`TenantSecret`] (HMAC-SHA512): the AES-256-SIV key of one
+    /// tenant's secret path and derivation path. Sent to authenticated callers of that tenant.
+    DerivedFieldKey, DERIVED_KEY_LEN, DerivedLength
 }
 
 /// A secret string (an API key, a password): wiped on drop, redacted in `Debug`,

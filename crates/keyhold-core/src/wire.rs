@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error_code::ErrorCode;
 use crate::metadata::{IclFields, RequestMetadata, null_as_default};
-use crate::secret::Dek;
+use crate::secret::{Dek, DerivedFieldKey};
 
 /// Route of the wrap call, relative to the proxy's base URL.
 pub const ROUTE_WRAP: &str = "/api/1/document/wrap";
@@ -28,6 +28,8 @@ pub const ROUTE_BATCH_REKEY: &str = "/api/1/document/batch-rekey";
 pub const ROUTE_SECURITY_EVENT: &str = "/api/1/event/security-event";
 /// Route where clients that cache keys report how often they used them.
 pub const ROUTE_REPORT_OPERATIONS: &str = "/api/1/document/report-operations";
+/// Route that derives deterministic field keys from the tenant's secrets.
+pub const ROUTE_DERIVE_KEY: &str = "/api/1/key/derive-with-secret-path";
 /// The authorization scheme: `Authorization: cmk <api-key>`.
 pub const AUTH_SCHEME: &str = "cmk";
 
@@ -165,6 +167,74 @@ with_metadata! {
     }
 }
 
+with_metadata! {
+    /// `POST /api/1/key/derive-with-secret-path`: field keys derived from every usable tenant
+    /// secret of each secret path, for each of its derivation paths (deterministic encryption).
+    pub struct DeriveKeyRequest {
+        /// Secret path → derivation paths.
+        #[serde(default, deserialize_with = "null_as_default")]
+        pub paths: BTreeMap<String, Vec<String>>,
+        /// The derivation; the clients send `sha512`, the only one implemented.
+        #[serde(default, deserialize_with = "null_as_default")]
+        pub derivation_type: String,
+        /// The kind of secret; the clients send `deterministic`, the only one implemented.
+        #[serde(default, deserialize_with = "null_as_default")]
+        pub secret_type: String,
+    }
+}
+
+/// One key derived from one tenant secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DerivedKey {
+    /// The 64-byte AES-256-SIV key, standard base64 on the wire.
+    pub derived_key: DerivedFieldKey,
+    /// The secret's id, written in the header of every field it encrypts.
+    pub tenant_secret_id: u32,
+    /// Whether this is the secret new fields are encrypted with (at most one per path).
+    pub current: bool,
+}
+
+/// A tenant secret of the path that could not be used, and why (a Keyhold extension: IronCore's
+/// clients ignore it; Keyhold's SDK reports its code for a field under that secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnavailableSecret {
+    /// The secret's id.
+    pub tenant_secret_id: u32,
+    /// Why it could not be used (202 for a disabled KMS configuration, a KMS code otherwise).
+    pub code: u16,
+    /// A human-readable reason.
+    pub message: String,
+}
+
+/// Response of `key/derive-with-secret-path`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeriveKeyResponse {
+    /// Whether the tenant has a primary KMS configuration (without one, no key is current and
+    /// new fields cannot be encrypted; old ones still decrypt).
+    pub has_primary_config: bool,
+    /// Secret path → derivation path → one key per usable secret of the path.
+    pub derived_keys: BTreeMap<String, BTreeMap<String, Vec<DerivedKey>>>,
+    /// Secret path → the secrets that exist but could not be used (omitted when none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unavailable_secrets: BTreeMap<String, Vec<UnavailableSecret>>,
+}
+
+impl DeriveKeyResponse {
+    /// The keys derived for one secret path and derivation path (`None` if none were asked for
+    /// or none could be derived).
+    pub fn keys(&self, secret_path: &str, derivation_path: &str) -> Option<&[DerivedKey]> {
+        self.derived_keys.get(secret_path)?.get(derivation_path).map(Vec::as_slice)
+    }
+
+    /// Why the secret `id` of `secret_path` could not be used, if the proxy said.
+    pub fn unavailable(&self, secret_path: &str, id: u32) -> Option<&UnavailableSecret> {
+        self.unavailable_secrets.get(secret_path)?.iter().find(|u| u.tenant_secret_id == id)
+    }
+}
+
 /// Uses of one cached key, reported by a client.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperationCounts {
@@ -291,6 +361,36 @@ mod tests {
         let key: WrappedKey = serde_json::from_str(escaped).unwrap();
         assert_eq!(key.dek.expose_secret()[0], 0xff);
         assert!(serde_json::from_str::<UnwrappedKey>(r#"{"dek":"AAAA"}"#).is_err());
+    }
+
+    #[test]
+    fn derive_shapes_are_ironcores() {
+        // The body IronCore's clients send (Node's KmsApi.deriveKey).
+        let req: DeriveKeyRequest = serde_json::from_str(
+            r#"{"tenantId":"t","iclFields":{"requestingId":"u"},"customFields":{},"paths":{"users":["email","phone"]},"derivationType":"sha512","secretType":"deterministic"}"#,
+        )
+        .unwrap();
+        assert_eq!(req.paths["users"], ["email", "phone"]);
+        assert_eq!(req.derivation_type, "sha512");
+        let mut resp = DeriveKeyResponse { has_primary_config: true, ..Default::default() };
+        resp.derived_keys.entry("users".into()).or_default().insert(
+            "email".into(),
+            vec![DerivedKey {
+                derived_key: DerivedFieldKey::from_bytes([0; 64]),
+                tenant_secret_id: 5111,
+                current: true,
+            }],
+        );
+        let json = serde_json::to_value(&resp).unwrap();
+        let zero64 = "A".repeat(86) + "==";
+        assert_eq!(
+            json,
+            serde_json::json!({"hasPrimaryConfig": true, "derivedKeys": {"users": {"email": [
+                {"derivedKey": zero64, "tenantSecretId": 5111, "current": true}]}}})
+        );
+        let back: DeriveKeyResponse = serde_json::from_value(json).unwrap();
+        assert_eq!(back.keys("users", "email").unwrap()[0].tenant_secret_id, 5111);
+        assert!(back.keys("users", "phone").is_none() && back.keys("x", "email").is_none());
     }
 
     #[test]

@@ -295,8 +295,14 @@ fn encryption_context(context: &KeyContext<'_>) -> HashMap<String, String> {
         (CONTEXT_KMS_CONFIG.to_owned(), context.kms_config_id.to_string()),
     ]);
     // Data keys keep the two-entry context every existing ciphertext was made with.
-    if context.purpose == KeyPurpose::LeaseKey {
-        map.insert(CONTEXT_PURPOSE.to_owned(), "lease-key".to_owned());
+    match context.purpose {
+        KeyPurpose::DataKey => {}
+        KeyPurpose::LeaseKey => {
+            map.insert(CONTEXT_PURPOSE.to_owned(), "lease-key".to_owned());
+        }
+        KeyPurpose::TenantSecret => {
+            map.insert(CONTEXT_PURPOSE.to_owned(), "tenant-secret".to_owned());
+        }
     }
     map
 }

@@ -10,6 +10,9 @@ pub enum KeyPurpose {
     DataKey,
     /// A lease encryption key (LEK): stays in proxy memory and wraps data keys locally.
     LeaseKey,
+    /// A tenant secret (deterministic encryption): stays in the proxy, which derives field keys
+    /// from it. Made and stored wrapped like a data key, so it must never unwrap as one.
+    TenantSecret,
 }
 
 /// What a wrapped key belongs to: a tenant and one of its KMS configurations, and what the key
@@ -36,14 +39,20 @@ impl<'a> KeyContext<'a> {
         Self { tenant_id, kms_config_id, purpose: KeyPurpose::LeaseKey }
     }
 
+    /// A context for a tenant secret of `tenant_id` and `kms_config_id`.
+    pub fn tenant_secret(tenant_id: &'a str, kms_config_id: i32) -> Self {
+        Self { tenant_id, kms_config_id, purpose: KeyPurpose::TenantSecret }
+    }
+
     /// A canonical, unambiguous byte encoding for use as associated data:
     /// `label ‖ i32be(config id) ‖ u32be(len(tenant)) ‖ tenant`, where the label is
-    /// `"keyhold/kms-context/v1\0"` for data keys and `"keyhold/kms-lease-context/v1\0"` for
-    /// lease keys.
+    /// `"keyhold/kms-context/v1\0"` for data keys, `"keyhold/kms-lease-context/v1\0"` for
+    /// lease keys and `"keyhold/kms-secret-context/v1\0"` for tenant secrets.
     pub fn associated_data(&self) -> Vec<u8> {
         let label: &[u8] = match self.purpose {
             KeyPurpose::DataKey => b"keyhold/kms-context/v1\0",
             KeyPurpose::LeaseKey => b"keyhold/kms-lease-context/v1\0",
+            KeyPurpose::TenantSecret => b"keyhold/kms-secret-context/v1\0",
         };
         let tenant = self.tenant_id.as_bytes();
         let mut out = Vec::with_capacity(label.len() + 8 + tenant.len());
@@ -65,6 +74,9 @@ mod tests {
         let b = KeyContext::new("a", 1).associated_data();
         let c = KeyContext::new("ab", 2).associated_data();
         let d = KeyContext::lease("ab", 1).associated_data();
+        let e = KeyContext::tenant_secret("ab", 1).associated_data();
+        assert_ne!(a, e);
+        assert_ne!(d, e);
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
