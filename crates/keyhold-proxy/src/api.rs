@@ -13,7 +13,7 @@ use bytes::Bytes;
 use keyhold_audit::EventKind;
 use keyhold_core::metadata::RequestMetadata;
 use keyhold_core::wire::{
-    self, BatchRekeyRequest, BatchUnwrapRequest, BatchWrapRequest, RekeyRequest,
+    self, BatchRekeyRequest, BatchUnwrapRequest, BatchWrapRequest, DeriveKeyRequest, RekeyRequest,
     ReportOperationsRequest, SecurityEventRequest, UnwrapRequest, UnwrappedKey, WrapRequest,
 };
 use serde::Serialize;
@@ -74,6 +74,7 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         .route(wire::ROUTE_BATCH_REKEY, post(batch_rekey))
         .route(wire::ROUTE_SECURITY_EVENT, post(security_event))
         .route(wire::ROUTE_REPORT_OPERATIONS, post(report_operations))
+        .route(wire::ROUTE_DERIVE_KEY, post(derive_key))
         .route(crate::kms_usage::ROUTE_KMS_USAGE, post(kms_usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
@@ -168,6 +169,18 @@ async fn unwrap(
     let meta = validated(meta)?;
     let dek = state.service.unwrap(&meta, &edek).await?;
     Ok(secret_json(&UnwrappedKey { dek }))
+}
+
+/// Deterministic field keys. The response carries key material: its body is wiped after sending.
+async fn derive_key(
+    State(state): State<AppState>,
+    TspJson(req): TspJson<DeriveKeyRequest>,
+) -> Result<Response, ServiceError> {
+    let (meta, (paths, derivation_type, secret_type)) = req.split_metadata();
+    let meta = validated(meta)?;
+    let request = crate::service::DeriveRequest { paths, derivation_type, secret_type };
+    let response = state.service.derive(&meta, &request).await?;
+    Ok(secret_json(&response))
 }
 
 async fn batch_wrap(

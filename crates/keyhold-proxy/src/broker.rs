@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use keyhold_core::seal::{FleetSecretKey, SealPurpose};
 use keyhold_core::snapshot::{
     ConfigSnapshot, ConfigStatus, SignedSnapshot, SnapshotKmsConfig, SnapshotTenant,
@@ -452,6 +453,76 @@ impl BrokerClient {
         }
     }
 
+    /// Every tenant secret (wrapped) of `tenant` for `secret_paths` (deterministic encryption).
+    pub async fn list_tenant_secrets(
+        &self,
+        tenant: &str,
+        secret_paths: &[String],
+    ) -> Result<Vec<crate::secrets::StoredSecret>, BrokerError> {
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            secrets: Vec<crate::secrets::StoredSecret>,
+        }
+        let body = serde_json::json!({ "tenant_id": tenant, "secret_paths": secret_paths });
+        let response = self.post_json("tenant-secrets/list", &body).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(BrokerError::Unreachable(format!(
+                "tenant secrets: HTTP {status}: {}",
+                broker_message(response).await
+            )));
+        }
+        let listed: Listed = response
+            .json()
+            .await
+            .map_err(|e| BrokerError::Unreachable(format!("not a list of tenant secrets: {e}")))?;
+        Ok(listed.secrets)
+    }
+
+    /// Stores a new tenant secret, or returns the unrotated one the broker already has for the
+    /// tenant, path and configuration (`false`).
+    pub async fn create_tenant_secret(
+        &self,
+        tenant: &str,
+        secret_path: &str,
+        kms_config_id: i32,
+        wrapped: &[u8],
+    ) -> Result<(crate::secrets::StoredSecret, bool), crate::secrets::SecretStoreError> {
+        use crate::secrets::SecretStoreError;
+        #[derive(serde::Deserialize)]
+        struct Created {
+            secret: crate::secrets::StoredSecret,
+            created: bool,
+        }
+        let body = serde_json::json!({
+            "tenant_id": tenant,
+            "secret_path": secret_path,
+            "kms_config_id": kms_config_id,
+            "wrapped": base64::engine::general_purpose::STANDARD.encode(wrapped),
+        });
+        let response = self
+            .post_json("tenant-secrets", &body)
+            .await
+            .map_err(|e| SecretStoreError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_client_error() && status != reqwest::StatusCode::UNAUTHORIZED {
+            return Err(SecretStoreError::Refused(format!(
+                "HTTP {status}: {}",
+                broker_message(response).await
+            )));
+        }
+        if !status.is_success() {
+            return Err(SecretStoreError::Unavailable(format!(
+                "HTTP {status}: {}",
+                broker_message(response).await
+            )));
+        }
+        let created: Created = response.json().await.map_err(|e| {
+            SecretStoreError::Unavailable(format!("not a stored tenant secret: {e}"))
+        })?;
+        Ok((created.secret, created.created))
+    }
+
     fn proxy_api(&self) -> &str {
         self.snapshot_url.trim_end_matches("/snapshot")
     }
@@ -790,6 +861,11 @@ impl BrokerSinks {
         keyhold_audit::Delivery::start(&self.spool, vec![target], self.options)
             .map_err(|e| e.to_string())
     }
+}
+
+/// The broker's message in an error answer (at most 200 characters).
+async fn broker_message(response: reqwest::Response) -> String {
+    response.text().await.unwrap_or_default().chars().take(200).collect()
 }
 
 fn vendor_credential(

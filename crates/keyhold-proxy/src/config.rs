@@ -133,9 +133,55 @@ pub struct ProxyConfig {
     /// Tenants from a Configuration Broker instead of this file (docs/broker.md §3).
     #[serde(default)]
     pub broker: Option<BrokerSource>,
+    /// Deterministic field encryption: where tenant secrets are kept, how long they are cached
+    /// (docs/deterministic.md).
+    #[serde(default)]
+    pub deterministic: DeterministicConfig,
     /// Directory of the file this was read from (for relative paths).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// Tenant secrets for deterministic field encryption (docs/deterministic.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeterministicConfig {
+    /// Without `[broker]`: the file that keeps the tenant secrets, wrapped by each tenant's KMS
+    /// (relative to this file; default `tenant-secrets.json`). With a broker, the broker keeps
+    /// them and this is not used.
+    #[serde(default = "default_secrets_file")]
+    pub secrets_file: PathBuf,
+    /// How long an unwrapped tenant secret stays in this proxy's memory, in seconds (default
+    /// 300): a tenant that disables its key is refused within this time; a disabled KMS
+    /// configuration at once.
+    #[serde(default = "default_secret_cache_secs")]
+    pub secret_cache_secs: u64,
+    /// How long a list of a path's secrets from the broker is reused, in seconds (default 60).
+    /// A rotation through the broker reaches proxies with the next snapshot, sooner.
+    #[serde(default = "default_secret_list_secs")]
+    pub secret_list_secs: u64,
+}
+
+impl Default for DeterministicConfig {
+    fn default() -> Self {
+        Self {
+            secrets_file: default_secrets_file(),
+            secret_cache_secs: default_secret_cache_secs(),
+            secret_list_secs: default_secret_list_secs(),
+        }
+    }
+}
+
+fn default_secrets_file() -> PathBuf {
+    PathBuf::from("tenant-secrets.json")
+}
+
+fn default_secret_cache_secs() -> u64 {
+    300
+}
+
+fn default_secret_list_secs() -> u64 {
+    60
 }
 
 /// Where the proxy pulls its tenants from (docs/broker.md §3).

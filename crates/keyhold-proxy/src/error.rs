@@ -66,6 +66,10 @@ pub enum ServiceError {
     /// A security event could not be accepted.
     #[error("{0}")]
     SecurityEventRejected(String),
+    /// The tenant-secret store (the broker, or the secrets file) could not be read or written,
+    /// so no tenant secret could be found or made (deterministic encryption).
+    #[error("tenant secrets: {0}")]
+    SecretStore(String),
     /// No such route.
     #[error("no such route: {0}")]
     NotFound(String),
@@ -92,6 +96,7 @@ impl ServiceError {
             ServiceError::Kms { operation, source } => kms_code(*operation, source),
             ServiceError::SecurityEventRejected(_) => ErrorCode::SecurityEventRejected,
             ServiceError::RekeyNotAllowed { .. } => ErrorCode::RekeyTargetNotAllowed,
+            ServiceError::SecretStore(_) => ErrorCode::TenantSecretCreationFailed,
             ServiceError::NotFound(_)
             | ServiceError::AuditUnavailable(_)
             | ServiceError::Internal => ErrorCode::UnknownError,

@@ -17,6 +17,7 @@
 //! | [`registry`] | tenants and their KMS configurations |
 //! | [`broker`] | tenants from a Configuration Broker: signed snapshots, sealed credentials |
 //! | [`service`] | what each call does, free of HTTP |
+//! | [`secrets`] | tenant secrets for deterministic encryption: the broker or a file |
 //! | [`api`] | handlers, router, body parsing |
 //! | [`auth`] | API keys, compared in constant time |
 //! | [`bootstrap`] | a ready-to-run data directory for `keyhold up` |
@@ -39,6 +40,7 @@ pub mod kms_usage;
 pub mod lease;
 pub mod metrics;
 pub mod registry;
+pub mod secrets;
 pub mod server;
 pub mod service;
 
@@ -98,7 +100,7 @@ impl AppState {
         let registry = match &config.broker {
             None => Arc::new(registry::TenantRegistry::from_config(config).await?),
             Some(source) => {
-                let client = broker::BrokerClient::new(config, source)?;
+                let client = Arc::new(broker::BrokerClient::new(config, source)?);
                 let keystore = registry::open_keystore(config)?;
                 let (registry, first) =
                     broker_first_registry(config, &client, keystore.clone()).await;
@@ -119,6 +121,19 @@ impl AppState {
             },
         )
         .with_rekey_policy(config.rekey.clone());
+        let secret_store: Arc<dyn secrets::SecretStore> = match from_broker.as_ref().map(|b| &b.0) {
+            Some(client) => Arc::new(secrets::BrokerSecretStore::new(
+                Arc::clone(client),
+                std::time::Duration::from_secs(config.deterministic.secret_list_secs),
+            )),
+            None => Arc::new(secrets::FileSecretStore::new(
+                config.resolve(&config.deterministic.secrets_file),
+            )),
+        };
+        service = service.with_secret_store(
+            secret_store,
+            std::time::Duration::from_secs(config.deterministic.secret_cache_secs),
+        );
         if let Some(audit) = &config.audit {
             let instance = audit.instance.clone().unwrap_or_else(default_instance);
             let spool_dir = config.resolve(&audit.spool_dir);
@@ -161,7 +176,6 @@ impl AppState {
         }
         let service = Arc::new(service);
         if let Some((client, keystore, first)) = from_broker {
-            let client = Arc::new(client);
             let mut sinks = None;
             if let Some((spool, instance)) = admin_audit {
                 let mut broker_sinks = broker::BrokerSinks::new(

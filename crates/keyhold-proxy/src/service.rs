@@ -27,6 +27,9 @@ use crate::lease::{ConfigLeases, open_with_lease_key};
 use crate::metrics::{KeyOperationLabels, Metrics};
 use crate::registry::{KmsConfig, Tenant, TenantRegistry};
 
+mod derive;
+pub use derive::DeriveRequest;
+
 /// Limits the service enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceLimits {
@@ -59,6 +62,8 @@ pub struct KeyService {
     usage: Arc<KmsUsage>,
     /// Which cross-tenant rekeys are allowed (default: none).
     rekey_policy: RekeyConfig,
+    /// Tenant secrets for deterministic encryption (none: the route answers 401).
+    deterministic: Option<derive::Deterministic>,
 }
 
 impl KeyService {
@@ -80,6 +85,7 @@ impl KeyService {
             kms_failures: None,
             usage: Arc::default(),
             rekey_policy: RekeyConfig::default(),
+            deterministic: None,
         }
     }
 
@@ -218,6 +224,11 @@ impl KeyService {
         );
         self.metrics.tenants.set(i64::try_from(set.registry.len()).unwrap_or(i64::MAX));
         self.tenants.store(Arc::new(set));
+        // A configuration change (a disabled key, a rotation through the broker) applies to
+        // tenant secrets at once, not when caches expire.
+        if let Some(deterministic) = &self.deterministic {
+            deterministic.invalidate();
+        }
     }
 
     /// A new data key and its EDEK, from the tenant's primary KMS configuration.
