@@ -367,6 +367,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/tenants/{id}/siem-configs/{name}/enable", post(enable_siem_config))
         .route("/api/v1/tenants/{id}/history", get(history))
         .route("/api/v1/tenants/{id}/leasing", get(get_leasing).put(set_leasing))
+        .route("/api/v1/tenants/{id}/tenant-secrets", get(crate::tenant_secrets::list_for_tenant))
+        .route("/api/v1/tenants/{id}/tenant-secrets/rotate", post(crate::tenant_secrets::rotate))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let proxy = Router::new()
         .route("/api/proxy/v1/snapshot", get(snapshot))
@@ -375,6 +377,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/proxy/v1/e2e-events/claim", post(crate::admin_events::claim_e2e))
         .route("/api/proxy/v1/e2e-events/ack", post(crate::admin_events::ack_e2e))
         .route("/api/proxy/v1/kms-usage", post(crate::kms_usage::report))
+        .route("/api/proxy/v1/tenant-secrets", post(crate::tenant_secrets::create_for_proxy))
+        .route("/api/proxy/v1/tenant-secrets/list", post(crate::tenant_secrets::list_for_proxy))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_proxy_token));
     Router::new()
         .merge(vendor)
@@ -1099,7 +1103,9 @@ impl Modify for SecuritySchemes {
           get_leasing, set_leasing, accept_invitation, login, whoami, logout, fleet_key, snapshot,
           crate::admin_events::claim, crate::admin_events::ack, crate::admin_events::claim_e2e,
           crate::admin_events::ack_e2e, crate::kms_usage::report,
-          crate::kms_usage::tenant_usage, health, ready, openapi_json,
+          crate::kms_usage::tenant_usage, crate::tenant_secrets::list_for_proxy,
+          crate::tenant_secrets::create_for_proxy, crate::tenant_secrets::list_for_tenant,
+          crate::tenant_secrets::rotate, health, ready, openapi_json,
           crate::e2e::create_user, crate::e2e::get_sealed_keys, crate::e2e::authorize_device,
           crate::e2e::get_user, crate::e2e::get_certificate, crate::e2e::revoke_device,
           crate::e2e::create_group, crate::e2e::get_group, crate::e2e::add_member,
@@ -1116,6 +1122,11 @@ impl Modify for SecuritySchemes {
                        crate::kms_usage::UsageReport,
                        crate::kms_usage::UsageReportItem, crate::kms_usage::TenantKmsUsage,
                        crate::kms_usage::ConfigUsage, crate::kms_usage::KeyVersionUsage,
+                       crate::tenant_secrets::TenantSecret, crate::tenant_secrets::TenantSecretInfo,
+                       crate::tenant_secrets::ListTenantSecrets, crate::tenant_secrets::TenantSecretList,
+                       crate::tenant_secrets::TenantSecretInfoList, crate::tenant_secrets::NewTenantSecret,
+                       crate::tenant_secrets::TenantSecretCreated, crate::tenant_secrets::RotateTenantSecrets,
+                       crate::tenant_secrets::TenantSecretsRotated,
                        crate::e2e::schema::E2eCreateUser, crate::e2e::schema::E2eSealedKeys,
                        crate::e2e::schema::E2eUserKeys, crate::e2e::schema::E2eCertificate,
                        crate::e2e::schema::E2eAuthorizeDevice, crate::e2e::schema::E2eCreateGroup,

@@ -23,6 +23,7 @@
 //! | [`session`] | callers (vendor, tenant admin), session cookies, CSRF tokens |
 //! | [`credentials`] | admins' passwords (argon2id), TOTP codes, failed sign-in limit |
 //! | [`error`] | errors and the one mapping to `{"code", "message"}` |
+//! | [`tenant_secrets`] | wrapped tenant secrets of deterministic encryption, their rotation |
 //! | [`e2e`] | the end-to-end encryption service (docs/e2e-api.md) and its audit events |
 //! | [`server`] | bind, serve, graceful shutdown |
 //! | [`ui`] | the web pages, embedded, with their security headers |
@@ -43,6 +44,7 @@ pub mod server;
 pub mod session;
 pub mod snapshot;
 pub mod store;
+pub mod tenant_secrets;
 pub mod ui;
 pub mod validate;
 

@@ -324,6 +324,13 @@ impl<'s> MigrationSource<'s> for Migrations {
                     Cow::Borrowed(include_str!("../migrations/0006_e2e.sql")),
                     false,
                 ),
+                Migration::new(
+                    7,
+                    Cow::Borrowed("tenant_secrets"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0007_tenant_secrets.sql")),
+                    false,
+                ),
             ])
         })
     }
@@ -1162,7 +1169,11 @@ async fn fetch_tenant(
     row.as_ref().map(tenant_row).transpose()
 }
 
-async fn require_tenant(conn: &mut sqlx::AnyConnection, id: &str) -> Result<(), StoreError> {
+/// [`StoreError::TenantNotFound`] unless the tenant exists.
+pub(crate) async fn require_tenant(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+) -> Result<(), StoreError> {
     match fetch_tenant(conn, id).await? {
         Some(_) => Ok(()),
         None => Err(StoreError::TenantNotFound(id.to_owned())),

@@ -313,6 +313,42 @@ pub fn sealed_blob(blob: &str, fleet_key_ids: &[String]) -> Result<String, Store
     Ok(key_id)
 }
 
+/// Longest secret path of a tenant secret, in bytes.
+pub const MAX_SECRET_PATH_LEN: usize = 1024;
+/// Largest wrapped tenant secret (the KMS's ciphertext), in bytes.
+pub const MAX_WRAPPED_SECRET_LEN: usize = 16 * 1024;
+
+/// Checks a tenant secret's path (the application's name for a group of fields): 1 to
+/// [`MAX_SECRET_PATH_LEN`] bytes of UTF-8, any characters but NUL (which PostgreSQL's `TEXT`
+/// cannot hold).
+pub fn secret_path(path: &str) -> Result<(), StoreError> {
+    if path.is_empty() || path.len() > MAX_SECRET_PATH_LEN {
+        return Err(invalid("secret_path", format!("must be 1 to {MAX_SECRET_PATH_LEN} bytes")));
+    }
+    if path.contains('\0') {
+        return Err(invalid("secret_path", "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+/// Checks a wrapped tenant secret: standard base64 (with padding) of 1 to
+/// [`MAX_WRAPPED_SECRET_LEN`] bytes; returns its canonical base64 text.
+pub fn wrapped_secret(text: &str) -> Result<String, StoreError> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    // Refuse an oversized value before decoding it.
+    if text.len() > MAX_WRAPPED_SECRET_LEN.div_ceil(3) * 4 {
+        return Err(invalid("wrapped", format!("must be at most {MAX_WRAPPED_SECRET_LEN} bytes")));
+    }
+    let bytes = engine
+        .decode(text)
+        .map_err(|_| invalid("wrapped", "must be standard base64 (with padding)"))?;
+    if bytes.is_empty() || bytes.len() > MAX_WRAPPED_SECRET_LEN {
+        return Err(invalid("wrapped", format!("must be 1 to {MAX_WRAPPED_SECRET_LEN} bytes")));
+    }
+    Ok(engine.encode(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -352,5 +388,24 @@ mod tests {
         assert!(tenant_id(&"x".repeat(MAX_TENANT_ID_LEN + 1)).is_err());
         assert!(siem_name("siem-1").is_ok());
         assert!(siem_name("a b").is_err());
+    }
+
+    #[test]
+    fn tenant_secret_inputs() {
+        assert!(secret_path("users").is_ok());
+        assert!(secret_path("é/🔑 any text").is_ok());
+        assert!(secret_path(&"x".repeat(MAX_SECRET_PATH_LEN)).is_ok());
+        assert!(secret_path("").is_err());
+        assert!(secret_path(&"x".repeat(MAX_SECRET_PATH_LEN + 1)).is_err());
+        assert!(secret_path("a\0b").is_err());
+        assert_eq!(wrapped_secret("AAEC").unwrap(), "AAEC");
+        assert!(wrapped_secret("").is_err());
+        assert!(wrapped_secret("not base64!").is_err());
+        assert!(wrapped_secret("AAE").is_err(), "padding is required");
+        assert!(wrapped_secret("AA-_").is_err(), "base64url is not standard base64");
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert!(wrapped_secret(&b64.encode(vec![7u8; MAX_WRAPPED_SECRET_LEN])).is_ok());
+        assert!(wrapped_secret(&b64.encode(vec![7u8; MAX_WRAPPED_SECRET_LEN + 1])).is_err());
     }
 }
