@@ -8,8 +8,8 @@ use keyhold_core::metadata::RequestMetadata;
 use keyhold_core::secret::Dek;
 use keyhold_core::wire::{
     self, BatchRekeyRequest, BatchRekeyResponse, BatchUnwrapRequest, BatchUnwrapResponse,
-    BatchWrapRequest, BatchWrapResponse, ErrorBody, RekeyRequest, SecurityEventRequest,
-    UnwrapRequest, UnwrappedKey, WrapRequest, WrappedKey,
+    BatchWrapRequest, BatchWrapResponse, DeriveKeyRequest, DeriveKeyResponse, ErrorBody,
+    RekeyRequest, SecurityEventRequest, UnwrapRequest, UnwrappedKey, WrapRequest, WrappedKey,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Serialize;
@@ -212,6 +212,25 @@ impl Client {
             );
         }
         Ok(result)
+    }
+
+    /// Field keys for deterministic encryption (`key/derive-with-secret-path`): for each secret
+    /// path, for each of its derivation paths, one key per usable tenant secret, one of them
+    /// current. The keys are wiped when the response is dropped. The `encrypt_field` family
+    /// ([`crate::deterministic`]) calls this once per call and does the rest locally.
+    pub async fn derive_field_keys(
+        &self,
+        paths: std::collections::BTreeMap<String, Vec<String>>,
+        meta: &RequestMetadata,
+    ) -> Result<DeriveKeyResponse> {
+        check(meta)?;
+        let body = DeriveKeyRequest::from_metadata(
+            meta,
+            paths,
+            keyhold_core::deterministic::DERIVATION_SHA512.to_owned(),
+            keyhold_core::deterministic::SECRET_TYPE_DETERMINISTIC.to_owned(),
+        );
+        self.post(wire::ROUTE_DERIVE_KEY, &body).await
     }
 
     /// Sends an application security event (e.g. `USER_LOGIN`) to the tenant's audit trail.

@@ -4,6 +4,8 @@ use keyhold_core::ErrorCode;
 use keyhold_core::document::DocumentError;
 use keyhold_core::stream::StreamError;
 
+use crate::deterministic::{DeterministicFailure, DeterministicOperation};
+
 /// Why an SDK call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -40,6 +42,16 @@ pub enum Error {
         /// Why.
         source: StreamError,
     },
+    /// A deterministic field could not be encrypted, decrypted, rotated or made into search
+    /// terms ([`crate::deterministic`]); [`Error::code`] follows IronCore's 903–907, or 200 (no
+    /// primary KMS configuration), or the proxy's code for a tenant secret it could not use.
+    #[error("deterministic {operation} failed: {source}")]
+    Deterministic {
+        /// What was being done.
+        operation: DeterministicOperation,
+        /// Why it failed.
+        source: DeterministicFailure,
+    },
     /// Reading or writing data failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -66,6 +78,7 @@ impl Error {
                 StreamError::DecryptFailed => ErrorCode::DocumentDecryptFailed,
                 _ => ErrorCode::InvalidEncryptedDocument,
             },
+            Error::Deterministic { operation, source } => source.code(*operation),
             Error::Io(_) | Error::InvalidArgument(_) => ErrorCode::InvalidEncryptedDocument,
         }
     }

@@ -29,6 +29,8 @@
 //! | [`Client::rekey_edek`] | one; the data is not touched |
 //! | [`Client::rekey_edeks`] | one per batch; per-id results, no data keys returned (Keyhold extension) |
 //! | [`Client::encrypt_stream`], [`Client::encrypt_file`] and their `decrypt_` pairs | one; constant memory |
+//! | [`Client::encrypt_field`], [`Client::decrypt_field`], [`Client::rotate_field`], [`Client::generate_search_terms`] (deterministic, searchable: [`deterministic`]) | one (key derivation; none for a field that is not a deterministic field) |
+//! | [`Client::encrypt_fields`], [`Client::decrypt_fields`], [`Client::rotate_fields`], [`Client::generate_search_terms_batch`] | one per batch |
 //!
 //! [`Client::decrypt`] also reads fields written by IronCore's client SDKs (their "v3" layout), and
 //! [`Client::encrypt_with_format`] can write that layout for data IronCore's SDKs must read.
@@ -42,6 +44,7 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod deterministic;
 mod document;
 #[cfg(feature = "e2e")]
 pub mod e2e;
@@ -51,6 +54,7 @@ mod file;
 use base64::Engine as _;
 
 pub use client::{API_KEY_ENV, Client, ClientBuilder, PROXY_URL_ENV};
+pub use deterministic::{DeterministicFailure, DeterministicOperation};
 pub use document::{BatchResult, Document, EncryptedDocument, FieldFormat};
 pub use error::{Error, Result};
 pub use file::{StreamInfo, read_stream_info};

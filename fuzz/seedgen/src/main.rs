@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keyhold_core::Dek;
+use keyhold_core::deterministic::{derive_field_key, encrypt as encrypt_deterministic};
 use keyhold_core::document::DocumentKey;
 use keyhold_core::edek::{EncryptedDek, EncryptedDeks};
 use keyhold_core::ironcore::encrypt_v3;
-use keyhold_core::secret::RootKey;
+use keyhold_core::secret::{DerivedFieldKey, RootKey, TenantSecret};
 use keyhold_core::stream::{DEFAULT_SEGMENT_SIZE, encrypt_all};
 use keyhold_kms::local::{Keystore, LocalKms};
 use keyhold_kms::{KeyContext, Kms};
@@ -169,6 +170,24 @@ fn ironcore_v3() -> Result<()> {
     Ok(())
 }
 
+/// Deterministic fields under the target's two keys: `42`×64 (secret 7) and IronCore's published
+/// derived key (secret 5111, whose published field is one seed).
+fn deterministic_field() -> Result<()> {
+    let c = Corpus::new("deterministic_field")?;
+    let fixed = DerivedFieldKey::from_bytes([0x42; 64]);
+    c.put("valid", encrypt_deterministic(&fixed, 7, b"alice@example.com")?)?;
+    c.put("empty-plaintext", encrypt_deterministic(&fixed, 7, b"")?)?;
+    let secret = TenantSecret::from_base64("ScbKs2h0XSaBQ/vXp04RmChAffLjh2nxBgRT95j21FM=")?;
+    let ironcore = derive_field_key(&secret, "tenant-gcp", "derivPath");
+    // IronCore's field `AAAT9wAAeFKwSikcVVSXpGj8z2/7bYkDpEue9kUlUxOj` ("Jim Bridger"), as is.
+    let published = hex("000013f7 0000 7852b04a291c555497a468fccf6ffb6d 8903a44b9ef645255313a3");
+    assert_eq!(encrypt_deterministic(&ironcore, 5111, b"Jim Bridger")?, published);
+    c.put("ironcore-published", published)?;
+    c.put("unknown-secret", encrypt_deterministic(&fixed, 8, b"x")?)?;
+    c.put("short", hex("00000007 0000 0102030405"))?;
+    Ok(())
+}
+
 fn wire_json() -> Result<()> {
     let c = Corpus::new("wire_json")?;
     let edek = local_edek().to_base64();
@@ -239,6 +258,7 @@ fn main() -> Result<()> {
     edek()?;
     stream()?;
     ironcore_v3()?;
+    deterministic_field()?;
     wire_json()?;
     local_kms()?;
     println!("seeds written under {}", fuzz_dir().join("corpus").display());
