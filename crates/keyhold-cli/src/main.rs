@@ -6,9 +6,11 @@ mod audit;
 mod bench;
 mod crypt;
 mod e2e;
+mod field;
 mod keys;
 mod rekey;
 mod seal;
+mod secrets;
 mod serve;
 
 use std::path::PathBuf;
@@ -82,6 +84,12 @@ enum Command {
     /// Benchmark: start a proxy (and OpenBao, if installed) on loopback, drive both with the same
     /// load, print requests/s, keys/s and latency percentiles (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Deterministic (searchable) encryption of one value: encrypt, decrypt, search terms,
+    /// rotate (docs/deterministic.md).
+    Field(field::FieldArgs),
+    /// Tenant secrets of deterministic (searchable) field encryption: list and rotate. Through
+    /// the broker when the proxy's configuration has one, else in its secrets file.
+    Secrets(secrets::SecretsArgs),
     /// End-to-end encryption to groups, users and devices through the broker's E2E service:
     /// enroll users and devices, manage groups, encrypt, decrypt, grant, revoke.
     E2e(e2e::E2eArgs),
@@ -117,6 +125,8 @@ fn main() -> ExitCode {
             Command::Rekey(args) => rekey::run(args).await,
             Command::Seal(args) => seal::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Field(args) => field::run(args).await,
+            Command::Secrets(args) => secrets::run(args).await,
             Command::E2e(args) => e2e::run(args).await,
         }
     });

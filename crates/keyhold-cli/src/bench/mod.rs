@@ -33,7 +33,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     tenants: usize,
     /// Scenarios to run (default: all): wrap, unwrap, batch-wrap-100, batch-unwrap-100,
-    /// batch-wrap-1000, batch-unwrap-1000, sdk-1k, half-load.
+    /// batch-wrap-1000, batch-unwrap-1000, derive, sdk-1k, half-load.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The OpenBao binary (default: $KEYHOLD_TEST_OPENBAO_BIN, else `bao` on the PATH).
@@ -67,6 +67,7 @@ const SCENARIOS: &[&str] = &[
     "batch-unwrap-100",
     "batch-wrap-1000",
     "batch-unwrap-1000",
+    "derive",
     "sdk-1k",
     "half-load",
 ];
@@ -123,6 +124,22 @@ async fn key_call(call: &Call, what: &str) -> anyhow::Result<()> {
     };
     if !present {
         bail!("the answer has no {what}");
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct DeriveAnswer<'a> {
+    #[serde(borrow, rename = "derivedKeys")]
+    derived_keys: HashMap<&'a str, serde::de::IgnoredAny>,
+}
+
+/// Sends a derive call and checks that the answer carries derived keys.
+async fn derive_call(call: &Call) -> anyhow::Result<()> {
+    let answer = call.send().await?;
+    let parsed: DeriveAnswer<'_> = serde_json::from_slice(&answer)?;
+    if parsed.derived_keys.is_empty() {
+        bail!("the answer has no derived keys");
     }
     Ok(())
 }
@@ -184,6 +201,24 @@ async fn proxy_scenarios(
             drive("keyhold", proxy.pid, "wrap", Some(leasing), 1, load, move || {
                 let call = call.clone();
                 async move { key_call(&call, "edek").await }
+            })
+            .await?,
+        );
+    }
+    if wanted("derive") {
+        // Deterministic field keys: one secret path, one derivation path (the secret is made on
+        // the first request and then comes from the proxy's memory).
+        let mut body = meta(tenant);
+        if let Value::Object(map) = &mut body {
+            map.insert("paths".into(), json!({"users": ["email"]}));
+            map.insert("derivationType".into(), json!("sha512"));
+            map.insert("secretType".into(), json!("deterministic"));
+        }
+        let call = proxy.call("/api/1/key/derive-with-secret-path", &body)?;
+        out.push(
+            drive("keyhold", proxy.pid, "derive", Some(leasing), 1, load, move || {
+                let call = call.clone();
+                async move { derive_call(&call).await }
             })
             .await?,
         );
