@@ -404,3 +404,64 @@ async fn encrypt_three(client: &Client, meta: &RequestMetadata) -> Vec<Encrypted
     }
     docs
 }
+
+/// A TCP relay in front of the proxy that counts the connections it accepts.
+async fn counting_relay(
+    target: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn sequential_calls_reuse_one_connection() {
+    let proxy = RunningProxy::start().await;
+    let (relay, accepted) = counting_relay(proxy.addr).await;
+    let client = Client::new(format!("http://{relay}"), &proxy.api_key).unwrap();
+    let meta = meta("tenant-a");
+    for _ in 0..20 {
+        let encrypted = client.encrypt(&doc(&[("f", b"x")]), &meta).await.unwrap();
+        client.decrypt(&encrypted, &meta).await.unwrap();
+    }
+    // Clones share the pool too.
+    let clone = client.clone();
+    clone.encrypt(&doc(&[("f", b"y")]), &meta).await.unwrap();
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "41 calls, one connection");
+}
+
+#[tokio::test]
+async fn a_proxy_that_never_answers_fails_within_the_whole_call_timeout() {
+    // Accepts connections and reads, but never answers: only the whole-call timeout ends it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let client = keyhold::ClientBuilder::new(format!("http://{addr}"), "any-key-0123456789")
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = client.encrypt(&doc(&[("f", b"x")]), &meta("tenant-a")).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), ErrorCode::UnableToMakeRequest, "{err}");
+    assert!(err.is_retryable());
+    assert!(took >= std::time::Duration::from_millis(300), "ended before the timeout: {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "the timeout did not end the call: {took:?}");
+}
