@@ -62,6 +62,25 @@ pub fn service_env(name: &str) -> Option<String> {
     }
 }
 
+/// The port of a TCP listener on 127.0.0.1 that accepts connections and never answers: a hung
+/// KMS (or a firewall that drops replies), which only the backend's timeouts can end. Harder than
+/// a closed port, which fails at once. The listener lives until the test process ends.
+pub fn silent_port() -> u16 {
+    let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => panic!("cannot bind a silent listener: {e}"),
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    std::thread::spawn(move || {
+        // Keep every connection open, read nothing, answer nothing.
+        let mut held = Vec::new();
+        for socket in listener.incoming().flatten() {
+            held.push(socket);
+        }
+    });
+    port
+}
+
 /// Every check of [`run_all`], in the order it runs them.
 pub const CHECKS: [&str; 7] = [
     "round_trip",

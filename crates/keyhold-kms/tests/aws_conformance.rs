@@ -76,7 +76,8 @@ impl AwsHarness {
     async fn new(url: &str, admin: Client) -> Self {
         let key_arn = create_key(&admin).await;
         let kms = Arc::new(backend(url, &key_arn).await);
-        let dead = format!("http://127.0.0.1:{}", closed_port());
+        // A KMS that accepts the connection and never answers: only the timeouts end it.
+        let dead = format!("http://127.0.0.1:{}", keyhold_kms::conformance::silent_port());
         let config: AwsConfig = toml::from_str(&format!(
             "key_id = {key_arn:?}\nendpoint_url = {dead:?}\naccess_key_id = \"test\"\nsecret_access_key = \"test\""
         ))

@@ -47,7 +47,7 @@ use keyhold_kms::conformance::{Harness, run_all};
 use keyhold_kms::{ConnectOptions, KeyContext, Kms, KmsError, SecretSource};
 use serde_json::{Value, json};
 
-use common_cloud::{Recorded, b64url, closed_port, random_hex, respond_json, unb64url};
+use common_cloud::{Recorded, b64url, random_hex, respond_json, unb64url};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT_ID: &str = "3f0c5d1e-8a2b-4c6d-9e7f-0a1b2c3d4e5f";
@@ -566,7 +566,8 @@ impl AzureHarness {
         env.vault.create_key("conformance");
         let kms = Arc::new(env.kms("conformance").await);
         let mut closed = env.config("conformance");
-        closed.endpoint = Some(format!("http://127.0.0.1:{}", closed_port()));
+        closed.endpoint =
+            Some(format!("http://127.0.0.1:{}", keyhold_kms::conformance::silent_port()));
         let unreachable = Arc::new(
             AzureKms::connect(&closed, &env.options(Duration::from_secs(2))).await.unwrap(),
         );

@@ -38,9 +38,7 @@ use keyhold_kms::gcp::{GcpConfig, GcpKms};
 use keyhold_kms::{ConnectOptions, KeyContext, Kms, KmsError, SecretSource};
 use serde_json::{Value, json};
 
-use common_cloud::{
-    Recorded, b64, closed_port, random_hex, respond, respond_json, unb64, unix_now,
-};
+use common_cloud::{Recorded, b64, random_hex, respond, respond_json, unb64, unix_now};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/cloudkms";
 const CLIENT_EMAIL: &str = "keyhold-proxy@keyhold-test.iam.gserviceaccount.com";
@@ -414,7 +412,7 @@ async fn conformance_checks_drongo_can_carry() {
     let key = env.create_key("conformance").await;
     let kms = Arc::new(env.kms(&key).await);
     let mut closed = env.config(&key);
-    closed.endpoint = Some(format!("http://127.0.0.1:{}", closed_port()));
+    closed.endpoint = Some(format!("http://127.0.0.1:{}", keyhold_kms::conformance::silent_port()));
     let unreachable =
         Arc::new(GcpKms::connect(&closed, &env.options(Duration::from_secs(2))).await.unwrap());
     let h = GcpHarness { kms, unreachable };

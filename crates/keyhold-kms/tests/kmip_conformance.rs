@@ -103,12 +103,6 @@ async fn provision(admin: &KmipKms, config: &KmipConfig) -> String {
     uid
 }
 
-/// A port where nothing listens: bound, then released.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 struct KmipHarness {
     name: &'static str,
     config: KmipConfig,
@@ -162,7 +156,8 @@ impl Harness for KmipHarness {
     }
     fn unreachable_kms(&self) -> Option<Arc<dyn Kms>> {
         let mut config = self.config.clone();
-        config.address = format!("127.0.0.1:{}", closed_port());
+        // Accepts the TCP connection, never completes the TLS handshake.
+        config.address = format!("127.0.0.1:{}", keyhold_kms::conformance::silent_port());
         let kms =
             futures_lite_block_on(KmipKms::connect(&config, &options(Duration::from_secs(2))));
         Some(Arc::new(kms.unwrap()))

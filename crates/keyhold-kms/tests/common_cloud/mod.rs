@@ -19,12 +19,6 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
     addr
 }
 
-/// A 127.0.0.1 port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// One request as the server received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
