@@ -404,3 +404,80 @@ async fn sts_not_answering_is_unreachable() {
         "{generate:?}"
     );
 }
+
+/// The default credential chain (a configuration with no keys and no role): credentials from the
+/// environment, then from the shared credentials file. moto checks every signature, so a call
+/// that succeeds was signed with exactly the credentials the chain should have found, and one
+/// signed with a wrong secret from the environment is refused. Environment variables are the
+/// process's, so each case runs this test binary again as a child with its own environment.
+#[tokio::test]
+async fn default_chain_credentials_from_the_environment_and_the_shared_file() {
+    let Some((url, id, secret, _)) = moto() else { return };
+    let key = create_key(&admin(&url, REGION, &id, &secret)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("credentials");
+    std::fs::write(
+        &shared,
+        format!("[default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    let missing = dir.path().join("no-such-file");
+    let cases: [(&str, Vec<(&str, String)>); 3] = [
+        ("ok", vec![("AWS_ACCESS_KEY_ID", id.clone()), ("AWS_SECRET_ACCESS_KEY", secret.clone())]),
+        (
+            "denied",
+            vec![("AWS_ACCESS_KEY_ID", id.clone()), ("AWS_SECRET_ACCESS_KEY", wrong(&secret))],
+        ),
+        ("ok", vec![("AWS_SHARED_CREDENTIALS_FILE", shared.display().to_string())]),
+    ];
+    for (expect, env) in cases {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "default_chain_child", "--ignored", "--nocapture"])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            // No instance metadata service to wait for if the chain got that far.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", &missing)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &missing)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("KEYHOLD_CHILD_URL", &url)
+            .env("KEYHOLD_CHILD_KEY", &key)
+            .env("KEYHOLD_CHILD_EXPECT", expect)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "case {expect} {:?}: {text}",
+            env.iter().map(|e| e.0).collect::<Vec<_>>()
+        );
+        assert!(text.contains("default chain: checked"), "the child test did not run: {text}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "run as a child process by default_chain_credentials_from_the_environment_and_the_shared_file"]
+async fn default_chain_child() {
+    let (Ok(url), Ok(key), Ok(expect)) = (
+        std::env::var("KEYHOLD_CHILD_URL"),
+        std::env::var("KEYHOLD_CHILD_KEY"),
+        std::env::var("KEYHOLD_CHILD_EXPECT"),
+    ) else {
+        return;
+    };
+    // No access_key_id, secret_access_key or role_arn: the SDK's default chain.
+    let kms = connect(&format!("key_id = {key:?}\nendpoint_url = {url:?}")).await.unwrap();
+    let ctx = KeyContext::new("tenant-a", 1);
+    let result = kms.generate(&ctx).await;
+    match expect.as_str() {
+        "ok" => {
+            let made = result.unwrap();
+            assert_eq!(kms.unwrap(&made.wrapped, &ctx).await.unwrap(), made.dek);
+        }
+        _ => assert!(matches!(result, Err(KmsError::AccessDenied(_))), "{:?}", result.map(|_| ())),
+    }
+    println!("default chain: checked ({expect})");
+}
