@@ -491,9 +491,11 @@ async fn many_concurrent_unwraps_share_the_session_pool() {
     let Some(token) = Token::from_env(11) else { return };
     let label = unique_label("concurrent");
     token.create_key(&label, 1);
-    for (mechanism, max_sessions) in
-        [(Pkcs11Mechanism::AesGcm, 4), (Pkcs11Mechanism::AesKeyWrapPad, 8)]
-    {
+    for (mechanism, max_sessions) in [
+        (Pkcs11Mechanism::AesGcm, 4),
+        (Pkcs11Mechanism::AesKeyWrapPad, 8),
+        (Pkcs11Mechanism::AesGcm, 1),
+    ] {
         let mut config = token.config(&label, mechanism);
         config.max_sessions = max_sessions;
         let kms = Arc::new(Pkcs11Kms::connect(&config, &ConnectOptions::default()).await.unwrap());
@@ -517,6 +519,17 @@ async fn many_concurrent_unwraps_share_the_session_pool() {
         for task in tasks {
             task.await.unwrap();
         }
+        // 220 calls, at most `max_sessions` sessions ever open with the token at once; they stay
+        // open (pooled) for the next calls.
+        let (open, peak) = kms.sessions();
+        assert!(
+            (1..=max_sessions).contains(&peak),
+            "{peak} sessions open at once, limit {max_sessions}"
+        );
+        assert!(
+            (1..=max_sessions).contains(&open),
+            "{open} sessions still open, limit {max_sessions}"
+        );
     }
     token.destroy_keys(&label);
 }

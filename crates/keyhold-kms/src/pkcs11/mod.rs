@@ -97,6 +97,7 @@ use keyhold_core::random::random_array;
 use keyhold_core::secret::{Dek, KEY_LEN, constant_time_eq};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Semaphore;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -224,9 +225,45 @@ struct Inner {
     /// The slot, once found (and the mechanism checked there); forgotten when the token leaves.
     slot: Mutex<Option<Slot>>,
     /// Idle sessions, already logged in.
-    idle: Mutex<Vec<Session>>,
+    idle: Mutex<Vec<CountedSession>>,
+    /// Sessions open now (idle or in use), and the most ever open at once.
+    sessions: Arc<SessionCount>,
     /// Key version → handle, for unwraps (a token object's handle holds in every session).
     handles: Mutex<HashMap<u32, ObjectHandle>>,
+}
+
+/// How many sessions are open (the pool's bound is checked against it in tests).
+#[derive(Debug, Default)]
+struct SessionCount {
+    open: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// A session that is counted while it is open; closing (dropping) it uncounts it.
+struct CountedSession {
+    session: Session,
+    count: Arc<SessionCount>,
+}
+
+impl CountedSession {
+    fn new(session: Session, count: &Arc<SessionCount>) -> Self {
+        let open = count.open.fetch_add(1, Ordering::Relaxed) + 1;
+        count.peak.fetch_max(open, Ordering::Relaxed);
+        Self { session, count: Arc::clone(count) }
+    }
+}
+
+impl std::ops::Deref for CountedSession {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl Drop for CountedSession {
+    fn drop(&mut self) {
+        self.count.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why an operation on a session failed: a PKCS#11 call, or a decision already made.
@@ -292,10 +329,18 @@ impl Pkcs11Kms {
                 max_sessions: config.max_sessions,
                 slot: Mutex::new(None),
                 idle: Mutex::new(Vec::new()),
+                sessions: Arc::default(),
                 handles: Mutex::new(HashMap::new()),
             }),
             permits: Arc::new(Semaphore::new(config.max_sessions)),
         })
+    }
+
+    /// Sessions open with the token now (idle or in use) and the most ever open at once: never
+    /// more than `max_sessions` (for metrics and tests).
+    pub fn sessions(&self) -> (usize, usize) {
+        let count = &self.inner.sessions;
+        (count.open.load(Ordering::Relaxed), count.peak.load(Ordering::Relaxed))
     }
 
     /// The master key version (`CKA_ID`) a wrapped key was made with, if it is one of ours.
@@ -474,7 +519,7 @@ impl Inner {
     }
 
     /// An idle session, or a new one logged in.
-    fn checkout(&self) -> Result<(Session, Slot), KmsError> {
+    fn checkout(&self) -> Result<(CountedSession, Slot), KmsError> {
         let slot = self.slot()?;
         if let Some(session) = lock(&self.idle).pop() {
             return Ok((session, slot));
@@ -486,11 +531,12 @@ impl Inner {
             }
             mapped.error
         })?;
+        let session = CountedSession::new(session, &self.sessions);
         self.module.login(slot, &session, &self.pin)?;
         Ok((session, slot))
     }
 
-    fn checkin(&self, session: Session) {
+    fn checkin(&self, session: CountedSession) {
         let mut idle = lock(&self.idle);
         if idle.len() < self.max_sessions {
             idle.push(session);
