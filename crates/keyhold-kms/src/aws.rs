@@ -75,6 +75,8 @@ pub const CONTEXT_TENANT: &str = "keyhold:tenant";
 pub const CONTEXT_KMS_CONFIG: &str = "keyhold:kms-config";
 /// Encryption-context key present (value `lease-key`) only on lease encryption keys.
 pub const CONTEXT_PURPOSE: &str = "keyhold:purpose";
+/// Encryption-context key of a tenant secret's secret path (deterministic encryption).
+pub const CONTEXT_SECRET_PATH: &str = "keyhold:secret-path";
 
 /// The largest ciphertext `Decrypt` accepts.
 const MAX_CIPHERTEXT_LEN: usize = 6144;
@@ -302,6 +304,7 @@ fn encryption_context(context: &KeyContext<'_>) -> HashMap<String, String> {
         }
         KeyPurpose::TenantSecret => {
             map.insert(CONTEXT_PURPOSE.to_owned(), "tenant-secret".to_owned());
+            map.insert(CONTEXT_SECRET_PATH.to_owned(), context.secret_path.to_owned());
         }
     }
     map

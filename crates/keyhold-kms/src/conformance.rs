@@ -183,22 +183,22 @@ pub async fn wrong_context_is_refused(h: &dyn Harness) {
         Err(e) => panic!("{}: lease key as data key gave {e:?}, want InvalidCiphertext", h.name()),
     }
     // A tenant secret (deterministic encryption) is neither a data key nor a lease key.
-    let secret_ctx = KeyContext::tenant_secret(TENANT, CONFIG);
+    let secret_ctx = KeyContext::tenant_secret(TENANT, CONFIG, "users");
     let secret =
         kms.generate(&secret_ctx).await.unwrap_or_else(|e| panic!("{}: secret: {e}", h.name()));
     assert_eq!(kms.unwrap(&secret.wrapped, &secret_ctx).await.unwrap(), secret.dek);
-    for wrong in [ctx, lease_ctx] {
+    for wrong in [ctx, lease_ctx, KeyContext::tenant_secret(TENANT, CONFIG, "orders")] {
         match kms.unwrap(&secret.wrapped, &wrong).await {
             Err(KmsError::InvalidCiphertext) => {}
-            Ok(_) => panic!("{}: a tenant secret unwrapped as {:?}", h.name(), wrong.purpose),
-            Err(e) => panic!("{}: tenant secret as {:?} gave {e:?}", h.name(), wrong.purpose),
+            Ok(_) => panic!("{}: a tenant secret unwrapped as {wrong:?}", h.name()),
+            Err(e) => panic!("{}: tenant secret as {wrong:?} gave {e:?}", h.name()),
         }
     }
     for other in [
         KeyContext::new("another-tenant", CONFIG),
         KeyContext::new(TENANT, CONFIG + 1),
         KeyContext::lease(TENANT, CONFIG),
-        KeyContext::tenant_secret(TENANT, CONFIG),
+        KeyContext::tenant_secret(TENANT, CONFIG, ""),
     ] {
         match kms.unwrap(&wrapped, &other).await {
             Err(KmsError::InvalidCiphertext) => {}

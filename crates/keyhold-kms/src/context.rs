@@ -24,30 +24,34 @@ pub struct KeyContext<'a> {
     pub tenant_id: &'a str,
     /// The tenant's KMS configuration id (as recorded in the EDEK).
     pub kms_config_id: i32,
-    /// Data key or lease key.
+    /// Data key, lease key or tenant secret.
     pub purpose: KeyPurpose,
+    /// For a tenant secret: the secret path it belongs to (so that a secret cannot be moved to
+    /// another path of the same tenant); empty for the other purposes.
+    pub secret_path: &'a str,
 }
 
 impl<'a> KeyContext<'a> {
     /// A context for a data key of `tenant_id` and `kms_config_id`.
     pub fn new(tenant_id: &'a str, kms_config_id: i32) -> Self {
-        Self { tenant_id, kms_config_id, purpose: KeyPurpose::DataKey }
+        Self { tenant_id, kms_config_id, purpose: KeyPurpose::DataKey, secret_path: "" }
     }
 
     /// A context for a lease encryption key of `tenant_id` and `kms_config_id`.
     pub fn lease(tenant_id: &'a str, kms_config_id: i32) -> Self {
-        Self { tenant_id, kms_config_id, purpose: KeyPurpose::LeaseKey }
+        Self { tenant_id, kms_config_id, purpose: KeyPurpose::LeaseKey, secret_path: "" }
     }
 
-    /// A context for a tenant secret of `tenant_id` and `kms_config_id`.
-    pub fn tenant_secret(tenant_id: &'a str, kms_config_id: i32) -> Self {
-        Self { tenant_id, kms_config_id, purpose: KeyPurpose::TenantSecret }
+    /// A context for a tenant secret of `tenant_id`, `kms_config_id` and `secret_path`.
+    pub fn tenant_secret(tenant_id: &'a str, kms_config_id: i32, secret_path: &'a str) -> Self {
+        Self { tenant_id, kms_config_id, purpose: KeyPurpose::TenantSecret, secret_path }
     }
 
     /// A canonical, unambiguous byte encoding for use as associated data:
     /// `label ‖ i32be(config id) ‖ u32be(len(tenant)) ‖ tenant`, where the label is
     /// `"keyhold/kms-context/v1\0"` for data keys, `"keyhold/kms-lease-context/v1\0"` for
-    /// lease keys and `"keyhold/kms-secret-context/v1\0"` for tenant secrets.
+    /// lease keys and `"keyhold/kms-secret-context/v1\0"` for tenant secrets, which are followed
+    /// by `u32be(len(secret path)) ‖ secret path`.
     pub fn associated_data(&self) -> Vec<u8> {
         let label: &[u8] = match self.purpose {
             KeyPurpose::DataKey => b"keyhold/kms-context/v1\0",
@@ -60,6 +64,11 @@ impl<'a> KeyContext<'a> {
         out.extend_from_slice(&self.kms_config_id.to_be_bytes());
         out.extend_from_slice(&u32::try_from(tenant.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(tenant);
+        if self.purpose == KeyPurpose::TenantSecret {
+            let path = self.secret_path.as_bytes();
+            out.extend_from_slice(&u32::try_from(path.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(path);
+        }
         out
     }
 }
@@ -74,8 +83,10 @@ mod tests {
         let b = KeyContext::new("a", 1).associated_data();
         let c = KeyContext::new("ab", 2).associated_data();
         let d = KeyContext::lease("ab", 1).associated_data();
-        let e = KeyContext::tenant_secret("ab", 1).associated_data();
+        let e = KeyContext::tenant_secret("ab", 1, "users").associated_data();
         assert_ne!(a, e);
+        assert_ne!(e, KeyContext::tenant_secret("ab", 1, "orders").associated_data());
+        assert!(e.ends_with(b"\x00\x00\x00\x02ab\x00\x00\x00\x05users"));
         assert_ne!(d, e);
         assert_ne!(a, b);
         assert_ne!(a, c);

@@ -333,3 +333,28 @@ async fn every_derivation_and_secret_is_in_the_tenants_audit_trail() {
     let key = BASE64.encode(r.keys("users", "email").unwrap()[0].derived_key.expose_secret());
     assert!(!std::fs::read_to_string(&path).unwrap().contains(&key));
 }
+
+#[tokio::test]
+async fn a_secret_moved_to_another_path_does_not_unwrap() {
+    let p = TestProxy::new();
+    let r = derive(&p, "tenant-a", json!({"users": ["email"], "orders": ["email"]})).await;
+    let (orders_id, orders_key) = current(&r, "orders", "email");
+    // Someone with write access to the secret store gives `users` the secret of `orders`
+    // (same tenant, same KMS configuration): the KMS binding names the path, so it is refused.
+    let path = p.path("tenant-secrets.json");
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let secrets = file["secrets"].as_array_mut().unwrap();
+    let orders_wrapped =
+        secrets.iter().find(|s| s["secret_path"] == "orders").unwrap()["wrapped"].clone();
+    secrets.iter_mut().find(|s| s["secret_path"] == "users").unwrap()["wrapped"] = orders_wrapped;
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    let q = restarted(&p, |_| {});
+    let (status, value) = q.post(ROUTE, body("tenant-a", json!({"users": ["email"]}))).await;
+    assert_ne!(status, StatusCode::OK, "{value}");
+    assert!(value.get("derivedKeys").is_none(), "{value}");
+    // The path that owns it still works, with the same key.
+    assert_eq!(
+        current(&derive(&q, "tenant-a", json!({"orders": ["email"]})).await, "orders", "email"),
+        (orders_id, orders_key)
+    );
+}

@@ -211,7 +211,7 @@ impl KeyService {
         let Some(deterministic) = &self.deterministic else {
             return Err(ServiceError::SecretStore("this proxy has no tenant-secret store".into()));
         };
-        let ctx = KeyContext::tenant_secret(&tenant.id, primary.id);
+        let ctx = KeyContext::tenant_secret(&tenant.id, primary.id, secret_path);
         let generated = self
             .call_kms(
                 tenant,
@@ -275,7 +275,7 @@ impl KeyService {
         {
             return Ok(open);
         }
-        let ctx = KeyContext::tenant_secret(&tenant.id, config.id);
+        let ctx = KeyContext::tenant_secret(&tenant.id, config.id, &stored.secret_path);
         let dek = self
             .call_kms(
                 tenant,
