@@ -156,6 +156,11 @@ pub struct DeterministicConfig {
     /// configuration at once.
     #[serde(default = "default_secret_cache_secs")]
     pub secret_cache_secs: u64,
+    /// How long past `secret_cache_secs` an unwrapped secret still serves while its KMS cannot
+    /// be reached or throttles, in seconds (default 3600, as leasing's `max_hold_ms`); 0: none.
+    /// A KMS that refuses (key disabled, access denied) ends it at once.
+    #[serde(default = "default_secret_hold_secs")]
+    pub secret_hold_secs: u64,
     /// How long a list of a path's secrets from the broker is reused, in seconds (default 60).
     /// A rotation through the broker reaches proxies with the next snapshot, sooner.
     #[serde(default = "default_secret_list_secs")]
@@ -167,6 +172,7 @@ impl Default for DeterministicConfig {
         Self {
             secrets_file: default_secrets_file(),
             secret_cache_secs: default_secret_cache_secs(),
+            secret_hold_secs: default_secret_hold_secs(),
             secret_list_secs: default_secret_list_secs(),
         }
     }
@@ -178,6 +184,10 @@ fn default_secrets_file() -> PathBuf {
 
 fn default_secret_cache_secs() -> u64 {
     300
+}
+
+fn default_secret_hold_secs() -> u64 {
+    3600
 }
 
 fn default_secret_list_secs() -> u64 {

@@ -133,6 +133,7 @@ impl AppState {
         service = service.with_secret_store(
             secret_store,
             std::time::Duration::from_secs(config.deterministic.secret_cache_secs),
+            std::time::Duration::from_secs(config.deterministic.secret_hold_secs),
         );
         if let Some(audit) = &config.audit {
             let instance = audit.instance.clone().unwrap_or_else(default_instance);

@@ -273,3 +273,85 @@ async fn another_proxy_opens_leased_edeks_with_one_kms_call_per_lease() {
         "{text}"
     );
 }
+
+/// One derive request for `users`/`email`: the current key's secret id, or the error code.
+async fn derive_users_email(state: &AppState) -> Result<u32, u16> {
+    let request = keyhold_proxy::service::DeriveRequest {
+        paths: [("users".to_owned(), vec!["email".to_owned()])].into(),
+        derivation_type: "sha512".into(),
+        secret_type: "deterministic".into(),
+    };
+    match state.service.derive(&meta(), &request).await {
+        Ok(response) => Ok(response.keys("users", "email").unwrap()[0].tenant_secret_id),
+        Err(e) => Err(e.code().code()),
+    }
+}
+
+/// Tenant secrets (deterministic encryption) ride out a KMS outage for the hold time, like
+/// leases, then fail closed, and resume when the KMS is back; a key disabled in the KMS is
+/// refused once the secret's fresh time is over, hold or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_kms_outage_tenant_secrets_serve_for_the_hold_time_then_fail_closed() {
+    let Some(url) = service_env("KEYHOLD_TEST_LOCALSTACK_URL") else { return };
+    let key = localstack::create_key(&url).await;
+    let mut relay = Relay::start(socket_addr(&url)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (fresh, hold) = (Duration::from_secs(1), Duration::from_secs(4));
+    let state = proxy(
+        &format!("http://{}", relay.addr),
+        &key,
+        &format!(
+            "enabled = false\n[deterministic]\nsecret_cache_secs = {}\nsecret_hold_secs = {}",
+            fresh.as_secs(),
+            hold.as_secs()
+        ),
+        &dir,
+    )
+    .await;
+    let id = derive_users_email(&state).await.unwrap();
+    let made_at = Instant::now();
+
+    relay.cut().await;
+    // Past its fresh time the KMS cannot be asked again: the secret serves until fresh + hold
+    // after the KMS last gave it (margin for the KMS timeouts of the attempts).
+    while made_at.elapsed() < fresh + hold - Duration::from_millis(1500) {
+        let now = derive_users_email(&state).await;
+        assert_eq!(now, Ok(id), "refused {:?} after the secret was made", made_at.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused_at = loop {
+        if let Err(code) = derive_users_email(&state).await {
+            assert_eq!(code, 208, "KMS_UNREACHABLE");
+            break made_at.elapsed();
+        }
+        assert!(made_at.elapsed() < fresh + hold + Duration::from_secs(3), "still serving");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused_at >= fresh + hold - Duration::from_millis(1500), "refused at {refused_at:?}");
+
+    relay.restore().await;
+    let restored_at = Instant::now();
+    while derive_users_email(&state).await != Ok(id) {
+        assert!(restored_at.elapsed() < Duration::from_secs(15), "never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A refusal is not an outage: a disabled key ends the hold at the next unwrap.
+    let key_id = serde_json::to_string(&key).unwrap();
+    localstack::call(&url, "DisableKey", &format!(r#"{{"KeyId":{key_id}}}"#)).await;
+    let disabled_at = Instant::now();
+    loop {
+        match derive_users_email(&state).await {
+            Err(code) => {
+                assert_eq!(code, 206, "KMS_AUTHORIZATION_FAILED");
+                break;
+            }
+            Ok(_) => {
+                assert!(disabled_at.elapsed() < fresh + Duration::from_secs(3), "still serving")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    localstack::call(&url, "EnableKey", &format!(r#"{{"KeyId":{key_id}}}"#)).await;
+    println!("refused {refused_at:?} after the secret was made (fresh {fresh:?} + hold {hold:?})");
+}

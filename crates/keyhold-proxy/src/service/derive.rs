@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyhold_audit::EventKind;
 use keyhold_core::deterministic::{DERIVATION_SHA512, SECRET_TYPE_DETERMINISTIC, derive_field_key};
@@ -30,14 +30,22 @@ use crate::secrets::{MAX_SECRET_PATH_LEN, SecretStore, SecretStoreError, StoredS
 #[derive(Debug)]
 pub(super) struct Deterministic {
     store: Arc<dyn SecretStore>,
-    /// Unwrapped secrets by id, with the tenant and configuration they belong to.
+    /// Unwrapped secrets by id, with the tenant and configuration they belong to; kept for the
+    /// hold time.
     open: moka::future::Cache<u32, Arc<OpenSecret>>,
+    /// How long an unwrapped secret is used without asking the KMS again.
+    fresh_for: Duration,
+    /// How long past that it is still used while the KMS cannot be reached (an outage, not a
+    /// refusal: a disabled or denied key is refused at the next unwrap).
+    hold: Duration,
 }
 
 #[derive(Debug)]
 struct OpenSecret {
     tenant_id: String,
     kms_config_id: i32,
+    /// When the KMS last unwrapped (or made) it.
+    opened: Instant,
     secret: TenantSecret,
 }
 
@@ -60,11 +68,19 @@ pub struct DeriveRequest {
 }
 
 impl KeyService {
-    /// Keeps tenant secrets in `store`, and unwrapped ones in memory for `cache_ttl`.
-    pub fn with_secret_store(mut self, store: Arc<dyn SecretStore>, cache_ttl: Duration) -> Self {
-        let open =
-            moka::future::Cache::builder().time_to_live(cache_ttl).max_capacity(100_000).build();
-        self.deterministic = Some(Deterministic { store, open });
+    /// Keeps tenant secrets in `store`; an unwrapped one is used for `fresh_for` without asking
+    /// the KMS, and for up to `hold` after that while the KMS is unreachable or throttling.
+    pub fn with_secret_store(
+        mut self,
+        store: Arc<dyn SecretStore>,
+        fresh_for: Duration,
+        hold: Duration,
+    ) -> Self {
+        let open = moka::future::Cache::builder()
+            .time_to_live(fresh_for.saturating_add(hold))
+            .max_capacity(100_000)
+            .build();
+        self.deterministic = Some(Deterministic { store, open, fresh_for, hold });
         self
     }
 
@@ -230,6 +246,7 @@ impl KeyService {
             let open = OpenSecret {
                 tenant_id: tenant.id.clone(),
                 kms_config_id: primary.id,
+                opened: Instant::now(),
                 secret: TenantSecret::from_bytes(*generated.dek.expose_secret()),
             };
             deterministic.open.insert(stored.id, Arc::new(open)).await;
@@ -269,14 +286,18 @@ impl KeyService {
                 )));
             }
         };
-        if let Some(open) = deterministic.open.get(&stored.id).await
-            && open.tenant_id == tenant.id
-            && open.kms_config_id == config.id
+        let held = deterministic
+            .open
+            .get(&stored.id)
+            .await
+            .filter(|open| open.tenant_id == tenant.id && open.kms_config_id == config.id);
+        if let Some(open) = &held
+            && open.opened.elapsed() < deterministic.fresh_for
         {
-            return Ok(open);
+            return Ok(Arc::clone(open));
         }
         let ctx = KeyContext::tenant_secret(&tenant.id, config.id, &stored.secret_path);
-        let dek = self
+        let unwrapped = self
             .call_kms(
                 tenant,
                 config,
@@ -284,14 +305,36 @@ impl KeyService {
                 KmsOperation::Unwrap,
                 config.kms.unwrap(&stored.wrapped, &ctx),
             )
-            .await?;
-        let open = Arc::new(OpenSecret {
-            tenant_id: tenant.id.clone(),
-            kms_config_id: config.id,
-            secret: TenantSecret::from_bytes(*dek.expose_secret()),
-        });
-        deterministic.open.insert(stored.id, Arc::clone(&open)).await;
-        Ok(open)
+            .await;
+        match unwrapped {
+            Ok(dek) => {
+                let open = Arc::new(OpenSecret {
+                    tenant_id: tenant.id.clone(),
+                    kms_config_id: config.id,
+                    opened: Instant::now(),
+                    secret: TenantSecret::from_bytes(*dek.expose_secret()),
+                });
+                deterministic.open.insert(stored.id, Arc::clone(&open)).await;
+                Ok(open)
+            }
+            // The KMS is away (not refusing): the secret it last gave serves for the hold time,
+            // as leases do (docs/leasing.md).
+            Err(ServiceError::Kms { source, .. })
+                if source.is_transient()
+                    && held.as_ref().is_some_and(|open| {
+                        open.opened.elapsed()
+                            < deterministic.fresh_for.saturating_add(deterministic.hold)
+                    }) =>
+            {
+                tracing::warn!(tenant = %tenant.id, kms_config_id = config.id, tenant_secret_id = stored.id, error = %source, "tenant secret: the KMS is unreachable; serving the secret it last gave within the hold time");
+                held.ok_or(ServiceError::Internal)
+            }
+            Err(e) => {
+                // A refusal (or an outage past the hold): forget the secret now.
+                deterministic.open.invalidate(&stored.id).await;
+                Err(e)
+            }
+        }
     }
 }
 
