@@ -132,7 +132,9 @@ impl KeyService {
                 match of_path.iter().find(|s| !s.rotated && s.kms_config_id == primary.id) {
                     Some(s) => current = Some(s.id),
                     None => {
-                        let made = self.make_secret(meta, &tenant, primary, secret_path).await?;
+                        let made = self
+                            .make_secret(deterministic, meta, &tenant, primary, secret_path)
+                            .await?;
                         current = Some(made.id);
                         of_path.push(made);
                     }
@@ -219,14 +221,12 @@ impl KeyService {
     /// another proxy stored one first, that one is used (and ours is dropped unused).
     async fn make_secret(
         &self,
+        deterministic: &Deterministic,
         meta: &RequestMetadata,
         tenant: &Tenant,
         primary: &KmsConfig,
         secret_path: &str,
     ) -> Result<StoredSecret, ServiceError> {
-        let Some(deterministic) = &self.deterministic else {
-            return Err(ServiceError::SecretStore("this proxy has no tenant-secret store".into()));
-        };
         let ctx = KeyContext::tenant_secret(&tenant.id, primary.id, secret_path);
         let generated = self
             .call_kms(
@@ -339,8 +339,6 @@ impl KeyService {
 }
 
 fn store_error(e: SecretStoreError) -> ServiceError {
-    match e {
-        SecretStoreError::Refused(message) => ServiceError::SecretStore(message),
-        SecretStoreError::Unavailable(message) => ServiceError::SecretStore(message),
-    }
+    let (SecretStoreError::Refused(message) | SecretStoreError::Unavailable(message)) = e;
+    ServiceError::SecretStore(message)
 }
