@@ -2,8 +2,8 @@
 //!
 //! **Contract-tested, not run against the real service.** No Cloud KMS can run on a test machine:
 //! the requests this module sends are checked against the public REST reference (quoted below)
-//! and against `drongo`, a fake that serves the same REST shapes with no real cryptography; the
-//! OAuth 2.0 service-account flow is checked against a token endpoint in the tests that verifies
+//! and against `drongo`, a fake that serves the same REST shapes with no real cryptography, and
+//! against a test double with key versions, version states and real AES-256-GCM; the OAuth 2.0 service-account flow is checked against a token endpoint in the tests that verifies
 //! the JWT's signature and claims. Nothing here has been seen working against Google's servers.
 //! See `docs/kms/gcp.md` for exactly what is and is not covered.
 //!

@@ -16,8 +16,13 @@
 //! - A **token endpoint** in this test does what Google's does to a JWT-bearer grant: it
 //!   verifies the RS256 signature with the service account's public key and checks `iss`,
 //!   `scope`, `aud`, `iat`, `exp`, then issues a token.
+//! - A **versioned double** (last section) carries what drongo cannot: key versions and their
+//!   states, with real AES-256-GCM, so the whole conformance suite runs (tampering, a disabled
+//!   key, rotation). It needs no service.
 #![cfg(feature = "gcp")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+// The versioned double answers a refusal as the `Err` of its handlers: a whole HTTP response.
+#![allow(clippy::result_large_err)]
 
 mod common_cloud;
 
@@ -792,4 +797,470 @@ async fn the_configuration_is_validated() {
         let result = GcpKms::connect(&config, &options).await;
         assert!(matches!(result, Err(KmsError::ConfigurationInvalid(_))), "{why}: {result:?}");
     }
+}
+
+// --- a versioned double: what drongo cannot carry
+
+/// A second contract test double, for what drongo has not: **key versions, their states, and
+/// real cryptography**. It serves `cryptoKeys.encrypt`, `cryptoKeys.decrypt` and `cryptoKeys.get`
+/// from the REST reference (fields as quoted in `keyhold_kms::gcp`) and:
+///
+/// - checks every request: method, path, `Authorization: Bearer` with a token the test's token
+///   endpoint issued, `Content-Type: application/json`, exactly the documented JSON fields, and
+///   the CRC32C checksums of plaintext, ciphertext and AAD (a mismatch is refused as Cloud KMS
+///   refuses it, 400 `INVALID_ARGUMENT`); a request it cannot accept is also kept in `violations`,
+///   which every test using it checks is empty;
+/// - encrypts with AES-256-GCM under the primary version's own key, the request's AAD as
+///   associated data, so a tampered ciphertext or a wrong context is refused by a real cipher;
+///   its ciphertext is `version (u32, big-endian) ‖ nonce ‖ sealed` (Cloud KMS's own layout is
+///   not published: it is opaque to the backend, which stores it as is);
+/// - keeps each key's versions with a state (`ENABLED`, `DISABLED`) and a primary version:
+///   rotating adds a version and makes it primary, so old ciphertexts decrypt with their own
+///   version; a version that is not enabled refuses both directions with 400
+///   `FAILED_PRECONDITION` "`<version> is not enabled, current state is: DISABLED.`", the message
+///   Cloud KMS gives.
+///
+/// What it does NOT prove: that Cloud KMS answers exactly so. The error texts come from the
+/// documentation and public reports; IAM, quotas, regions and the real ciphertext layout are not
+/// modelled.
+struct VersionedKms {
+    tokens: Arc<TokenServer>,
+    keys: Mutex<std::collections::HashMap<String, VersionedKey>>,
+    violations: Mutex<Vec<String>>,
+    records: Mutex<Vec<Recorded>>,
+}
+
+struct VersionedKey {
+    /// Version `n` is `versions[n - 1]`: its key and whether it is enabled.
+    versions: Vec<([u8; 32], bool)>,
+    /// The primary version's number.
+    primary: u32,
+}
+
+impl VersionedKey {
+    fn new_version(&mut self) -> u32 {
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).unwrap();
+        self.versions.push((key, true));
+        u32::try_from(self.versions.len()).unwrap()
+    }
+}
+
+fn aead(key: &[u8; 32]) -> aws_lc_rs::aead::LessSafeKey {
+    aws_lc_rs::aead::LessSafeKey::new(
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, key).unwrap(),
+    )
+}
+
+fn invalid_argument(message: &str) -> Response {
+    respond_json(400, &google_error(400, "INVALID_ARGUMENT", message, None))
+}
+
+impl VersionedKms {
+    async fn start() -> (Arc<Self>, String) {
+        let double = Arc::new(Self {
+            tokens: TokenServer::start(account_key().public_key.clone()).await,
+            keys: Mutex::new(std::collections::HashMap::new()),
+            violations: Mutex::new(Vec::new()),
+            records: Mutex::new(Vec::new()),
+        });
+        let addr = common_cloud::serve(
+            axum::Router::new().fallback(serve_versioned).with_state(Arc::clone(&double)),
+        )
+        .await;
+        (double, format!("http://{addr}"))
+    }
+
+    fn create_key(&self, id: &str) -> String {
+        let name =
+            format!("projects/{PROJECT}/locations/global/keyRings/versioned/cryptoKeys/{id}");
+        let mut key = VersionedKey { versions: Vec::new(), primary: 0 };
+        key.primary = key.new_version();
+        self.keys.lock().unwrap().insert(name.clone(), key);
+        name
+    }
+
+    /// Adds a version and makes it primary; its number.
+    fn rotate(&self, name: &str) -> u32 {
+        let mut keys = self.keys.lock().unwrap();
+        let key = keys.get_mut(name).unwrap();
+        key.primary = key.new_version();
+        key.primary
+    }
+
+    fn set_enabled(&self, name: &str, version: u32, enabled: bool) {
+        let mut keys = self.keys.lock().unwrap();
+        keys.get_mut(name).unwrap().versions[version as usize - 1].1 = enabled;
+    }
+
+    fn primary(&self, name: &str) -> u32 {
+        self.keys.lock().unwrap()[name].primary
+    }
+
+    fn violation(&self, what: String) -> Response {
+        self.violations.lock().unwrap().push(what.clone());
+        invalid_argument(&what)
+    }
+
+    fn assert_no_violations(&self) {
+        let violations = self.violations.lock().unwrap();
+        assert!(violations.is_empty(), "requests off the REST reference: {violations:?}");
+    }
+
+    /// The JSON body, if it has exactly `fields`.
+    fn body(&self, request: &Recorded, fields: &[&str]) -> Result<Value, Response> {
+        if request.header("content-type") != Some("application/json") {
+            return Err(
+                self.violation(format!("content-type {:?}", request.header("content-type")))
+            );
+        }
+        let body: Value = serde_json::from_slice(&request.body)
+            .map_err(|e| self.violation(format!("the body is not JSON: {e}")))?;
+        let mut expected: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
+        expected.sort();
+        if !body.is_object() || sorted_keys(&body) != expected {
+            return Err(self.violation(format!("fields {body}, want {expected:?}")));
+        }
+        Ok(body)
+    }
+
+    /// The bytes of base64 field `field`, checked against its CRC32C field `crc_field` (a
+    /// decimal int64 in a string, as the reference's "string (int64 format)").
+    fn checked(&self, body: &Value, field: &str, crc_field: &str) -> Result<Vec<u8>, Response> {
+        let bytes = unb64(body[field].as_str().unwrap_or_default());
+        let crc = body[crc_field].as_str().and_then(|s| s.parse::<u64>().ok());
+        match crc {
+            Some(crc) if crc == u64::from(crc32c::crc32c(&bytes)) => Ok(bytes),
+            Some(_) => Err(invalid_argument(&format!(
+                "The checksum in field {crc_field} did not match the data in field {field}."
+            ))),
+            None => Err(self.violation(format!("{crc_field} is not an int64 string"))),
+        }
+    }
+
+    fn not_enabled(name: &str, version: u32) -> Response {
+        respond_json(
+            400,
+            &google_error(
+                400,
+                "FAILED_PRECONDITION",
+                &format!(
+                    "{name}/cryptoKeyVersions/{version} is not enabled, current state is: DISABLED."
+                ),
+                None,
+            ),
+        )
+    }
+
+    fn denied(name: &str, permission: &str) -> Response {
+        respond_json(
+            403,
+            &google_error(
+                403,
+                "PERMISSION_DENIED",
+                &format!(
+                    "Permission '{permission}' denied on resource '{name}' (or it may not exist)."
+                ),
+                Some("IAM_PERMISSION_DENIED"),
+            ),
+        )
+    }
+
+    fn encrypt(&self, name: &str, request: &Recorded) -> Result<Response, Response> {
+        let body = self.body(
+            request,
+            &[
+                "plaintext",
+                "additionalAuthenticatedData",
+                "plaintextCrc32c",
+                "additionalAuthenticatedDataCrc32c",
+            ],
+        )?;
+        let plaintext = self.checked(&body, "plaintext", "plaintextCrc32c")?;
+        let aad = self.checked(
+            &body,
+            "additionalAuthenticatedData",
+            "additionalAuthenticatedDataCrc32c",
+        )?;
+        let keys = self.keys.lock().unwrap();
+        let Some(key) = keys.get(name) else {
+            return Err(Self::denied(name, "cloudkms.cryptoKeyVersions.useToEncrypt"));
+        };
+        let (secret, enabled) = key.versions[key.primary as usize - 1];
+        if !enabled {
+            return Err(Self::not_enabled(name, key.primary));
+        }
+        let mut nonce = [0u8; 12];
+        aws_lc_rs::rand::fill(&mut nonce).unwrap();
+        let mut sealed = plaintext;
+        aead(&secret)
+            .seal_in_place_append_tag(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::from(&aad),
+                &mut sealed,
+            )
+            .unwrap();
+        let mut ciphertext = key.primary.to_be_bytes().to_vec();
+        ciphertext.extend_from_slice(&nonce);
+        ciphertext.extend_from_slice(&sealed);
+        Ok(respond_json(
+            200,
+            &json!({
+                "name": format!("{name}/cryptoKeyVersions/{}", key.primary),
+                "ciphertext": b64(&ciphertext),
+                "ciphertextCrc32c": crc32c::crc32c(&ciphertext).to_string(),
+                "verifiedPlaintextCrc32c": true,
+                "verifiedAdditionalAuthenticatedDataCrc32c": true,
+                "protectionLevel": "SOFTWARE",
+            }),
+        ))
+    }
+
+    fn decrypt(&self, name: &str, request: &Recorded) -> Result<Response, Response> {
+        let body = self.body(
+            request,
+            &[
+                "ciphertext",
+                "additionalAuthenticatedData",
+                "ciphertextCrc32c",
+                "additionalAuthenticatedDataCrc32c",
+            ],
+        )?;
+        let ciphertext = self.checked(&body, "ciphertext", "ciphertextCrc32c")?;
+        let aad = self.checked(
+            &body,
+            "additionalAuthenticatedData",
+            "additionalAuthenticatedDataCrc32c",
+        )?;
+        let keys = self.keys.lock().unwrap();
+        let Some(key) = keys.get(name) else {
+            return Err(Self::denied(name, "cloudkms.cryptoKeyVersions.useToDecrypt"));
+        };
+        // Cloud KMS's answer to a ciphertext that is not for this key or does not authenticate.
+        let failed = || {
+            invalid_argument(
+                "Decryption failed: verify that 'name' refer to the correct CryptoKey.",
+            )
+        };
+        let (Some(version), Some(nonce), Some(sealed)) = (
+            ciphertext.get(..4).map(|v| u32::from_be_bytes(v.try_into().unwrap())),
+            ciphertext.get(4..16),
+            ciphertext.get(16..),
+        ) else {
+            return Err(failed());
+        };
+        let Some(&(secret, enabled)) =
+            version.checked_sub(1).and_then(|i| key.versions.get(i as usize))
+        else {
+            return Err(failed());
+        };
+        if !enabled {
+            return Err(Self::not_enabled(name, version));
+        }
+        let mut buffer = sealed.to_vec();
+        let plaintext = aead(&secret)
+            .open_in_place(
+                aws_lc_rs::aead::Nonce::try_assume_unique_for_key(nonce).unwrap(),
+                aws_lc_rs::aead::Aad::from(&aad),
+                &mut buffer,
+            )
+            .map_err(|_| failed())?;
+        Ok(respond_json(
+            200,
+            &json!({
+                "plaintext": b64(plaintext),
+                "plaintextCrc32c": crc32c::crc32c(plaintext).to_string(),
+                "usedPrimary": version == key.primary,
+                "protectionLevel": "SOFTWARE",
+            }),
+        ))
+    }
+
+    fn get(&self, name: &str) -> Response {
+        let keys = self.keys.lock().unwrap();
+        let Some(key) = keys.get(name) else {
+            return Self::denied(name, "cloudkms.cryptoKeys.get");
+        };
+        let state = if key.versions[key.primary as usize - 1].1 { "ENABLED" } else { "DISABLED" };
+        respond_json(
+            200,
+            &json!({
+                "name": name,
+                "purpose": "ENCRYPT_DECRYPT",
+                "primary": {
+                    "name": format!("{name}/cryptoKeyVersions/{}", key.primary),
+                    "state": state,
+                    "protectionLevel": "SOFTWARE",
+                    "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION",
+                },
+                "versionTemplate": {"protectionLevel": "SOFTWARE", "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION"},
+            }),
+        )
+    }
+}
+
+async fn serve_versioned(State(double): State<Arc<VersionedKms>>, request: Request) -> Response {
+    let request = Recorded::read(request).await;
+    double.records.lock().unwrap().push(request.clone());
+    let issued = request
+        .bearer()
+        .is_some_and(|token| double.tokens.issued.lock().unwrap().iter().any(|t| t == token));
+    if !issued {
+        return double
+            .violation(format!("{} {} without an issued token", request.method, request.path));
+    }
+    let Some(resource) = request.path.strip_prefix("/v1/") else {
+        return double.violation(format!("path {}", request.path));
+    };
+    let outcome = match (request.method.as_str(), resource.rsplit_once(':')) {
+        ("POST", Some((name, "encrypt"))) => double.encrypt(name, &request),
+        ("POST", Some((name, "decrypt"))) => double.decrypt(name, &request),
+        ("GET", None) if request.body.is_empty() => Ok(double.get(resource)),
+        _ => Err(double.violation(format!("{} {}", request.method, request.path))),
+    };
+    outcome.unwrap_or_else(|refusal| refusal)
+}
+
+struct VersionedHarness {
+    double: Arc<VersionedKms>,
+    key: String,
+    kms: Arc<GcpKms>,
+    unreachable: Arc<GcpKms>,
+}
+
+#[async_trait]
+impl Harness for VersionedHarness {
+    fn name(&self) -> &str {
+        "gcp (versioned double)"
+    }
+    fn kms(&self) -> Arc<dyn Kms> {
+        self.kms.clone()
+    }
+    async fn disable_key(&self) -> Option<()> {
+        // Cloud KMS disables versions, not keys: the primary's state decides new wraps, and each
+        // ciphertext's own version decides its unwrap.
+        self.double.set_enabled(&self.key, self.double.primary(&self.key), false);
+        Some(())
+    }
+    async fn enable_key(&self) -> Option<()> {
+        self.double.set_enabled(&self.key, self.double.primary(&self.key), true);
+        Some(())
+    }
+    async fn rotate_key(&self) -> Option<()> {
+        self.double.rotate(&self.key);
+        Some(())
+    }
+    fn key_version_of(&self, wrapped: &[u8]) -> Option<u32> {
+        // The double's own layout (the backend stores Cloud KMS's ciphertext as is).
+        Some(u32::from_be_bytes(wrapped.get(..4)?.try_into().ok()?))
+    }
+    fn unreachable_kms(&self) -> Option<Arc<dyn Kms>> {
+        Some(self.unreachable.clone())
+    }
+    fn unreachable_deadline(&self) -> Duration {
+        Duration::from_secs(4)
+    }
+    fn real_crypto(&self) -> bool {
+        true
+    }
+}
+
+/// The backend against the versioned double, from a service-account file as in production.
+async fn versioned_kms(
+    double: &VersionedKms,
+    url: &str,
+    key: &str,
+    timeout: Duration,
+) -> (tempfile::TempDir, GcpKms) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sa.json"),
+        service_account_json(account_key(), double.tokens.url()),
+    )
+    .unwrap();
+    let config = GcpConfig {
+        key_name: key.to_owned(),
+        credentials_file: SecretSource::File { file: "sa.json".into() },
+        endpoint: Some(url.to_owned()),
+        token_uri: None,
+    };
+    let options = ConnectOptions { base_dir: dir.path().to_owned(), request_timeout: timeout };
+    (dir, GcpKms::connect(&config, &options).await.unwrap())
+}
+
+/// The whole conformance suite, the three checks drongo cannot carry included: tampering (real
+/// AES-GCM), a disabled key, rotation with old ciphertexts still decrypting. Needs no service.
+#[tokio::test]
+async fn versioned_double_passes_the_whole_conformance_suite() {
+    let (double, url) = VersionedKms::start().await;
+    let key = double.create_key("conformance");
+    let (_dir, kms) = versioned_kms(&double, &url, &key, Duration::from_secs(5)).await;
+    let (_dir2, unreachable) = versioned_kms(
+        &double,
+        &format!("http://127.0.0.1:{}", keyhold_kms::conformance::silent_port()),
+        &key,
+        Duration::from_secs(2),
+    )
+    .await;
+    let h = VersionedHarness {
+        double: Arc::clone(&double),
+        key: key.clone(),
+        kms: Arc::new(kms),
+        unreachable: Arc::new(unreachable),
+    };
+    let report = conformance::run_all(&h).await;
+    report.assert_all_passed_except(&[]);
+    double.assert_no_violations();
+    // The suite rotated the key at least once, and every encrypt named a version of it.
+    assert!(double.primary(&key) >= 2, "the suite did not rotate");
+    assert!(double.tokens.rejected.lock().unwrap().is_empty());
+}
+
+/// Key versions one by one: new wraps use the primary version; a ciphertext of an older version
+/// decrypts while that version is enabled and is refused as "disabled" (a revocation, 213 at the
+/// proxy) when only that version is disabled, while the key's newer wraps keep working;
+/// `health` reports the primary's state.
+#[tokio::test]
+async fn key_versions_and_their_states() {
+    let (double, url) = VersionedKms::start().await;
+    let key = double.create_key("versions");
+    let (_dir, kms) = versioned_kms(&double, &url, &key, Duration::from_secs(5)).await;
+    let version = |wrapped: &[u8]| u32::from_be_bytes(wrapped[..4].try_into().unwrap());
+
+    let v1 = kms.generate(&ctx()).await.unwrap();
+    assert_eq!(version(&v1.wrapped), 1);
+    assert_eq!(double.rotate(&key), 2);
+    let v2 = kms.generate(&ctx()).await.unwrap();
+    assert_eq!(version(&v2.wrapped), 2, "new wraps use the new primary version");
+    assert_eq!(kms.unwrap(&v1.wrapped, &ctx()).await.unwrap(), v1.dek);
+    kms.health().await.unwrap();
+
+    // Version 1 disabled: its ciphertexts are refused, version 2's still work.
+    double.set_enabled(&key, 1, false);
+    let refused = kms.unwrap(&v1.wrapped, &ctx()).await.unwrap_err();
+    assert!(matches!(refused, KmsError::KeyDisabled(_)), "{refused:?}");
+    assert!(refused.is_revocation());
+    assert_eq!(kms.unwrap(&v2.wrapped, &ctx()).await.unwrap(), v2.dek);
+    assert_eq!(version(&kms.generate(&ctx()).await.unwrap().wrapped), 2);
+    kms.health().await.unwrap();
+
+    // The primary disabled: no new wraps, and health says why.
+    double.set_enabled(&key, 2, false);
+    assert!(matches!(kms.generate(&ctx()).await, Err(KmsError::KeyDisabled(_))));
+    assert!(matches!(kms.health().await, Err(KmsError::KeyDisabled(_))));
+
+    // Both enabled again: everything made before decrypts.
+    double.set_enabled(&key, 1, true);
+    double.set_enabled(&key, 2, true);
+    assert_eq!(kms.unwrap(&v1.wrapped, &ctx()).await.unwrap(), v1.dek);
+    assert_eq!(kms.unwrap(&v2.wrapped, &ctx()).await.unwrap(), v2.dek);
+
+    // Another key's ciphertext, even of the same version number, does not decrypt.
+    let other = double.create_key("other");
+    let (_dir2, other_kms) = versioned_kms(&double, &url, &other, Duration::from_secs(5)).await;
+    assert_eq!(
+        other_kms.unwrap(&v1.wrapped, &ctx()).await.unwrap_err(),
+        KmsError::InvalidCiphertext
+    );
+    double.assert_no_violations();
 }
