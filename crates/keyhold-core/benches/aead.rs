@@ -152,9 +152,62 @@ fn raw_open(c: &mut Criterion) {
     group.finish();
 }
 
+/// Whole documents through `encrypt_document` / `decrypt_document` (one key derivation per
+/// document, a new buffer per field, names bound per field) against the bare cipher sealing the
+/// same fields in place.
+fn documents(c: &mut Criterion) {
+    let mut group = c.benchmark_group("document");
+    let aws = aws_lc_rs::aead::LessSafeKey::new(
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &KEY).unwrap(),
+    );
+    let dek = Dek::from_bytes(KEY);
+    // 16 fields of 64 KiB (1 MiB in all), and a record of 10 small fields.
+    for (count, size, label) in [(16usize, 64 * 1024usize, "16x64KiB"), (10, 100, "10x100B")] {
+        group.throughput(Throughput::Bytes((count * size) as u64));
+        let names: Vec<String> = (0..count).map(|i| format!("field-{i:02}")).collect();
+        let values: Vec<Vec<u8>> = (0..count).map(|i| vec![i as u8; size]).collect();
+        let fields = || names.iter().map(String::as_str).zip(values.iter().map(Vec::as_slice));
+        let mut buffers = values.clone();
+        group.bench_function(BenchmarkId::new("raw-aws-lc-rs", label), |b| {
+            b.iter(|| {
+                for buf in &mut buffers {
+                    let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(NONCE);
+                    black_box(
+                        aws.seal_in_place_separate_tag(nonce, aws_lc_rs::aead::Aad::empty(), buf)
+                            .unwrap(),
+                    );
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("encrypt_document", label), |b| {
+            b.iter(|| {
+                black_box(
+                    keyhold_core::document::encrypt_document(&dek, "tenant-bench", fields())
+                        .unwrap(),
+                )
+            })
+        });
+        let encrypted =
+            keyhold_core::document::encrypt_document(&dek, "tenant-bench", fields()).unwrap();
+        group.bench_function(BenchmarkId::new("decrypt_document", label), |b| {
+            b.iter(|| {
+                black_box(
+                    keyhold_core::document::decrypt_document(
+                        &dek,
+                        "tenant-bench",
+                        encrypted.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                    )
+                    .unwrap(),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = raw_seal, raw_open
+    targets = raw_seal, raw_open, documents
 }
 criterion_main!(benches);
