@@ -62,6 +62,54 @@ pub struct Outcome {
     pub server_cores: Option<f64>,
 }
 
+/// How often the pacer wakes to release the requests that have come due.
+const PACER_TICK: Duration = Duration::from_micros(200);
+
+/// The schedule of a paced run: `rate` requests per second from `start` to `until`, request `i`
+/// due at `start + i / rate` and handed to worker `i mod workers` (each worker's requests evenly
+/// spaced, the workers' schedules interleaved). A worker still busy with its previous request
+/// finds the next one waiting: its latency counts from when it was due (no coordinated
+/// omission).
+///
+/// Why a thread and not `tokio::time::sleep_until` in each worker: tokio's timer fires on
+/// millisecond ticks, up to 1 ms after the instant asked for, and releases a millisecond's
+/// requests at once; that lateness of the driver was counted as the server's latency. The pacer
+/// wakes every [`PACER_TICK`] and releases what has come due (never early), so a request waits at
+/// most about a tick plus the kernel's timer slack.
+fn pace(
+    start: Instant,
+    until: Instant,
+    rate: f64,
+    workers: usize,
+) -> anyhow::Result<Vec<tokio::sync::mpsc::UnboundedReceiver<Instant>>> {
+    let workers = workers.max(1);
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| tokio::sync::mpsc::unbounded_channel::<Instant>()).unzip();
+    let every = Duration::from_secs_f64(1.0 / rate.max(f64::MIN_POSITIVE));
+    std::thread::Builder::new().name("bench-pacer".into()).spawn(move || {
+        let mut next = start;
+        let mut i: u32 = 0;
+        loop {
+            let now = Instant::now();
+            while next <= now {
+                // Returning drops the senders, which ends the workers.
+                if next >= until {
+                    return;
+                }
+                let worker = senders.get(i as usize % workers);
+                if worker.is_none_or(|w| w.send(next).is_err()) {
+                    return;
+                }
+                i = i.saturating_add(1);
+                // From the index, not by adding: no drift from rounding.
+                next = start + every * i;
+            }
+            std::thread::sleep((next - now).max(PACER_TICK));
+        }
+    })?;
+    Ok(receivers)
+}
+
 /// Runs `op` from `load.concurrency` workers; `keys` is how many keys one request handles;
 /// `server` is the process whose CPU time is measured, if it is known.
 pub async fn drive<F, Fut>(
@@ -82,26 +130,24 @@ where
     let start = Instant::now();
     let measure_from = start + load.warmup;
     let until = measure_from + load.duration;
-    let per_worker_interval = load
-        .rate
-        .map(|rate| Duration::from_secs_f64(load.concurrency as f64 / rate.max(f64::MIN_POSITIVE)));
+    // Paced (open loop): a pacer thread hands each worker the instants its requests are due.
+    let mut schedules = match load.rate {
+        Some(rate) => pace(start, until, rate, load.concurrency)?.into_iter().map(Some).collect(),
+        None => (0..load.concurrency).map(|_| None).collect::<Vec<_>>(),
+    };
     let mut workers = Vec::with_capacity(load.concurrency);
-    for worker in 0..load.concurrency {
+    for mut schedule in schedules.drain(..) {
         let op = op.clone();
         workers.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut ok, mut errors) = (0u64, 0u64);
-            // Paced workers start spread over one interval.
-            let mut due = per_worker_interval
-                .map(|every| start + every.mul_f64(worker as f64 / load.concurrency.max(1) as f64));
             loop {
-                let sent = match (due, per_worker_interval) {
-                    (Some(at), Some(every)) => {
-                        tokio::time::sleep_until(at.into()).await;
-                        due = Some(at + every);
-                        at
-                    }
-                    _ => Instant::now(),
+                let sent = match &mut schedule {
+                    Some(due) => match due.recv().await {
+                        Some(at) => at,
+                        None => break,
+                    },
+                    None => Instant::now(),
                 };
                 if sent >= until {
                     break;
