@@ -14,7 +14,8 @@ use crate::error::ServiceError;
 /// whatever the length or content of the key a caller sends.
 #[derive(Clone)]
 pub struct ApiKeys {
-    digests: Vec<[u8; 32]>,
+    // Shared: the state holding these is cloned for every request.
+    digests: std::sync::Arc<[[u8; 32]]>,
 }
 
 impl core::fmt::Debug for ApiKeys {
@@ -33,7 +34,7 @@ impl ApiKeys {
     pub fn verify(&self, candidate: &[u8]) -> bool {
         let digest: [u8; 32] = Sha256::digest(candidate).into();
         let mut matched = subtle::Choice::from(0);
-        for known in &self.digests {
+        for known in self.digests.iter() {
             matched |= known.ct_eq(&digest);
         }
         matched.into()
