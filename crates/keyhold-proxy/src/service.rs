@@ -223,12 +223,12 @@ impl KeyService {
             audit,
         );
         self.metrics.tenants.set(i64::try_from(set.registry.len()).unwrap_or(i64::MAX));
-        self.tenants.store(Arc::new(set));
-        // A configuration change (a disabled key, a rotation through the broker) applies to
-        // tenant secrets at once, not when caches expire.
+        // A configuration change (new KMS settings, a rotation through the broker) applies to
+        // tenant secrets at once, not when caches expire; unchanged tenants keep theirs.
         if let Some(deterministic) = &self.deterministic {
-            deterministic.invalidate();
+            deterministic.invalidate_changed(&previous.registry, &set.registry);
         }
+        self.tenants.store(Arc::new(set));
     }
 
     /// A new data key and its EDEK, from the tenant's primary KMS configuration.

@@ -358,3 +358,42 @@ async fn a_secret_moved_to_another_path_does_not_unwrap() {
         (orders_id, orders_key)
     );
 }
+
+/// Calls to tenant-a's KMS to unwrap a tenant secret, from the proxy's metrics.
+fn secret_unwraps(p: &TestProxy) -> u64 {
+    let text = p.state.metrics.encode();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("keyhold_kms_requests_total{tenant=\"tenant-a\"")
+                && l.contains("operation=\"unwrap_secret\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A new configuration (a broker snapshot, here handed to the service directly) drops only the
+/// unwrapped secrets whose KMS backend changed: the same backends again keep them (the next
+/// derive asks no KMS), new backends make the next derive unwrap the secret again. Before, any
+/// change to any tenant sent every tenant back to its KMS and ended their outage hold.
+#[tokio::test]
+async fn a_new_configuration_reopens_only_secrets_whose_kms_changed() {
+    let p = TestProxy::new();
+    let paths = json!({"users": ["email"]});
+    let made = current(&derive(&p, "tenant-a", paths.clone()).await, "users", "email");
+    // Past its fresh time (5 min by default) a secret is unwrapped again: this test runs well
+    // within it, so every unwrap counted here comes from a dropped secret.
+    let first = derive(&p, "tenant-a", paths.clone()).await;
+    assert_eq!(current(&first, "users", "email"), made);
+    let before = secret_unwraps(&p);
+
+    p.state.service.replace_registry(p.state.service.registry());
+    let same = derive(&p, "tenant-a", paths.clone()).await;
+    assert_eq!(current(&same, "users", "email"), made);
+    assert_eq!(secret_unwraps(&p), before, "an unchanged backend asked its KMS again");
+
+    let rebuilt = keyhold_proxy::registry::TenantRegistry::from_config(&p.config).await.unwrap();
+    p.state.service.replace_registry(std::sync::Arc::new(rebuilt));
+    let reopened = derive(&p, "tenant-a", paths).await;
+    assert_eq!(current(&reopened, "users", "email"), made);
+    assert_eq!(secret_unwraps(&p), before + 1, "a new backend did not unwrap the secret again");
+}

@@ -9,7 +9,7 @@
 //! fields and make search terms.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use keyhold_kms::KeyContext;
 use super::{KeyIds, KeyService};
 use crate::config::KmsConfigStatus;
 use crate::error::{KmsOperation, ServiceError};
-use crate::registry::{KmsConfig, Tenant};
+use crate::registry::{KmsConfig, Tenant, TenantRegistry};
 use crate::secrets::{MAX_SECRET_PATH_LEN, SecretStore, SecretStoreError, StoredSecret};
 
 /// The tenant-secret store and the unwrapped secrets in memory.
@@ -50,9 +50,30 @@ struct OpenSecret {
 }
 
 impl Deterministic {
-    pub(super) fn invalidate(&self) {
-        self.open.invalidate_all();
+    /// After a configuration change (`previous` → `current`): the list of secrets is asked for
+    /// again (a rotation through the broker changes it), and an unwrapped secret is dropped
+    /// unless its tenant's KMS configuration is the very same backend in both (a configuration
+    /// with new settings must unwrap again). A change to one tenant thus no longer sends every
+    /// other tenant back to its KMS, nor ends their hold through a KMS outage. A configuration
+    /// disabled without other change keeps its backend; it is refused when used.
+    pub(super) fn invalidate_changed(&self, previous: &TenantRegistry, current: &TenantRegistry) {
         self.store.invalidate();
+        let mut unchanged: HashMap<String, HashSet<i32>> = HashMap::new();
+        for tenant in current.tenants() {
+            let Some(old) = previous.tenant(&tenant.id) else { continue };
+            for config in tenant.configs() {
+                if old.config(config.id).is_some_and(|o| Arc::ptr_eq(&o.kms, &config.kms)) {
+                    unchanged.entry(tenant.id.clone()).or_default().insert(config.id);
+                }
+            }
+        }
+        let dropped = self.open.invalidate_entries_if(move |_, open| {
+            !unchanged.get(&open.tenant_id).is_some_and(|ids| ids.contains(&open.kms_config_id))
+        });
+        if dropped.is_err() {
+            // Only if the cache were built without invalidation closures: drop them all.
+            self.open.invalidate_all();
+        }
     }
 }
 
@@ -79,6 +100,7 @@ impl KeyService {
         let open = moka::future::Cache::builder()
             .time_to_live(fresh_for.saturating_add(hold))
             .max_capacity(100_000)
+            .support_invalidation_closures()
             .build();
         self.deterministic = Some(Deterministic { store, open, fresh_for, hold });
         self
