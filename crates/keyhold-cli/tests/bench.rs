@@ -103,3 +103,52 @@ fn keyhold_bench_measures_every_scenario_and_writes_json() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown scenario"));
 }
+
+/// `--audit-ratio`: two proxies (audit trail with a syslog sink, and none), alternating rounds;
+/// the report's ratios are the rounds' own, the median is the middle one, and the sink got the
+/// audited proxy's events.
+#[test]
+fn keyhold_bench_audit_ratio_alternates_two_proxies_and_feeds_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("ratio.json");
+    let output = Command::new(BIN)
+        .args(["bench", "--audit-ratio", "--seconds", "0.3", "--warmup", "0"])
+        .args(["--concurrency", "2", "--runs", "3", "--json"])
+        .arg(&json_path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("audit on/off: median"), "{stdout}");
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    // Round 1 on then off, round 2 off then on, round 3 on then off.
+    let scenarios: Vec<&str> = results.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(
+        scenarios,
+        [
+            "wrap-audit-on",
+            "wrap-audit-off",
+            "wrap-audit-off",
+            "wrap-audit-on",
+            "wrap-audit-on",
+            "wrap-audit-off"
+        ]
+    );
+    for r in results {
+        assert!(r["requests"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+    }
+    let rate = |i: usize| results[i]["requests_per_sec"].as_f64().unwrap();
+    let mut expected = [rate(0) / rate(1), rate(3) / rate(2), rate(4) / rate(5)];
+    expected.sort_by(f64::total_cmp);
+    let ratios: Vec<f64> =
+        report["ratios"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    for (got, want) in ratios.iter().zip(expected) {
+        assert!((got - want).abs() < 1e-9, "{ratios:?} against {expected:?}");
+    }
+    assert_eq!(report["median_ratio"].as_f64().unwrap(), ratios[1]);
+    assert!(report["sink_bytes"].as_u64().unwrap() > 0, "the sink got nothing: {report}");
+}

@@ -55,6 +55,12 @@ pub struct BenchArgs {
     /// proxy's command line is appended). Its figures are then the profiler's, not the proxy's.
     #[arg(long)]
     proxy_wrapper: Option<String>,
+    /// Instead of the scenarios: wraps per second with the audit trail on (events synced to
+    /// the spool before each answer and delivered to a syslog sink) against off, in one run.
+    /// Two proxies run side by side; `--runs` rounds (at least 3) of `--seconds` each alternate
+    /// between them, the order flipping every round; prints each round and the median ratio.
+    #[arg(long, conflicts_with_all = ["only", "no_audit", "proxy_wrapper"])]
+    audit_ratio: bool,
     /// Write every result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -372,7 +378,116 @@ fn find<'a>(
     results.iter().find(|o| o.target == target && o.scenario == scenario && o.leasing == leasing)
 }
 
+/// `--audit-ratio`: the same wrap load on a proxy with the audit trail and sink and on one
+/// without, alternating, so that the machine's drift over minutes falls on both sides.
+async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
+    let (sink, sink_bytes) = discarding_syslog_receiver().await?;
+    let on = ProxyProcess::start_with_sink(args.tenants, Some(sink), &[]).await?;
+    let off = ProxyProcess::start(args.tenants, false, &[]).await?;
+    let load = Load {
+        concurrency: args.concurrency.max(1),
+        duration: Duration::from_secs_f64(args.seconds.max(0.1)),
+        warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
+        rate: None,
+    };
+    let rounds = args.runs.max(3);
+    eprintln!(
+        "audit ratio: {rounds} rounds, {} in flight, {} s each way per round",
+        load.concurrency, args.seconds
+    );
+    let mut ratios = Vec::with_capacity(rounds);
+    let mut outcomes = Vec::new();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        let (mut on_rate, mut off_rate) = (0.0f64, 0.0f64);
+        for audited in order {
+            let (process, name) = if audited { (&on, "on") } else { (&off, "off") };
+            let proxy = Proxy {
+                connections: Connections::new(&process.url)?,
+                auth: format!("cmk {}", process.api_key),
+                pid: process.pid(),
+            };
+            let call = proxy.call("/api/1/document/wrap", &meta(LEASED_TENANT))?;
+            let scenario = format!("wrap-audit-{name}");
+            let outcome = drive("keyhold", proxy.pid, &scenario, Some(true), 1, load, move || {
+                let call = call.clone();
+                async move { key_call(&call, "edek").await }
+            })
+            .await?;
+            if audited {
+                on_rate = outcome.requests_per_sec;
+            } else {
+                off_rate = outcome.requests_per_sec;
+            }
+            outcomes.push(outcome);
+        }
+        let ratio = on_rate / off_rate.max(f64::MIN_POSITIVE);
+        println!(
+            "round {}: audit on {on_rate:.0}/s, off {off_rate:.0}/s, on/off {:.0} %",
+            round + 1,
+            ratio * 100.0
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let (Some(&min), Some(&median), Some(&max)) =
+        (ratios.first(), ratios.get(rounds / 2), ratios.last())
+    else {
+        bail!("no rounds were run");
+    };
+    println!(
+        "audit on/off: median {:.0} % of {rounds} rounds (min {:.0} %, max {:.0} %)",
+        median * 100.0,
+        min * 100.0,
+        max * 100.0
+    );
+    let sink_bytes = sink_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    println!("the syslog sink received {sink_bytes} bytes");
+    if let Some(path) = &args.json {
+        let report = json!({
+            "mode": "audit-ratio",
+            "concurrency": load.concurrency,
+            "seconds": args.seconds,
+            "rounds": rounds,
+            "median_ratio": median,
+            "ratios": ratios,
+            "sink_bytes": sink_bytes,
+            "results": outcomes,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A syslog receiver (TCP) that reads, counts and discards: the audit sink of `--audit-ratio`,
+/// so that delivery runs as deployed while no SIEM's speed enters the figure.
+async fn discarding_syslog_receiver()
+-> anyhow::Result<(std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((mut connection, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut connection, &mut buffer).await
+                    && n > 0
+                {
+                    count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    Ok((addr, received))
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.audit_ratio {
+        return audit_ratio(&args).await;
+    }
     let wanted_list = args.only.clone();
     for name in &wanted_list {
         if !SCENARIOS.contains(&name.as_str()) {

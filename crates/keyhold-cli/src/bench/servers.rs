@@ -57,6 +57,25 @@ impl ProxyProcess {
     /// own in the configuration (`type = "vendor"`), as a broker would send them.
     /// `wrapper` is a command the proxy runs under (a profiler), if any.
     pub async fn start(tenants: usize, audit: bool, wrapper: &[String]) -> anyhow::Result<Self> {
+        Self::start_inner(tenants, audit, None, wrapper).await
+    }
+
+    /// Starts it with the audit trail on and, for tenant [`LEASED_TENANT`], a syslog sink (TCP)
+    /// at `sink`, so that the spool's events are also delivered, as deployed.
+    pub async fn start_with_sink(
+        tenants: usize,
+        sink: Option<std::net::SocketAddr>,
+        wrapper: &[String],
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(tenants, true, sink, wrapper).await
+    }
+
+    async fn start_inner(
+        tenants: usize,
+        audit: bool,
+        sink: Option<std::net::SocketAddr>,
+        wrapper: &[String],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let data = keyhold_proxy::bootstrap::init_data_dir(
@@ -84,6 +103,19 @@ impl ProxyProcess {
         let direct = format!("id = \"{DIRECT_TENANT}\"\n");
         if !text.contains(&direct) {
             bail!("the generated configuration has no tenant {DIRECT_TENANT}");
+        }
+        if let Some(sink) = sink {
+            // The leased tenant's table ends where the direct tenant's begins.
+            let direct_table = format!("[[tenants]]\n{direct}");
+            let at = text.find(&direct_table).with_context(|| {
+                format!("the generated configuration has no table for {DIRECT_TENANT}")
+            })?;
+            text.insert_str(
+                at,
+                &format!(
+                    "[[tenants.audit_sinks]]\nname = \"siem\"\ntype = \"syslog\"\naddress = \"{sink}\"\n\n"
+                ),
+            );
         }
         text = text.replacen(&direct, &format!("{direct}leasing = {{ enabled = false }}\n"), 1);
         if !audit {
