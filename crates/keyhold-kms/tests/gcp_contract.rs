@@ -938,6 +938,21 @@ impl VersionedKms {
         }
     }
 
+    /// An encrypt or decrypt request's bytes (`field`, checked against `crc_field`) and AAD:
+    /// the body must have exactly those four documented fields.
+    fn data_and_aad(
+        &self,
+        request: &Recorded,
+        field: &str,
+        crc_field: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), Response> {
+        let aad_fields = ["additionalAuthenticatedData", "additionalAuthenticatedDataCrc32c"];
+        let body = self.body(request, &[field, aad_fields[0], crc_field, aad_fields[1]])?;
+        let data = self.checked(&body, field, crc_field)?;
+        let aad = self.checked(&body, aad_fields[0], aad_fields[1])?;
+        Ok((data, aad))
+    }
+
     fn not_enabled(name: &str, version: u32) -> Response {
         respond_json(
             400,
@@ -967,21 +982,7 @@ impl VersionedKms {
     }
 
     fn encrypt(&self, name: &str, request: &Recorded) -> Result<Response, Response> {
-        let body = self.body(
-            request,
-            &[
-                "plaintext",
-                "additionalAuthenticatedData",
-                "plaintextCrc32c",
-                "additionalAuthenticatedDataCrc32c",
-            ],
-        )?;
-        let plaintext = self.checked(&body, "plaintext", "plaintextCrc32c")?;
-        let aad = self.checked(
-            &body,
-            "additionalAuthenticatedData",
-            "additionalAuthenticatedDataCrc32c",
-        )?;
+        let (plaintext, aad) = self.data_and_aad(request, "plaintext", "plaintextCrc32c")?;
         let keys = self.keys.lock().unwrap();
         let Some(key) = keys.get(name) else {
             return Err(Self::denied(name, "cloudkms.cryptoKeyVersions.useToEncrypt"));
@@ -1017,21 +1018,7 @@ impl VersionedKms {
     }
 
     fn decrypt(&self, name: &str, request: &Recorded) -> Result<Response, Response> {
-        let body = self.body(
-            request,
-            &[
-                "ciphertext",
-                "additionalAuthenticatedData",
-                "ciphertextCrc32c",
-                "additionalAuthenticatedDataCrc32c",
-            ],
-        )?;
-        let ciphertext = self.checked(&body, "ciphertext", "ciphertextCrc32c")?;
-        let aad = self.checked(
-            &body,
-            "additionalAuthenticatedData",
-            "additionalAuthenticatedDataCrc32c",
-        )?;
+        let (ciphertext, aad) = self.data_and_aad(request, "ciphertext", "ciphertextCrc32c")?;
         let keys = self.keys.lock().unwrap();
         let Some(key) = keys.get(name) else {
             return Err(Self::denied(name, "cloudkms.cryptoKeyVersions.useToDecrypt"));

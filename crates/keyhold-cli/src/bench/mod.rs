@@ -66,6 +66,18 @@ pub struct BenchArgs {
     json: Option<PathBuf>,
 }
 
+impl BenchArgs {
+    /// The closed-loop load these arguments ask for.
+    fn load(&self) -> Load {
+        Load {
+            concurrency: self.concurrency.max(1),
+            duration: Duration::from_secs_f64(self.seconds.max(0.1)),
+            warmup: Duration::from_secs_f64(self.warmup.max(0.0)),
+            rate: None,
+        }
+    }
+}
+
 const SCENARIOS: &[&str] = &[
     "wrap",
     "unwrap",
@@ -83,6 +95,17 @@ struct Proxy {
     auth: String,
     /// The proxy process, whose CPU time is measured.
     pid: Option<u32>,
+}
+
+impl Proxy {
+    /// The driver's handle on a started proxy process.
+    fn of(process: &ProxyProcess) -> anyhow::Result<Self> {
+        Ok(Self {
+            connections: Connections::new(&process.url)?,
+            auth: format!("cmk {}", process.api_key),
+            pid: process.pid(),
+        })
+    }
 }
 
 impl Proxy {
@@ -384,32 +407,30 @@ async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
     let (sink, sink_bytes) = discarding_syslog_receiver().await?;
     let on = ProxyProcess::start_with_sink(args.tenants, Some(sink), &[]).await?;
     let off = ProxyProcess::start(args.tenants, false, &[]).await?;
-    let load = Load {
-        concurrency: args.concurrency.max(1),
-        duration: Duration::from_secs_f64(args.seconds.max(0.1)),
-        warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
-        rate: None,
-    };
+    let load = args.load();
     let rounds = args.runs.max(3);
     eprintln!(
         "audit ratio: {rounds} rounds, {} in flight, {} s each way per round",
         load.concurrency, args.seconds
     );
+    // Each proxy's handle and wrap request, built once for every round.
+    let mut targets = Vec::with_capacity(2);
+    for (process, name) in [(&on, "on"), (&off, "off")] {
+        let proxy = Proxy::of(process)?;
+        let call = proxy.call("/api/1/document/wrap", &meta(LEASED_TENANT))?;
+        targets.push((proxy.pid, format!("wrap-audit-{name}"), call));
+    }
     let mut ratios = Vec::with_capacity(rounds);
     let mut outcomes = Vec::new();
     for round in 0..rounds {
         let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         let (mut on_rate, mut off_rate) = (0.0f64, 0.0f64);
         for audited in order {
-            let (process, name) = if audited { (&on, "on") } else { (&off, "off") };
-            let proxy = Proxy {
-                connections: Connections::new(&process.url)?,
-                auth: format!("cmk {}", process.api_key),
-                pid: process.pid(),
+            let Some((pid, scenario, call)) = targets.get(usize::from(!audited)) else {
+                bail!("no proxy for audit {audited}");
             };
-            let call = proxy.call("/api/1/document/wrap", &meta(LEASED_TENANT))?;
-            let scenario = format!("wrap-audit-{name}");
-            let outcome = drive("keyhold", proxy.pid, &scenario, Some(true), 1, load, move || {
+            let call = call.clone();
+            let outcome = drive("keyhold", *pid, scenario, Some(true), 1, load, move || {
                 let call = call.clone();
                 async move { key_call(&call, "edek").await }
             })
@@ -495,12 +516,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let wanted = move |name: &str| wanted_list.is_empty() || wanted_list.iter().any(|w| w == name);
-    let load = Load {
-        concurrency: args.concurrency.max(1),
-        duration: Duration::from_secs_f64(args.seconds.max(0.1)),
-        warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
-        rate: None,
-    };
+    let load = args.load();
     let runs = args.runs.max(1);
 
     let wrapper: Vec<String> = args
@@ -519,11 +535,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         load.concurrency,
         args.seconds
     );
-    let proxy = Proxy {
-        connections: Connections::new(&proxy_process.url)?,
-        auth: format!("cmk {}", proxy_process.api_key),
-        pid: proxy_process.pid(),
-    };
+    let proxy = Proxy::of(&proxy_process)?;
     // Both servers run for the whole benchmark and their scenarios alternate run by run, so
     // that the machine's drift over minutes falls on both sides of each ratio.
     let mut openbao_note = None;
