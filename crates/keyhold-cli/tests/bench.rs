@@ -104,6 +104,38 @@ fn keyhold_bench_measures_every_scenario_and_writes_json() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown scenario"));
 }
 
+/// `--proxy-wrapper`: the proxy runs under the given command, and is stopped with SIGTERM (not
+/// killed) at the end, so that a profiler writes its output. The wrapper here is a script that
+/// notes the SIGTERM it passes on.
+#[cfg(unix)]
+#[test]
+fn keyhold_bench_stops_a_wrapped_proxy_with_sigterm() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("stopped");
+    let script = dir.path().join("wrapper.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\"$@\" &\nchild=$!\n\
+             trap 'kill -TERM $child; wait $child; echo $? > {}; exit 0' TERM\nwait $child\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new(BIN)
+        .args(["bench", "--only", "wrap", "--no-openbao", "--seconds", "0.2", "--warmup", "0"])
+        .args(["--concurrency", "2", "--proxy-wrapper"])
+        .arg(&script)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // The proxy got SIGTERM and exited on its own, with status 0.
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "0");
+}
+
 /// `--audit-ratio`: two proxies (audit trail with a syslog sink, and none), alternating rounds;
 /// the report's ratios are the rounds' own, the median is the middle one, and the sink got the
 /// audited proxy's events.

@@ -59,7 +59,8 @@ pub struct BenchArgs {
     /// the spool before each answer and delivered to a syslog sink) against off, in one run.
     /// Two proxies run side by side; `--runs` rounds (at least 3) of `--seconds` each alternate
     /// between them, the order flipping every round; prints each round and the median ratio.
-    #[arg(long, conflicts_with_all = ["only", "no_audit", "proxy_wrapper"])]
+    /// With `--proxy-wrapper`, both proxies run under it.
+    #[arg(long, conflicts_with_all = ["only", "no_audit"])]
     audit_ratio: bool,
     /// Write every result as JSON here.
     #[arg(long)]
@@ -75,6 +76,16 @@ impl BenchArgs {
             warmup: Duration::from_secs_f64(self.warmup.max(0.0)),
             rate: None,
         }
+    }
+
+    /// `--proxy-wrapper`, split on spaces (empty: none).
+    fn wrapper(&self) -> Vec<String> {
+        self.proxy_wrapper
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -405,8 +416,9 @@ fn find<'a>(
 /// without, alternating, so that the machine's drift over minutes falls on both sides.
 async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
     let (sink, sink_bytes) = discarding_syslog_receiver().await?;
-    let on = ProxyProcess::start_with_sink(args.tenants, Some(sink), &[]).await?;
-    let off = ProxyProcess::start(args.tenants, false, &[]).await?;
+    let wrapper = args.wrapper();
+    let on = ProxyProcess::start_with_sink(args.tenants, Some(sink), &wrapper).await?;
+    let off = ProxyProcess::start(args.tenants, false, &wrapper).await?;
     let load = args.load();
     let rounds = args.runs.max(3);
     eprintln!(
@@ -464,6 +476,10 @@ async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let sink_bytes = sink_bytes.load(std::sync::atomic::Ordering::Relaxed);
     println!("the syslog sink received {sink_bytes} bytes");
+    if args.proxy_wrapper.is_some() {
+        on.stop().await?;
+        off.stop().await?;
+    }
     if let Some(path) = &args.json {
         let report = json!({
             "mode": "audit-ratio",
@@ -519,14 +535,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let load = args.load();
     let runs = args.runs.max(1);
 
-    let wrapper: Vec<String> = args
-        .proxy_wrapper
-        .as_deref()
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    let proxy_process = ProxyProcess::start(args.tenants, !args.no_audit, &wrapper).await?;
+    let proxy_process = ProxyProcess::start(args.tenants, !args.no_audit, &args.wrapper()).await?;
     eprintln!(
         "proxy ready {:.0} ms after start ({} tenants, audit {}); {} in flight, {} s per scenario, {runs} run(s)",
         proxy_process.start_to_ready.as_secs_f64() * 1000.0,
@@ -597,7 +606,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let peak_rss = proxy_process.peak_rss();
     let start_to_ready = proxy_process.start_to_ready;
-    drop(proxy_process);
+    if args.proxy_wrapper.is_some() {
+        proxy_process.stop().await?;
+    } else {
+        drop(proxy_process);
+    }
     drop(bao);
 
     let results = medians(&all_runs);

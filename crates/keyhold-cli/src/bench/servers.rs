@@ -167,6 +167,24 @@ impl ProxyProcess {
         self.child.id()
     }
 
+    /// Stops it with SIGTERM and waits (up to two minutes) for it to exit, so that a profiler
+    /// it runs under writes its output; dropping it instead kills it at once (SIGKILL).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let Some(pid) = self.child.id().and_then(|id| i32::try_from(id).ok()) else {
+            return Ok(()); // exited already
+        };
+        let pid = rustix::process::Pid::from_raw(pid).context("a process id of 0")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .context("cannot send SIGTERM to the proxy")?;
+        match tokio::time::timeout(Duration::from_secs(120), self.child.wait()).await {
+            Ok(status) => {
+                status.context("waiting for the proxy to exit")?;
+                Ok(())
+            }
+            Err(_) => bail!("the proxy did not exit within 2 minutes of SIGTERM"),
+        }
+    }
+
     /// The process's peak resident set (VmHWM), in bytes, where /proc tells.
     pub fn peak_rss(&self) -> Option<u64> {
         let pid = self.child.id()?;
