@@ -234,44 +234,46 @@ impl KeyService {
     /// A new data key and its EDEK, from the tenant's primary KMS configuration.
     pub async fn wrap(&self, meta: &RequestMetadata) -> Result<WrappedKey, ServiceError> {
         self.admit(&meta.tenant_id)?;
-        let result = self.wrap_inner(meta).await;
-        let ids = match &result {
-            Ok(wrapped) => KeyIds::of_edek(&wrapped.edek, &meta.tenant_id),
-            Err(_) => KeyIds {
-                kms_config_id: self
-                    .registry()
-                    .tenant(&meta.tenant_id)
-                    .and_then(|t| t.primary())
-                    .map(|c| c.id),
-                lease_id: None,
-            },
-        };
+        let mut ids = KeyIds::default();
+        let result = self.wrap_inner(meta, &mut ids).await;
         self.record(meta, "wrap", result.as_ref().err(), 1, ids).await?;
         result
     }
 
-    async fn wrap_inner(&self, meta: &RequestMetadata) -> Result<WrappedKey, ServiceError> {
+    /// Wraps, and notes in `ids` what the new EDEK names (for the audit event), from the entry
+    /// it is made of rather than by parsing it again.
+    async fn wrap_inner(
+        &self,
+        meta: &RequestMetadata,
+        ids: &mut KeyIds,
+    ) -> Result<WrappedKey, ServiceError> {
         let tenant = self.tenant(&meta.tenant_id)?;
         let config = primary(&tenant)?;
-        self.generate_for(&tenant, config).await
+        ids.kms_config_id = Some(config.id);
+        let (wrapped, made) = self.generate_for(&tenant, config).await?;
+        *ids = made;
+        Ok(wrapped)
     }
 
+    /// A new data key of `config`, its EDEK, and what that EDEK names.
     async fn generate_for(
         &self,
         tenant: &Tenant,
         config: &KmsConfig,
-    ) -> Result<WrappedKey, ServiceError> {
+    ) -> Result<(WrappedKey, KeyIds), ServiceError> {
         if let Some(leases) = self.leases(&tenant.id, config.id) {
             let (dek, entry) =
                 leases.generate().await.map_err(|e| e.into_service_error(KmsOperation::Wrap))?;
-            return Ok(WrappedKey { dek, edek: EncryptedDeks::single(entry).to_base64() });
+            let ids = KeyIds::of_entry(&entry);
+            return Ok((WrappedKey { dek, edek: EncryptedDeks::single(entry).to_base64() }, ids));
         }
         let ctx = KeyContext::new(&tenant.id, config.id);
         let generated = self
             .call_kms(tenant, config, "generate", KmsOperation::Wrap, config.kms.generate(&ctx))
             .await?;
         let edek = envelope(tenant, config, generated.wrapped);
-        Ok(WrappedKey { dek: generated.dek, edek: edek.to_base64() })
+        let ids = KeyIds { kms_config_id: Some(config.id).filter(|id| *id != 0), lease_id: None };
+        Ok((WrappedKey { dek: generated.dek, edek: edek.to_base64() }, ids))
     }
 
     /// The data key inside an EDEK, if it belongs to the tenant and its KMS agrees.
@@ -414,7 +416,7 @@ impl KeyService {
         ids.dedup();
         let results: Vec<(String, Result<WrappedKey, ServiceError>)> = futures::stream::iter(ids)
             .map(|id| async move {
-                let result = self.generate_for(tenant, config).await;
+                let result = self.generate_for(tenant, config).await.map(|(wrapped, _)| wrapped);
                 (id, result)
             })
             .buffer_unordered(self.limits.batch_concurrency)
@@ -767,7 +769,11 @@ impl KeyIds {
     fn of_envelope(envelope: &EncryptedDeks, tenant_id: &str) -> Self {
         let entries = &envelope.encrypted_deks;
         let entry = entries.iter().find(|e| e.tenant_id == tenant_id).or_else(|| entries.first());
-        let Some(entry) = entry else { return Self::default() };
+        entry.map(Self::of_entry).unwrap_or_default()
+    }
+
+    /// What one EDEK entry names.
+    fn of_entry(entry: &EncryptedDek) -> Self {
         Self {
             kms_config_id: Some(entry.kms_config_id).filter(|id| *id != 0),
             lease_id: Some(entry.leased_key_id).filter(|id| *id != 0),
