@@ -23,6 +23,7 @@ use crate::chain::{ChainHead, Record};
 use crate::checkpoint::CheckpointSigner;
 use crate::event::AuditEvent;
 use crate::segment::{first_record_seq, segment_base, segment_path, segments, sync_dir};
+use crate::sink::Outgoing;
 
 /// Most events one group commit takes.
 const MAX_BATCH: usize = 4096;
@@ -57,17 +58,27 @@ struct Job {
     tenant: String,
     /// The event's canonical JSON, made by the caller (work the single writer need not do).
     canonical: Vec<u8>,
+    /// The event's id, time and outcome, which sinks need besides the line (see [`Feed`]).
+    light: Light,
     /// Who waits for the outcome (none for the spool's own checkpoints).
     done: Option<tokio::sync::oneshot::Sender<Result<u64, SpoolError>>>,
 }
 
+/// What [`Outgoing`] holds besides the line, taken from the event rather than parsed again.
+struct Light {
+    id: String,
+    time: String,
+    outcome: String,
+}
+
 impl Job {
     fn new(
-        event: &AuditEvent,
+        event: AuditEvent,
         done: Option<tokio::sync::oneshot::Sender<Result<u64, SpoolError>>>,
     ) -> Result<Self, std::io::Error> {
-        let canonical = serde_json::to_vec(event).map_err(std::io::Error::other)?;
-        Ok(Self { tenant: event.tenant.clone(), canonical, done })
+        let canonical = serde_json::to_vec(&event).map_err(std::io::Error::other)?;
+        let AuditEvent { tenant, id, time, outcome, .. } = event;
+        Ok(Self { tenant, canonical, light: Light { id, time, outcome }, done })
     }
 
     fn answer(self, outcome: Result<u64, SpoolError>) {
@@ -148,12 +159,100 @@ struct TenantStream {
     synced: tokio::sync::watch::Sender<u64>,
     /// The `seq` each registered reader has acknowledged.
     readers: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    /// Where the writer hands each reader the records it synced.
+    feeds: Vec<Arc<Feed>>,
 }
 
 impl TenantStream {
     fn new(synced: u64) -> Self {
-        Self { synced: tokio::sync::watch::Sender::new(synced), readers: Vec::new() }
+        Self {
+            synced: tokio::sync::watch::Sender::new(synced),
+            readers: Vec::new(),
+            feeds: Vec::new(),
+        }
     }
+}
+
+/// Synced records handed by the writer straight to one reader (a sink's delivery), so that
+/// delivery need not read back and parse what was just written. The files stay the source:
+/// the feed is bounded, skipped while full or paused (the reader's sink is failing), and a
+/// reader fills any gap from the files ([`Feed::take`] returns only the records that follow
+/// on from where the reader is).
+#[derive(Debug)]
+pub struct Feed {
+    records: std::sync::Mutex<std::collections::VecDeque<Fed>>,
+    capacity: usize,
+    paused: std::sync::atomic::AtomicBool,
+}
+
+/// A synced record as a [`Feed`] hands it over, with where it lies in the spool's files.
+#[derive(Debug, Clone)]
+pub struct Fed {
+    /// The record.
+    pub record: Outgoing,
+    /// The byte offset just after it in the file that holds it.
+    pub offset: u64,
+    /// The `seq` of that file's first record.
+    pub file_first: u64,
+}
+
+impl Feed {
+    /// An empty feed holding at most `capacity` records.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            records: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            capacity: capacity.max(1),
+            paused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The records that follow `after` without a gap, at most `most`; drops those up to
+    /// `after` (the reader has them). Empty when the next record is not here: the reader then
+    /// reads the files.
+    pub fn take(&self, after: u64, most: usize) -> Vec<Fed> {
+        let mut records = lock(&self.records);
+        while records.front().is_some_and(|f| f.record.seq <= after) {
+            records.pop_front();
+        }
+        let mut taken = Vec::new();
+        let mut expected = after + 1;
+        while taken.len() < most && records.front().is_some_and(|f| f.record.seq == expected) {
+            taken.extend(records.pop_front());
+            expected += 1;
+        }
+        taken
+    }
+
+    /// Empties the feed and stops it filling (a reader going back to the files for a while).
+    pub fn pause(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.records).clear();
+    }
+
+    /// Lets it fill again.
+    pub fn resume(&self) {
+        self.paused.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn open(&self) -> bool {
+        !self.paused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds records after a sync (all of them, or none if they would not fit: a gap is filled
+    /// from the files either way).
+    fn push(&self, fed: Vec<Fed>) {
+        if !self.open() {
+            return;
+        }
+        let mut records = lock(&self.records);
+        if records.len() + fed.len() <= self.capacity {
+            records.extend(fed);
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Tenants {
@@ -172,6 +271,27 @@ impl Tenants {
             .filter(|r| reader_alive(r))
             .map(|r| r.load(std::sync::atomic::Ordering::Relaxed))
             .min()
+    }
+
+    /// Whether anyone takes `tenant`'s records from a feed now (else the writer makes none).
+    fn feeding(&self, tenant: &str) -> bool {
+        let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        streams.get(tenant).is_some_and(|s| s.feeds.iter().any(|f| feed_alive(f) && f.open()))
+    }
+
+    /// Hands `fed` to every live feed of `tenant` (moved into the last, copied for the others).
+    fn feed(&self, tenant: &str, fed: Vec<Fed>) {
+        let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(stream) = streams.get(tenant) else { return };
+        let mut live = stream.feeds.iter().filter(|f| feed_alive(f)).peekable();
+        while let Some(feed) = live.next() {
+            if live.peek().is_some() {
+                feed.push(fed.clone());
+            } else {
+                feed.push(fed);
+                break;
+            }
+        }
     }
 
     fn set_synced(&self, tenant: &str, seq: u64) {
@@ -246,7 +366,13 @@ impl Spool {
                 })
                 .map_err(|e| io_error(dir, &e))?;
         }
-        let writer = Writer { dir: dir.to_owned(), files, tenants: Arc::clone(&tenants), options };
+        let writer = Writer {
+            dir: dir.to_owned(),
+            files,
+            tenants: Arc::clone(&tenants),
+            options,
+            unsynced_feed: Vec::new(),
+        };
         std::thread::Builder::new()
             .name("keyhold-audit-spool".into())
             .spawn(move || writer.run(jobs))
@@ -277,6 +403,17 @@ impl Spool {
         counter
     }
 
+    /// A feed of `tenant`'s records as they are synced, holding at most `capacity` (see
+    /// [`Feed`]); it is fed while the returned handle lives.
+    pub fn feed(&self, tenant: &str, capacity: usize) -> Arc<Feed> {
+        let feed = Arc::new(Feed::new(capacity));
+        self.tenants.with(tenant, |stream| {
+            stream.feeds.retain(feed_alive);
+            stream.feeds.push(Arc::clone(&feed));
+        });
+        feed
+    }
+
     /// How many of `tenant`'s records the slowest reader has not yet acknowledged (0 without
     /// readers).
     pub fn backlog(&self, tenant: &str) -> u64 {
@@ -304,7 +441,7 @@ impl Spool {
     /// Appends `event` to its tenant's chain and returns its `seq` once it is on disk.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, SpoolError> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let job = Job::new(&event, Some(done)).map_err(|e| io_error(&self.dir, &e))?;
+        let job = Job::new(event, Some(done)).map_err(|e| io_error(&self.dir, &e))?;
         self.queue.send(Message::Append(job)).await.map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
@@ -351,6 +488,8 @@ struct Writer {
     files: HashMap<String, TenantFile>,
     tenants: Arc<Tenants>,
     options: SpoolOptions,
+    /// Records written since the last sync, per tenant, for its feeds once synced.
+    unsynced_feed: Vec<(String, Vec<Fed>)>,
 }
 
 impl Writer {
@@ -407,7 +546,7 @@ impl Writer {
                 AuditEvent::new(crate::event::EventKind::Periodic, tenant, "checkpoint");
             event.proxy = self.options.instance.clone();
             event.checkpoint = Some(signer.sign(tenant, &file.head));
-            match Job::new(&event, None) {
+            match Job::new(event, None) {
                 Ok(job) => jobs.push(job),
                 Err(e) => tracing::error!(error = %e, "audit spool: cannot encode a checkpoint"),
             }
@@ -437,6 +576,8 @@ impl Writer {
         }
         let mut written = Vec::new();
         for (tenant, jobs) in groups {
+            let feeding = self.tenants.feeding(&tenant);
+            let mut fed = Vec::new();
             let file = match self.file(&tenant) {
                 Ok(file) => file,
                 Err(error) => {
@@ -448,14 +589,22 @@ impl Writer {
             let mut head = file.head;
             let mut lines = Vec::with_capacity(jobs.iter().map(|j| j.canonical.len() + 180).sum());
             let mut appended = Vec::with_capacity(jobs.len());
+            // Where each record ends in `lines`, when a reader takes them from a feed.
+            let mut ends = Vec::new();
             for job in jobs {
                 head.append_canonical(&job.canonical, &mut lines);
                 appended.push((job, head.seq));
+                if feeding {
+                    ends.push(lines.len());
+                }
             }
             match file.file.write_all(&lines) {
                 Ok(()) => {
                     if file.first_seq == 0 {
                         file.first_seq = appended.first().map_or(0, |(_, seq)| *seq);
+                    }
+                    if feeding {
+                        fed = fed_records(&lines, &ends, &mut appended, file.bytes, file.first_seq);
                     }
                     file.bytes += lines.len() as u64;
                     file.head = head;
@@ -468,6 +617,9 @@ impl Writer {
                     // Reopened on next use: recovery cuts a partly written record.
                     self.files.remove(&tenant);
                 }
+            }
+            if !fed.is_empty() {
+                self.unsynced_feed.push((tenant, fed));
             }
         }
         written
@@ -489,6 +641,12 @@ impl Writer {
                 self.files.remove(tenant);
             }
             outcomes.insert(tenant.clone(), synced);
+        }
+        // Feeds first, so that a reader woken by the new synced `seq` finds the records there.
+        for (tenant, fed) in std::mem::take(&mut self.unsynced_feed) {
+            if matches!(outcomes.get(&tenant), Some(Ok(()))) {
+                self.tenants.feed(&tenant, fed);
+            }
         }
         for (tenant, outcome) in &outcomes {
             if let (Ok(()), Some(file)) = (outcome, self.files.get(tenant)) {
@@ -565,6 +723,38 @@ impl Writer {
         }
         self.files.get_mut(tenant).ok_or(SpoolError::Closed)
     }
+}
+
+/// The records just written as `lines` (each ending at its entry of `ends`), for feeds: the
+/// file held `file_bytes` before them, and its first record is `file_first`.
+fn fed_records(
+    lines: &[u8],
+    ends: &[usize],
+    appended: &mut [(Job, u64)],
+    file_bytes: u64,
+    file_first: u64,
+) -> Vec<Fed> {
+    let mut fed = Vec::with_capacity(ends.len());
+    let mut start = 0;
+    for (&end, (job, seq)) in ends.iter().zip(appended.iter_mut()) {
+        // Without its newline; always UTF-8 (JSON that `append_canonical` made).
+        let line = lines.get(start..end.saturating_sub(1)).unwrap_or_default();
+        let Ok(line) = String::from_utf8(line.to_vec()) else { return Vec::new() };
+        fed.push(Fed {
+            record: Outgoing {
+                seq: *seq,
+                line,
+                // Taken: only the answer is left to do with the job.
+                id: std::mem::take(&mut job.light.id),
+                time: std::mem::take(&mut job.light.time),
+                outcome: std::mem::take(&mut job.light.outcome),
+            },
+            offset: file_bytes + end as u64,
+            file_first,
+        });
+        start = end;
+    }
+    fed
 }
 
 /// Moves the jobs waiting in the queue into `batch`, up to [`MAX_BATCH`] (noting a tick).
@@ -684,11 +874,88 @@ fn reader_alive(counter: &Arc<std::sync::atomic::AtomicU64>) -> bool {
     Arc::strong_count(counter) > 1
 }
 
+/// A feed is fed while its reader holds it.
+fn feed_alive(feed: &Arc<Feed>) -> bool {
+    Arc::strong_count(feed) > 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chain::verify;
     use crate::event::EventKind;
+
+    fn fed(seq: u64) -> Fed {
+        Fed {
+            record: Outgoing {
+                seq,
+                line: format!("line {seq}"),
+                id: String::new(),
+                time: String::new(),
+                outcome: String::new(),
+            },
+            offset: seq * 10,
+            file_first: 1,
+        }
+    }
+
+    fn seqs(fed: &[Fed]) -> Vec<u64> {
+        fed.iter().map(|f| f.record.seq).collect()
+    }
+
+    #[test]
+    fn a_feed_gives_only_what_follows_on_without_a_gap() {
+        let feed = Feed::new(6);
+        feed.push(vec![fed(3), fed(4), fed(5)]);
+        // The reader is at 1: record 2 is not here, so it reads the file.
+        assert!(feed.take(1, 10).is_empty());
+        // At 3: 3 is dropped (it has it), 4 and 5 follow on; at most `most`.
+        assert_eq!(seqs(&feed.take(3, 1)), vec![4]);
+        assert_eq!(seqs(&feed.take(4, 10)), vec![5]);
+        // A gap (7 was not fed): the take stops before it.
+        feed.push(vec![fed(6), fed(8)]);
+        assert_eq!(seqs(&feed.take(5, 10)), vec![6]);
+        assert!(feed.take(6, 10).is_empty());
+        // All or nothing when full.
+        feed.push(vec![fed(9), fed(10), fed(11), fed(12), fed(13), fed(14)]);
+        assert_eq!(seqs(&feed.take(7, 10)), vec![8]);
+        feed.push(vec![fed(9), fed(10), fed(11), fed(12), fed(13), fed(14)]);
+        assert_eq!(seqs(&feed.take(8, 10)), (9..=14).collect::<Vec<_>>());
+        // Paused: emptied, and nothing is added until it resumes.
+        feed.push(vec![fed(15)]);
+        feed.pause();
+        feed.push(vec![fed(16)]);
+        assert!(feed.take(14, 10).is_empty());
+        feed.resume();
+        feed.push(vec![fed(17)]);
+        assert!(feed.take(14, 10).is_empty());
+        assert_eq!(seqs(&feed.take(16, 10)), vec![17]);
+    }
+
+    #[tokio::test]
+    async fn feeds_get_synced_records_only_while_their_reader_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 64).unwrap();
+        spool.append(event("acme", 0)).await.unwrap();
+        let feed = spool.feed("acme", 100);
+        for i in 1..=3 {
+            spool.append(event("acme", i)).await.unwrap();
+        }
+        spool.append(event("other", 0)).await.unwrap();
+        let got = feed.take(1, 10);
+        assert_eq!(seqs(&got), vec![2, 3, 4]);
+        // Each is its line in the file, at its offset.
+        let text = std::fs::read_to_string(spool.tenant_file("acme")).unwrap();
+        for f in &got {
+            let end = usize::try_from(f.offset).unwrap();
+            let line = text[..end - 1].rsplit('\n').next().unwrap();
+            assert_eq!(f.record, Outgoing::parse(line.to_owned()).unwrap());
+            assert_eq!(f.file_first, 1);
+        }
+        // Once its reader lets go, the writer makes no records for it.
+        drop(feed);
+        assert!(!spool.tenants.feeding("acme"));
+    }
 
     fn event(tenant: &str, i: usize) -> AuditEvent {
         let mut e = AuditEvent::new(EventKind::Data, tenant, "wrap");
