@@ -62,6 +62,11 @@ pub struct BenchArgs {
     /// With `--proxy-wrapper`, both proxies run under it.
     #[arg(long, conflicts_with_all = ["only", "no_audit"])]
     audit_ratio: bool,
+    /// With `--audit-ratio`: the audited proxy's group-commit window (`[audit]
+    /// commit_window_us`; default: the proxy's own default), to see what the setting trades on
+    /// this machine.
+    #[arg(long, requires = "audit_ratio")]
+    commit_window_us: Option<u64>,
     /// Write every result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -417,7 +422,9 @@ fn find<'a>(
 async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
     let (sink, sink_bytes) = discarding_syslog_receiver().await?;
     let wrapper = args.wrapper();
-    let on = ProxyProcess::start_with_sink(args.tenants, Some(sink), &wrapper).await?;
+    let on =
+        ProxyProcess::start_with_sink(args.tenants, Some(sink), args.commit_window_us, &wrapper)
+            .await?;
     let off = ProxyProcess::start(args.tenants, false, &wrapper).await?;
     let load = args.load();
     let rounds = args.runs.max(3);
@@ -486,6 +493,7 @@ async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
             "concurrency": load.concurrency,
             "seconds": args.seconds,
             "rounds": rounds,
+            "commit_window_us": args.commit_window_us,
             "median_ratio": median,
             "ratios": ratios,
             "sink_bytes": sink_bytes,

@@ -57,23 +57,26 @@ impl ProxyProcess {
     /// own in the configuration (`type = "vendor"`), as a broker would send them.
     /// `wrapper` is a command the proxy runs under (a profiler), if any.
     pub async fn start(tenants: usize, audit: bool, wrapper: &[String]) -> anyhow::Result<Self> {
-        Self::start_inner(tenants, audit, None, wrapper).await
+        Self::start_inner(tenants, audit, None, None, wrapper).await
     }
 
     /// Starts it with the audit trail on and, for tenant [`LEASED_TENANT`], a syslog sink (TCP)
-    /// at `sink`, so that the spool's events are also delivered, as deployed.
+    /// at `sink`, so that the spool's events are also delivered, as deployed; with the spool's
+    /// group-commit window set to `commit_window_us` if given (else the default).
     pub async fn start_with_sink(
         tenants: usize,
         sink: Option<std::net::SocketAddr>,
+        commit_window_us: Option<u64>,
         wrapper: &[String],
     ) -> anyhow::Result<Self> {
-        Self::start_inner(tenants, true, sink, wrapper).await
+        Self::start_inner(tenants, true, sink, commit_window_us, wrapper).await
     }
 
     async fn start_inner(
         tenants: usize,
         audit: bool,
         sink: Option<std::net::SocketAddr>,
+        commit_window_us: Option<u64>,
         wrapper: &[String],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -134,6 +137,10 @@ impl ProxyProcess {
                 &spool.join("audit-signing.key"),
             )
             .map_err(|e| anyhow::anyhow!("audit signing key: {e:?}"))?;
+        }
+        if let Some(window) = commit_window_us.filter(|_| audit) {
+            let at = text.find("[audit]\n").context("the generated configuration has no [audit]")?;
+            text.insert_str(at + "[audit]\n".len(), &format!("commit_window_us = {window}\n"));
         }
         std::fs::write(&data.config_path, text)?;
         let exe = std::env::current_exe()?;
