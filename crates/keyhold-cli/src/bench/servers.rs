@@ -139,7 +139,8 @@ impl ProxyProcess {
             .map_err(|e| anyhow::anyhow!("audit signing key: {e:?}"))?;
         }
         if let Some(window) = commit_window_us.filter(|_| audit) {
-            let at = text.find("[audit]\n").context("the generated configuration has no [audit]")?;
+            let at =
+                text.find("[audit]\n").context("the generated configuration has no [audit]")?;
             text.insert_str(at + "[audit]\n".len(), &format!("commit_window_us = {window}\n"));
         }
         std::fs::write(&data.config_path, text)?;
