@@ -214,6 +214,39 @@ async fn documents_are_granted_and_revoked_per_user_and_per_group() {
         assert_eq!(w.read(&dan, 0, "report").await.unwrap(), b"report body");
         assert_eq!(w.stored_documents().await, stored_before);
 
+        // Bob, a reader, may not replace the group's grant (the broker cannot tell whether it
+        // holds the same key: this one is sealed to bob); the author may.
+        let (_, bobs) = w.decrypt(&bob, 0, "report").await;
+        let bobs = bobs.unwrap();
+        let bobs_key = w.recipient_key(&bob, &user("bob")).await;
+        let hijack = bobs
+            .document
+            .grant(
+                &bobs.value,
+                bob.device(0).encryption_key(),
+                bob.device(0),
+                group("auditors"),
+                &bobs_key,
+                &mut w.rng,
+            )
+            .unwrap();
+        assert_eq!(w.grant(&bob, 0, hijack).await.unwrap_err(), AccessError::Exists);
+        assert_eq!(w.read(&dan, 0, "report").await.unwrap(), b"report body");
+        let group_key = w.recipient_key(&alice, &group("auditors")).await;
+        let renewed = mine
+            .document
+            .grant(
+                &mine.value,
+                alice.device(0).encryption_key(),
+                alice.device(0),
+                group("auditors"),
+                &group_key,
+                &mut w.rng,
+            )
+            .unwrap();
+        w.grant(&alice, 0, renewed).await.unwrap();
+        assert_eq!(w.read(&dan, 0, "report").await.unwrap(), b"report body");
+
         // Bob may not revoke alice's grants; alice revokes bob; dan (the group's admin)
         // revokes the group's grant.
         assert_eq!(

@@ -700,13 +700,21 @@ impl AccessState {
     }
 
     /// Grants a document to one more group or user. Only someone who can read it can make the
-    /// grant (it holds the document key), and only a user with access may store it.
+    /// grant (it holds the document key), and only a user with access may store it. A
+    /// recipient's existing grant is replaced only by someone who may revoke it (the author's
+    /// user, or for a group an admin of the group): the service cannot tell whether a new
+    /// grant holds the same key, so any reader replacing one could cut a group off.
     pub fn grant(&mut self, actor: Actor<'_>, grant: Grant) -> Result<(), AccessError> {
         let document = grant.document_id().to_owned();
         let stored = self.documents.get(&document).ok_or(AccessError::UnknownDocument)?;
         self.check_grant(actor, &document, &grant)?;
         if self.access_path(stored, actor.user).is_none() {
             return Err(AccessError::NoAccess);
+        }
+        if stored.grants.contains_key(grant.recipient())
+            && !self.may_revoke(stored, actor.user, grant.recipient())
+        {
+            return Err(AccessError::Exists);
         }
         let event = E2eEvent::new(E2eAction::DocumentGrant, Some(actor)).document(&document);
         let event = match grant.recipient() {
@@ -731,10 +739,7 @@ impl AccessState {
     ) -> Result<(), AccessError> {
         self.device(actor)?;
         let stored = self.documents.get(document).ok_or(AccessError::UnknownDocument)?;
-        let allowed = stored.author_user == actor.user
-            || matches!(recipient, Recipient::Group(g)
-                if self.groups.get(g).is_some_and(|g| g.admins.contains_key(actor.user)));
-        if !allowed {
+        if !self.may_revoke(stored, actor.user, recipient) {
             return Err(AccessError::Forbidden);
         }
         let stored = self.documents.get_mut(document).ok_or(AccessError::UnknownDocument)?;
@@ -745,6 +750,14 @@ impl AccessState {
             Recipient::User(u) => event.user(u),
         });
         Ok(())
+    }
+
+    /// Whether `user` may delete (or replace) `recipient`'s grant of the document: its author's
+    /// user, and for a group's grant the group's admins.
+    fn may_revoke(&self, stored: &StoredDocument, user: &str, recipient: &Recipient) -> bool {
+        stored.author_user == user
+            || matches!(recipient, Recipient::Group(g)
+                if self.groups.get(g).is_some_and(|g| g.admins.contains_key(user)))
     }
 
     /// How `user` reaches the document: a direct grant, or a grant to a group it is a member of.

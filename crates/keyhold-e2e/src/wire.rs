@@ -123,7 +123,9 @@ pub fn verify_request(
     body: &[u8],
     now: i64,
 ) -> Result<(), RequestAuthError> {
-    if (now - headers.timestamp).abs() > MAX_CLOCK_SKEW_SECS {
+    // `abs_diff`: a timestamp of i64::MIN must be refused, not overflow (a panic, since
+    // release builds check overflow).
+    if now.abs_diff(headers.timestamp) > MAX_CLOCK_SKEW_SECS.unsigned_abs() {
         return Err(RequestAuthError::Stale);
     }
     let sig: [u8; 64] = URL_SAFE_NO_PAD
@@ -492,6 +494,22 @@ mod tests {
             verify_request(&vk, "t", &other_device, "POST", "/x?a=1", b"{}", 1_000),
             Err(RequestAuthError::BadSignature)
         );
+        // Timestamps at the ends of i64 are stale, not an overflow.
+        for timestamp in [i64::MIN, i64::MAX] {
+            let mut extreme = h.clone();
+            extreme.timestamp = timestamp;
+            for now in [1_000, i64::MIN, i64::MAX] {
+                let expected = if now == timestamp {
+                    Err(RequestAuthError::BadSignature)
+                } else {
+                    Err(RequestAuthError::Stale)
+                };
+                assert_eq!(
+                    verify_request(&vk, "t", &extreme, "POST", "/x?a=1", b"{}", now),
+                    expected
+                );
+            }
+        }
         let mut garbage = h;
         garbage.signature = "!!".into();
         assert_eq!(

@@ -260,6 +260,39 @@ fn documents_are_granted_and_revoked_per_user_and_per_group() {
     assert_eq!(w.read(&dan, 0, "report").unwrap(), b"report body");
     assert_eq!(w.stored_documents(), stored_before);
 
+    // Bob, a reader, may not replace the group's grant: the service cannot tell whether the new
+    // one holds the same key (this one is sealed to bob), so it could cut the group off. The
+    // author may.
+    let bobs = w.state.decrypt(bob.actor(0), "report").unwrap();
+    let bobs_key = w.state.user_public_keys("bob").unwrap().encryption;
+    let hijack = bobs
+        .document
+        .grant(
+            &bobs.value,
+            bob.device(0).encryption_key(),
+            bob.device(0),
+            Recipient::Group("auditors".into()),
+            &bobs_key,
+            &mut w.rng,
+        )
+        .unwrap();
+    assert_eq!(w.state.grant(bob.actor(0), hijack).unwrap_err(), AccessError::Exists);
+    assert_eq!(w.read(&dan, 0, "report").unwrap(), b"report body");
+    let group_key = w.state.group_public_key("auditors").unwrap();
+    let renewed = mine
+        .document
+        .grant(
+            &mine.value,
+            alice.device(0).encryption_key(),
+            alice.device(0),
+            Recipient::Group("auditors".into()),
+            &group_key,
+            &mut w.rng,
+        )
+        .unwrap();
+    w.state.grant(alice.actor(0), renewed).unwrap();
+    assert_eq!(w.read(&dan, 0, "report").unwrap(), b"report body");
+
     // Bob may not revoke alice's grants; alice revokes bob; dan (the group's admin) revokes
     // the group's grant.
     assert_eq!(

@@ -545,6 +545,27 @@ pub(super) async fn put_grant(
     Ok(())
 }
 
+/// Whether the recipient has a grant of the document.
+pub(super) async fn grant_exists(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    document: &str,
+    kind: &str,
+    recipient: &str,
+) -> Result<bool, E2eError> {
+    let row = sqlx::query(
+        "SELECT 1 AS one FROM e2e_grants WHERE tenant_id = $1 AND document_id = $2 \
+         AND recipient_kind = $3 AND recipient_id = $4",
+    )
+    .bind(tenant)
+    .bind(document)
+    .bind(kind)
+    .bind(recipient)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.is_some())
+}
+
 /// Deletes a grant; whether there was one.
 pub(super) async fn delete_grant(
     conn: &mut AnyConnection,

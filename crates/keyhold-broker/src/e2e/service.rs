@@ -21,7 +21,7 @@ use keyhold_e2e::{
     AccessError, Actor, DeviceCertificate, E2eAction, E2eEvent, EncryptedDocument, Grant,
     KeySealedToPublicKey, PassphraseSealedKey, Recipient,
 };
-use sqlx::{Any, Transaction};
+use sqlx::{Any, AnyConnection, Transaction};
 
 use super::auth::Caller;
 use super::db::{self, AccessPath, DocumentAuthor};
@@ -574,6 +574,12 @@ pub(crate) async fn add_grant(
         return Err(AccessError::NoAccess.into());
     }
     let (kind, recipient) = recipient_parts(grant.recipient());
+    // Replacing a recipient's grant is for those who may revoke it (as the model says).
+    if db::grant_exists(&mut m.tx, tenant, document, kind, recipient).await?
+        && !may_revoke(&mut m.tx, tenant, caller, document, grant.recipient()).await?
+    {
+        return Err(AccessError::Exists.into());
+    }
     db::put_grant(&mut m.tx, tenant, document, kind, recipient, &grant.to_bytes()).await?;
     let mut on = On { document: Some(document), ..On::default() };
     match grant.recipient() {
@@ -581,6 +587,24 @@ pub(crate) async fn add_grant(
         Recipient::User(u) => on.user = Some(u),
     }
     m.commit(tenant, &[event(E2eAction::DocumentGrant, Some(caller.actor()), on)]).await
+}
+
+/// Whether the caller may delete (or replace) `recipient`'s grant of the document: the
+/// document's author's user, and for a group's grant the group's admins.
+async fn may_revoke(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    caller: &Caller,
+    document: &str,
+    recipient: &Recipient,
+) -> E2eResult<bool> {
+    let author =
+        db::document_author(conn, tenant, document).await?.ok_or(AccessError::UnknownDocument)?;
+    Ok(author.user == caller.user
+        || match recipient {
+            Recipient::Group(g) => db::is_admin(conn, tenant, g, &caller.user).await?,
+            Recipient::User(_) => false,
+        })
 }
 
 /// `DELETE /documents/{document}/grants/{kind}/{id}`: deletes a grant. Allowed to the document's
@@ -594,15 +618,7 @@ pub(crate) async fn revoke_grant(
 ) -> E2eResult<()> {
     let mut m = Mutation::begin(store).await?;
     m.require_caller(tenant, caller).await?;
-    let author = db::document_author(&mut m.tx, tenant, document)
-        .await?
-        .ok_or(AccessError::UnknownDocument)?;
-    let allowed = author.user == caller.user
-        || match recipient {
-            Recipient::Group(g) => db::is_admin(&mut m.tx, tenant, g, &caller.user).await?,
-            Recipient::User(_) => false,
-        };
-    if !allowed {
+    if !may_revoke(&mut m.tx, tenant, caller, document, recipient).await? {
         return Err(AccessError::Forbidden.into());
     }
     let (kind, id) = recipient_parts(recipient);
