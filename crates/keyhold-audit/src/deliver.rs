@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::sink::{Outgoing, Sink, SinkError};
-use crate::spool::{Feed, Spool, SpoolError, tenant_file};
+use crate::spool::{Feed, Spool, SpoolError, lock, tenant_file};
 
 /// Under load, how often a sink's cursor file is rewritten. Each time is a write and a rename
 /// over the old file, which ext4 follows with a flush of the new file's data (~1 ms here):
@@ -473,10 +473,6 @@ fn read_batch(
         batch.push(record);
     }
     Ok((batch, offset))
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `wait` ± 20 %, so that many streams failing together do not retry together.

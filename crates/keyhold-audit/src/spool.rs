@@ -251,19 +251,20 @@ impl Feed {
     }
 }
 
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `mutex`, going on after a panic elsewhere (the data it guards stays consistent).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Tenants {
     fn with<T>(&self, tenant: &str, f: impl FnOnce(&mut TenantStream) -> T) -> T {
-        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut streams = lock(&self.streams);
         f(streams.entry(tenant.to_owned()).or_insert_with(|| TenantStream::new(0)))
     }
 
     /// The lowest `seq` every reader of `tenant` acknowledged (none: it has no reader).
     fn acknowledged(&self, tenant: &str) -> Option<u64> {
-        let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let streams = lock(&self.streams);
         let stream = streams.get(tenant)?;
         stream
             .readers
@@ -275,13 +276,13 @@ impl Tenants {
 
     /// Whether anyone takes `tenant`'s records from a feed now (else the writer makes none).
     fn feeding(&self, tenant: &str) -> bool {
-        let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let streams = lock(&self.streams);
         streams.get(tenant).is_some_and(|s| s.feeds.iter().any(|f| feed_alive(f) && f.open()))
     }
 
     /// Hands `fed` to every live feed of `tenant` (moved into the last, copied for the others).
     fn feed(&self, tenant: &str, fed: Vec<Fed>) {
-        let streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let streams = lock(&self.streams);
         let Some(stream) = streams.get(tenant) else { return };
         let mut live = stream.feeds.iter().filter(|f| feed_alive(f)).peekable();
         while let Some(feed) = live.next() {
@@ -418,8 +419,7 @@ impl Spool {
     /// readers).
     pub fn backlog(&self, tenant: &str) -> u64 {
         // Asked before every data operation: look up only (no entry made, no allocation).
-        let streams =
-            self.tenants.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let streams = lock(&self.tenants.streams);
         let Some(stream) = streams.get(tenant) else { return 0 };
         let synced = *stream.synced.borrow();
         stream
@@ -433,8 +433,7 @@ impl Spool {
 
     /// The tenants with a stream in this spool.
     pub fn tenants(&self) -> Vec<String> {
-        let streams =
-            self.tenants.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let streams = lock(&self.tenants.streams);
         streams.iter().filter(|(_, s)| *s.synced.borrow() > 0).map(|(t, _)| t.clone()).collect()
     }
 
