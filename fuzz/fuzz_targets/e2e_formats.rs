@@ -3,7 +3,8 @@
 //!
 //! The first byte picks the parser; the rest is its input:
 //! 0 `EncryptedValue`, 1 `TransformKey`, 2 `EncryptedDocument`, 3 `Grant`,
-//! 4 `PassphraseSealedKey`, 5 `KeySealedToPublicKey`, 6 `DeviceKeys`, 7 the E2E API's JSON bodies.
+//! 4 `PassphraseSealedKey`, 5 `KeySealedToPublicKey`, 6 `DeviceKeys`, 7 the E2E API's JSON bodies
+//! (with the key signatures a device checks in them) and a device file's key pins.
 //! Never a panic; whatever parses re-encodes to exactly its input (one encoding per value) and
 //! its follow-up operations (signature checks, decrypting or transforming with a fixed key,
 //! opening with a fixed key) return `Ok`/`Err` without panicking. A value that parses and is
@@ -71,8 +72,22 @@ fuzz_target!(|data: &[u8]| {
             let _ = serde_json::from_slice::<wire::AuthorizeDevice>(rest);
             let _ = serde_json::from_slice::<wire::CreateGroup>(rest);
             if let Ok(r) = serde_json::from_slice::<wire::DecryptResponse>(rest) {
-                let _ = keyhold_e2e::DecryptGrant::try_from(&r);
+                if let Ok(g) = keyhold_e2e::DecryptGrant::try_from(&r) {
+                    let _ = g.author_user.verify("t");
+                }
             }
+            // What a device checks before it uses a public key the service gave it.
+            if let Ok(v) = serde_json::from_slice::<wire::UserKeysView>(rest) {
+                if let Ok(signed) = v.signed("u") {
+                    let _ = signed.verify("t");
+                }
+            }
+            if let Ok(v) = serde_json::from_slice::<wire::GroupView>(rest) {
+                if let Ok((signed, creator)) = v.signed_key() {
+                    let _ = signed.verify("t", &creator, &creator.keys.signing);
+                }
+            }
+            let _ = serde_json::from_slice::<keyhold_e2e::KeyPins>(rest);
         }
     }
 });

@@ -35,7 +35,8 @@ use keyhold_e2e::wire::{
 };
 use keyhold_e2e::{
     DecryptGrant, DeviceCertificate, DeviceKeys, KeySealedToPublicKey, OsRng, PassphraseCost,
-    PassphraseSealedKey, PrivateKey, PublicKey, Recipient, TransformKey, UserKeys, document, pre,
+    PassphraseSealedKey, PrivateKey, PublicKey, Recipient, SignedGroupKey, SignedUserKeys,
+    TransformKey, UserKeys, document, pre,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -264,7 +265,9 @@ impl TestBroker {
     async fn user(&self, id: &str) -> (UserKeys, Device) {
         let keys = UserKeys::generate(&mut OsRng);
         let sealed = PassphraseSealedKey::seal(&keys, b"passphrase", CHEAP, &mut OsRng).unwrap();
-        let body = to_json(&CreateUser { user: id.into(), sealed_keys: sealed.to_bytes() });
+        let key_signature = SignedUserKeys::issue(&keys, TENANT, id).signature().to_vec();
+        let body =
+            to_json(&CreateUser { user: id.into(), sealed_keys: sealed.to_bytes(), key_signature });
         let (status, resp) = self.vendor(&route("/users"), &body).await;
         assert_eq!(status, 201, "{resp}");
         let device = DeviceKeys::generate(&mut OsRng);
@@ -292,11 +295,15 @@ impl TestBroker {
         let sealed = KeySealedToPublicKey::seal(&group_key, &admin_public, &mut OsRng).unwrap();
         let membership = creator_member
             .then(|| pre::transform_key(&group_key, &admin_public, &mut OsRng).to_bytes());
+        let public_key = group_key.public_key();
+        let signed =
+            SignedGroupKey::issue(&admin.keys, TENANT, id, public_key, &admin.user, &admin.id);
         let body = to_json(&CreateGroup {
             group: id.into(),
-            public_key: group_key.public_key().to_bytes().to_vec(),
+            public_key: public_key.to_bytes().to_vec(),
             sealed_for_creator: sealed.to_bytes(),
             creator_membership: membership,
+            key_signature: signed.signature().to_vec(),
         });
         self.call(admin, Method::POST, &route("/groups"), Some(&body), 201).await;
         group_key
@@ -393,12 +400,16 @@ impl World {
         let users = SIZES.iter().copied().chain([READERS]).max().unwrap();
         insert_rows(
             &mut tx,
-            "INSERT INTO e2e_users (tenant_id, user_id, encryption_key, signing_key, sealed_keys, \
-             created_at)",
+            "INSERT INTO e2e_users (tenant_id, user_id, encryption_key, signing_key, \
+             key_signature, sealed_keys, created_at)",
             (0..users).map(|i| {
+                let id = bulk_id(i);
+                // Each its own statement (it names the user), as the service stores them.
+                let statement = SignedUserKeys::issue(&member, TENANT, &id);
+                let signature = STANDARD.encode(statement.signature());
                 format!(
-                    "('{TENANT}','{}','{enc}','{sign}','{sealed}','2026-01-01T00:00:00Z')",
-                    bulk_id(i)
+                    "('{TENANT}','{id}','{enc}','{sign}','{signature}','{sealed}',\
+                     '2026-01-01T00:00:00Z')"
                 )
             }),
         )

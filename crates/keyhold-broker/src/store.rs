@@ -331,6 +331,13 @@ impl<'s> MigrationSource<'s> for Migrations {
                     Cow::Borrowed(include_str!("../migrations/0007_tenant_secrets.sql")),
                     false,
                 ),
+                Migration::new(
+                    8,
+                    Cow::Borrowed("e2e_key_statements"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0008_e2e_key_statements.sql")),
+                    false,
+                ),
             ])
         })
     }

@@ -7,14 +7,17 @@
 
 mod common;
 
-use common::e2e::{CHEAP, Person, Resp, TENANT, World, route, unix_now};
+use common::e2e::{
+    CHEAP, Person, Resp, TENANT, World, group_statement, route, unix_now, user_statement,
+};
 use common::{PROXY_TOKEN, TEST_MAX_BODY_BYTES, TestBroker, databases};
 use keyhold_e2e::access::E2eAction;
 use keyhold_e2e::pre;
 use keyhold_e2e::wire::{self, AuthorizeDevice, CertificateView};
 use keyhold_e2e::{
     AccessError, Actor, DeviceCertificate, DeviceKeys, DocumentError, EncryptedDocument,
-    KeySealedToPublicKey, PassphraseCost, PassphraseSealedKey, PrivateKey, Recipient, UserKeys,
+    KeySealedToPublicKey, PassphraseCost, PassphraseSealedKey, PrivateKey, Recipient,
+    SignedGroupKey, SignedUserKeys, UserKeys,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -142,7 +145,7 @@ async fn a_new_device_reads_what_was_shared_with_its_user_once_the_user_authoriz
             &mut w.rng,
         )
         .unwrap();
-        w.create_user("carol", sealed).await.unwrap();
+        w.create_user("carol", sealed, user_statement(&carol_keys, "carol")).await.unwrap();
         w.encrypt(&alice, "for-carol", b"hello carol", &[user("carol")]).await;
 
         // Carol's first device: fetches her sealed keys (the vendor's backend hands them to
@@ -682,16 +685,20 @@ async fn only_admins_change_a_group_and_keys_must_match_their_records() {
         assert_eq!(w.get_group(&alice, 0, "nope").await.unwrap_err(), AccessError::UnknownGroup);
         assert_eq!(w.user_keys(&alice, 0, "nobody").await.unwrap_err(), AccessError::UnknownUser);
         assert_eq!(w.sealed_user_keys("nobody").await.unwrap_err(), AccessError::UnknownUser);
-        let sealed =
-            PassphraseSealedKey::seal(&UserKeys::generate(&mut w.rng), b"p", CHEAP, &mut w.rng)
-                .unwrap();
-        assert_eq!(w.create_user("", sealed.clone()).await.unwrap_err(), AccessError::Id);
+        let keys = UserKeys::generate(&mut w.rng);
+        let sealed = PassphraseSealedKey::seal(&keys, b"p", CHEAP, &mut w.rng).unwrap();
+        for bad_id in ["", &"x".repeat(257), "new\nline"] {
+            let signed = user_statement(&keys, bad_id);
+            assert_eq!(
+                w.create_user(bad_id, sealed.clone(), signed).await.unwrap_err(),
+                AccessError::Id
+            );
+        }
+        let as_alice = user_statement(&keys, "alice");
         assert_eq!(
-            w.create_user(&"x".repeat(257), sealed.clone()).await.unwrap_err(),
-            AccessError::Id
+            w.create_user("alice", sealed.clone(), as_alice).await.unwrap_err(),
+            AccessError::Exists
         );
-        assert_eq!(w.create_user("new\nline", sealed.clone()).await.unwrap_err(), AccessError::Id);
-        assert_eq!(w.create_user("alice", sealed.clone()).await.unwrap_err(), AccessError::Exists);
         let gk2 = PrivateKey::generate(&mut w.rng);
         let sealed2 =
             KeySealedToPublicKey::seal(&gk2, &alice.keys.public().encryption, &mut w.rng).unwrap();
@@ -883,10 +890,15 @@ async fn vendor_routes_need_the_vendor_key_and_an_active_tenant() {
         let b = TestBroker::start(&db).await;
         let mut w = World::new(&b, &db, 9).await;
         let alice = w.user("alice", "a").await;
-        let sealed =
-            PassphraseSealedKey::seal(&UserKeys::generate(&mut w.rng), b"p", CHEAP, &mut w.rng)
-                .unwrap();
-        let body = json!({"user": "bob", "sealed_keys": wire::b64::encode(&sealed.to_bytes())});
+        let bob_keys = UserKeys::generate(&mut w.rng);
+        let sealed = PassphraseSealedKey::seal(&bob_keys, b"p", CHEAP, &mut w.rng).unwrap();
+        let bob_signed = user_statement(&bob_keys, "bob");
+        let key_signature = wire::b64::encode(&bob_signed);
+        let body = json!({
+            "user": "bob",
+            "sealed_keys": wire::b64::encode(&sealed.to_bytes()),
+            "key_signature": key_signature,
+        });
         let users = route("/users");
         let send = |auth: Option<String>, path: String, body: Value| {
             let mut r = b.http.post(b.url(&path)).json(&body);
@@ -918,12 +930,17 @@ async fn vendor_routes_need_the_vendor_key_and_an_active_tenant() {
         // Malformed requests: 1131 (JSON), 1114 (bytes that are not sealed keys).
         let (status, out, _) = send(vendor.clone(), users.clone(), json!({"user": "bob"})).await;
         assert_eq!((status, out["code"].as_u64()), (400, Some(1131)), "{out}");
+        let with = |sealed_keys: &str, key_signature: &str| {
+            let mut body = body.clone();
+            body["sealed_keys"] = json!(sealed_keys);
+            body["key_signature"] = json!(key_signature);
+            body
+        };
         let (status, out, _) =
-            send(vendor.clone(), users.clone(), json!({"user": "bob", "sealed_keys": "%%"})).await;
+            send(vendor.clone(), users.clone(), with("%%", &key_signature)).await;
         assert_eq!((status, out["code"].as_u64()), (400, Some(1131)), "{out}");
         let (status, out, _) =
-            send(vendor.clone(), users.clone(), json!({"user": "bob", "sealed_keys": "AAAA"}))
-                .await;
+            send(vendor.clone(), users.clone(), with("AAAA", &key_signature)).await;
         assert_eq!((status, out["code"].as_u64()), (400, Some(1114)), "{out}");
         // Larger than the broker's body limit: 413, 1132.
         let big = json!({"user": "bob", "sealed_keys": "A".repeat(TEST_MAX_BODY_BYTES)});
@@ -938,7 +955,7 @@ async fn vendor_routes_need_the_vendor_key_and_an_active_tenant() {
         assert_eq!(b.post("/api/v1/tenants/acme/enable", json!({})).await.0, 200);
         let (status, _, _) = send(vendor, users, body).await;
         assert_eq!(status, 201);
-        w.model.create_user("bob", sealed).unwrap();
+        w.model.create_user("bob", sealed, bob_signed).unwrap();
         w.expected.extend(w.model.take_events());
         w.assert_events().await;
         b.stop().await;
@@ -1101,6 +1118,364 @@ async fn e2e_events_are_claimed_with_their_own_lease_and_cursor() {
     }
 }
 
+/// Standard base64, as the E2E tables hold binary values.
+fn std_b64(bytes: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+}
+
+/// `body` with a key statement of the wrong length (400, 1114) or none at all (400, 1131),
+/// sent by the vendor (`by` `None`) or by device 0 of `by`: refused as any malformed field,
+/// before the rules, and nothing recorded.
+async fn malformed_statements_are_refused(
+    w: &World<'_>,
+    by: Option<&Person>,
+    path: &str,
+    body: &Value,
+) {
+    for (what, signature, code) in [
+        ("63 bytes", Some(wire::b64::encode(&[7u8; 63])), 1114),
+        ("65 bytes", Some(wire::b64::encode(&[7u8; 65])), 1114),
+        ("empty", Some(String::new()), 1114),
+        ("not base64url", Some("%%".to_owned()), 1131),
+        ("missing", None, 1131),
+    ] {
+        let mut body = body.clone();
+        match signature {
+            Some(s) => body["key_signature"] = json!(s),
+            None => drop(body.as_object_mut().unwrap().remove("key_signature")),
+        }
+        let resp = match by {
+            None => w.vendor(Method::POST, path, Some(body)).await,
+            Some(p) => w.call(p, 0, Method::POST, path, Some(&body)).await,
+        };
+        assert_eq!((resp.status, resp.code()), (400, code), "{what}: {resp:?}");
+    }
+    w.assert_events().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_keys_not_signed_by_their_owners_are_refused_and_nothing_is_stored() {
+    for db in databases().await {
+        let b = TestBroker::start(&db).await;
+        let mut w = World::new(&b, &db, 14).await;
+        let alice = w.user("alice", "a").await;
+        let mut bob = w.user("bob", "b").await;
+        w.add_device(&mut bob, "phone").await;
+
+        // A user's keys signed with another user's key, for another user id, for another
+        // tenant, not at all, or altered: 400, 1115 (the model's `KeyStatement`), nothing
+        // stored, no event (World::create_user checks both against the model and the table).
+        let carol = UserKeys::generate(&mut w.rng);
+        let sealed = PassphraseSealedKey::seal(&carol, b"c", CHEAP, &mut w.rng).unwrap();
+        let good = user_statement(&carol, "carol");
+        let mut flipped = good;
+        flipped[40] ^= 0x01;
+        for (what, bad) in [
+            ("alice's key", *SignedUserKeys::issue(&alice.keys, TENANT, "carol").signature()),
+            ("another user id", user_statement(&carol, "carol2")),
+            ("another tenant", *SignedUserKeys::issue(&carol, "beta", "carol").signature()),
+            ("zeros", [0; 64]),
+            ("a bit flipped", flipped),
+        ] {
+            let refused = w.create_user("carol", sealed.clone(), bad).await.unwrap_err();
+            assert_eq!(refused, AccessError::KeyStatement, "{}: {what}", db.name);
+            assert_eq!(w.stored_user("carol").await, None, "{what}");
+        }
+        // As the vendor sees it.
+        let body = json!({
+            "user": "carol",
+            "sealed_keys": wire::b64::encode(&sealed.to_bytes()),
+            "key_signature": wire::b64::encode(&user_statement(&carol, "carol2")),
+        });
+        let resp = w.vendor(Method::POST, &route("/users"), Some(body.clone())).await;
+        assert_eq!((resp.status, resp.code()), (400, 1115), "{resp:?}");
+        assert!(resp.body["message"].as_str().unwrap().contains("signed"), "{resp:?}");
+        malformed_statements_are_refused(&w, None, &route("/users"), &body).await;
+        // The model's order: the id, then an existing user, then the statement (alice keeps
+        // her keys and her signature).
+        let alice_stored = w.stored_user("alice").await.unwrap();
+        assert_eq!(alice_stored.1, std_b64(&user_statement(&alice.keys, "alice")));
+        assert_eq!(w.create_user("", sealed.clone(), [0; 64]).await.unwrap_err(), AccessError::Id);
+        assert_eq!(
+            w.create_user("alice", sealed.clone(), [0; 64]).await.unwrap_err(),
+            AccessError::Exists
+        );
+        assert_eq!(w.stored_user("alice").await, Some(alice_stored));
+        assert_eq!(w.stored_user("carol").await, None);
+        // Signed by carol for carol of this tenant: stored with its signature, served signed.
+        w.create_user("carol", sealed, good).await.unwrap();
+        assert_eq!(w.stored_user("carol").await.unwrap().1, std_b64(&good));
+        let served = w.signed_user_keys(&alice, 0, "carol").await.unwrap();
+        assert_eq!((served.keys, *served.signature()), (carol.public(), good));
+
+        // A group's key signed by another device than the caller (the same user's other
+        // device, another user's), for another group, another key or another tenant, or
+        // naming another creator: 400, 1115, nothing stored.
+        let gk = PrivateKey::generate(&mut w.rng);
+        let pk = gk.public_key();
+        let sealed_g =
+            KeySealedToPublicKey::seal(&gk, &bob.keys.public().encryption, &mut w.rng).unwrap();
+        let other_pk = PrivateKey::generate(&mut w.rng).public_key();
+        let by_bob = |device: usize, tenant: &str, group: &str, key, creator_device: &str| {
+            *SignedGroupKey::issue(bob.device(device), tenant, group, key, "bob", creator_device)
+                .signature()
+        };
+        let by_alice_as_bob =
+            *SignedGroupKey::issue(alice.device(0), TENANT, "g", pk, "bob", "laptop").signature();
+        for (what, bad) in [
+            ("bob's phone, naming the laptop", by_bob(1, TENANT, "g", pk, "laptop")),
+            ("bob's phone, naming itself", group_statement(&bob, 1, "g", pk)),
+            ("alice's device, naming bob's laptop", by_alice_as_bob),
+            ("alice's device, naming itself", group_statement(&alice, 0, "g", pk)),
+            ("another group id", group_statement(&bob, 0, "g2", pk)),
+            ("another key", group_statement(&bob, 0, "g", other_pk)),
+            ("another tenant", by_bob(0, "beta", "g", pk, "laptop")),
+            ("another creator device", by_bob(0, TENANT, "g", pk, "phone")),
+            ("zeros", [0; 64]),
+        ] {
+            let refused = w
+                .create_group_signed(&bob, 0, "g", pk, sealed_g.clone(), None, bad)
+                .await
+                .unwrap_err();
+            assert_eq!(refused, AccessError::KeyStatement, "{}: {what}", db.name);
+            assert_eq!(w.stored_group_key("g").await, None, "{what}");
+        }
+        // The laptop's statement sent by the phone: the phone did not sign it.
+        let laptops = group_statement(&bob, 0, "g", pk);
+        assert_eq!(
+            w.create_group_signed(&bob, 1, "g", pk, sealed_g.clone(), None, laptops)
+                .await
+                .unwrap_err(),
+            AccessError::KeyStatement
+        );
+        let body = json!({
+            "group": "g",
+            "public_key": wire::b64::encode(&pk.to_bytes()),
+            "sealed_for_creator": wire::b64::encode(&sealed_g.to_bytes()),
+            "key_signature": wire::b64::encode(&group_statement(&bob, 1, "g", pk)),
+        });
+        let resp = w.call(&bob, 0, Method::POST, &route("/groups"), Some(&body)).await;
+        assert_eq!((resp.status, resp.code()), (400, 1115), "{resp:?}");
+        malformed_statements_are_refused(&w, Some(&bob), &route("/groups"), &body).await;
+        // The model's order: the id, an existing group, the statement, then the sealed key
+        // (here the statement is for `pk` and the request says `other_pk`: 1115, not 1109).
+        w.group(&alice, "team").await;
+        let team_before = w.stored_group_key("team").await;
+        assert_eq!(
+            w.create_group_signed(&bob, 0, "", pk, sealed_g.clone(), None, [0; 64])
+                .await
+                .unwrap_err(),
+            AccessError::Id
+        );
+        assert_eq!(
+            w.create_group_signed(&bob, 0, "team", pk, sealed_g.clone(), None, [0; 64])
+                .await
+                .unwrap_err(),
+            AccessError::Exists
+        );
+        assert_eq!(w.stored_group_key("team").await, team_before);
+        assert_eq!(
+            w.create_group_signed(&bob, 0, "g", other_pk, sealed_g.clone(), None, laptops)
+                .await
+                .unwrap_err(),
+            AccessError::KeyStatement
+        );
+        let for_other = group_statement(&bob, 0, "g", other_pk);
+        assert!(matches!(
+            w.create_group_signed(&bob, 0, "g", other_pk, sealed_g.clone(), None, for_other)
+                .await
+                .unwrap_err(),
+            AccessError::KeyMismatch(_)
+        ));
+        assert_eq!(w.stored_group_key("g").await, None);
+
+        // Signed by the calling device: stored with its creator, served with the creator's
+        // certificate, and it verifies for a reader (World::get_group checks).
+        let membership = pre::transform_key(&gk, &bob.keys.public().encryption, &mut w.rng);
+        w.create_group(&bob, 0, "g", pk, sealed_g, Some(membership)).await.unwrap();
+        let (_, creator_user, creator_device, signature) = w.stored_group_key("g").await.unwrap();
+        assert_eq!(
+            (creator_user.as_str(), creator_device.as_str(), signature),
+            ("bob", "laptop", std_b64(&laptops))
+        );
+        let view = w.get_group(&alice, 0, "g").await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&view.creator).unwrap(),
+            json!(CertificateView::from(w.model.device_certificate("bob", "laptop").unwrap()))
+        );
+        assert_eq!(view.key_signature, laptops);
+        w.assert_events().await;
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_verify_served_keys_even_once_the_creating_device_is_revoked() {
+    for db in databases().await {
+        let b = TestBroker::start(&db).await;
+        let mut w = World::new(&b, &db, 15).await;
+        let alice = w.user("alice", "a").await;
+        let mut bob = w.user("bob", "b").await;
+        w.add_device(&mut bob, "phone").await;
+        // Bob's laptop creates the group, adds alice and writes to it.
+        w.group(&bob, "team").await;
+        w.add_member(&bob, "team", &alice).await.unwrap();
+        w.encrypt(&bob, "memo", b"from the laptop", &[group("team")]).await;
+
+        // What a device checks, before and after bob's phone revokes the laptop: bob's keys
+        // (signed by bob), the group's key (signed by the laptop, through its certificate and
+        // bob's signing key), the author of a document (its user's keys signed).
+        for revoked in [false, true] {
+            if revoked {
+                w.revoke_device(&bob, 1, "laptop").await.unwrap();
+            }
+            let bobs = w.signed_user_keys(&alice, 0, "bob").await.unwrap();
+            assert_eq!(bobs.verify(TENANT), Ok(()));
+            assert_eq!(bobs.verify("beta"), Err(AccessError::KeyStatement));
+            let view = w.get_group(&alice, 0, "team").await.unwrap();
+            let (signed, creator) = view.signed_key().unwrap();
+            assert_eq!((creator.user.as_str(), creator.device.as_str()), ("bob", "laptop"));
+            assert_eq!(creator.keys, bob.device(0).public());
+            assert_eq!(signed.verify(TENANT, &creator, &bobs.keys.signing), Ok(()));
+            // Not with another user's signing key, nor for another tenant.
+            let alices = w.signed_user_keys(&alice, 0, "alice").await.unwrap();
+            assert_eq!(
+                signed.verify(TENANT, &creator, &alices.keys.signing),
+                Err(AccessError::KeyStatement)
+            );
+            assert_eq!(
+                signed.verify("beta", &creator, &bobs.keys.signing),
+                Err(AccessError::KeyStatement)
+            );
+            w.get_group(&bob, 1, "team").await.unwrap();
+            let (_, grant) = w.decrypt(&alice, 0, "memo").await;
+            let grant = grant.unwrap();
+            assert_eq!(grant.author_revoked, revoked);
+            assert_eq!(grant.author_user, bobs);
+            assert_eq!(grant.author_user.verify(TENANT), Ok(()));
+            let (plain, author) = grant.open(alice.device(0)).unwrap();
+            assert_eq!((&plain[..], author), (&b"from the laptop"[..], "bob"));
+        }
+        w.assert_events().await;
+
+        // A broker (or its database) that swaps a key is caught by the devices: bob's
+        // encryption key, the group's key, the group's creator.
+        let other = PrivateKey::generate(&mut w.rng).public_key();
+        let swap = |sql: &'static str, value: String| {
+            let db = w.db.clone();
+            async move { sqlx::query(sql).bind(value).bind(TENANT).execute(&db).await.unwrap() }
+        };
+        swap(
+            "UPDATE e2e_users SET encryption_key = $1 WHERE tenant_id = $2 AND user_id = 'bob'",
+            std_b64(&other.to_bytes()),
+        )
+        .await;
+        let resp = w.call(&alice, 0, Method::GET, &route("/users/bob"), None).await;
+        let view: wire::UserKeysView = serde_json::from_value(resp.body).unwrap();
+        assert_eq!(view.signed("bob").unwrap().verify(TENANT), Err(AccessError::KeyStatement));
+        let resp = w.call(&alice, 0, Method::POST, &route("/documents/memo/decrypt"), None).await;
+        let answer: wire::DecryptResponse = serde_json::from_value(resp.body).unwrap();
+        let grant = keyhold_e2e::DecryptGrant::try_from(&answer).unwrap();
+        assert_eq!(grant.author_user.verify(TENANT), Err(AccessError::KeyStatement));
+
+        let get_team = async || {
+            let resp = w.call(&alice, 0, Method::GET, &route("/groups/team"), None).await;
+            assert_eq!(resp.status, 200, "{resp:?}");
+            serde_json::from_value::<wire::GroupView>(resp.body).unwrap()
+        };
+        let bobs_signing = bob.keys.public().signing;
+        let genuine = get_team().await;
+        swap(
+            "UPDATE e2e_groups SET public_key = $1 WHERE tenant_id = $2 AND group_id = 'team'",
+            std_b64(&other.to_bytes()),
+        )
+        .await;
+        let (signed, creator) = get_team().await.signed_key().unwrap();
+        assert_eq!(signed.public_key, other);
+        assert_eq!(signed.verify(TENANT, &creator, &bobs_signing), Err(AccessError::KeyStatement));
+        swap(
+            "UPDATE e2e_groups SET public_key = $1, creator_device = 'phone' \
+             WHERE tenant_id = $2 AND group_id = 'team'",
+            std_b64(&genuine.public_key),
+        )
+        .await;
+        let (signed, creator) = get_team().await.signed_key().unwrap();
+        assert_eq!(creator.keys, bob.device(1).public());
+        assert_eq!(signed.verify(TENANT, &creator, &bobs_signing), Err(AccessError::KeyStatement));
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_groups_stored_before_keys_were_signed_are_served_unsigned() {
+    for db in databases().await {
+        let b = TestBroker::start(&db).await;
+        let mut w = World::new(&b, &db, 16).await;
+        let alice = w.user("alice", "a").await;
+        w.encrypt(&alice, "note", b"old note", &[user("alice")]).await;
+        // Rows as the broker wrote them before migration 0008 (its columns take their
+        // defaults), and a signature lost since.
+        let keys = UserKeys::generate(&mut w.rng);
+        let sealed = PassphraseSealedKey::seal(&keys, b"o", CHEAP, &mut w.rng).unwrap();
+        let public = keys.public();
+        sqlx::query(
+            "INSERT INTO e2e_users (tenant_id, user_id, encryption_key, signing_key, sealed_keys, \
+             created_at) VALUES ($1, 'old', $2, $3, $4, '2025-01-01T00:00:00Z')",
+        )
+        .bind(TENANT)
+        .bind(std_b64(&public.encryption.to_bytes()))
+        .bind(std_b64(public.signing.as_bytes()))
+        .bind(std_b64(&sealed.to_bytes()))
+        .execute(&w.db)
+        .await
+        .unwrap();
+        let gk = PrivateKey::generate(&mut w.rng).public_key();
+        sqlx::query(
+            "INSERT INTO e2e_groups (tenant_id, group_id, public_key, created_at) \
+             VALUES ($1, 'old-group', $2, '2025-01-01T00:00:00Z')",
+        )
+        .bind(TENANT)
+        .bind(std_b64(&gk.to_bytes()))
+        .execute(&w.db)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE e2e_users SET key_signature = '' WHERE user_id = 'alice'")
+            .execute(&w.db)
+            .await
+            .unwrap();
+
+        for id in ["old", "alice"] {
+            let resp = w.call(&alice, 0, Method::GET, &route(&format!("/users/{id}")), None).await;
+            assert_eq!((resp.status, &resp.body["key_signature"]), (200, &json!("")), "{resp:?}");
+            let view: wire::UserKeysView = serde_json::from_value(resp.body).unwrap();
+            assert_eq!(view.signed(id).unwrap_err(), wire::MalformedField("key_signature"));
+        }
+        let resp = w.call(&alice, 0, Method::GET, &route("/groups/old-group"), None).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(
+            resp.body,
+            json!({
+                "group": "old-group",
+                "public_key": wire::b64::encode(&gk.to_bytes()),
+                "members": [],
+                "admins": [],
+                "key_signature": "",
+            })
+        );
+        let view: wire::GroupView = serde_json::from_value(resp.body).unwrap();
+        assert_eq!(view.signed_key().unwrap_err(), wire::MalformedField("creator"));
+        // The decrypt answers, with the author's keys unsigned: the reader refuses them.
+        let resp = w.call(&alice, 0, Method::POST, &route("/documents/note/decrypt"), None).await;
+        assert_eq!((resp.status, &resp.body["author_user"]["key_signature"]), (200, &json!("")));
+        let answer: wire::DecryptResponse = serde_json::from_value(resp.body).unwrap();
+        assert_eq!(
+            keyhold_e2e::DecryptGrant::try_from(&answer).unwrap_err(),
+            wire::MalformedField("key_signature")
+        );
+        b.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_the_e2e_bodies_as_the_wire_types_serialize() {
     let db = databases().await.remove(0);
@@ -1115,9 +1490,20 @@ async fn the_openapi_document_describes_the_e2e_bodies_as_the_wire_types_seriali
         signing_key: vec![2],
         signature: vec![3],
     };
-    let keys = wire::UserKeysView { encryption_key: vec![1], signing_key: vec![2] };
+    let keys = wire::UserKeysView {
+        encryption_key: vec![1],
+        signing_key: vec![2],
+        key_signature: vec![3],
+    };
     let samples: Vec<(&str, Value)> = vec![
-        ("E2eCreateUser", json!(wire::CreateUser { user: "u".into(), sealed_keys: vec![1] })),
+        (
+            "E2eCreateUser",
+            json!(wire::CreateUser {
+                user: "u".into(),
+                sealed_keys: vec![1],
+                key_signature: vec![2]
+            }),
+        ),
         ("E2eSealedKeys", json!(wire::SealedKeys { sealed_keys: vec![1] })),
         ("E2eUserKeys", json!(keys.clone())),
         ("E2eCertificate", json!(cert.clone())),
@@ -1132,6 +1518,7 @@ async fn the_openapi_document_describes_the_e2e_bodies_as_the_wire_types_seriali
                 public_key: vec![1],
                 sealed_for_creator: vec![2],
                 creator_membership: Some(vec![3]),
+                key_signature: vec![4],
             }),
         ),
         (
@@ -1141,6 +1528,8 @@ async fn the_openapi_document_describes_the_e2e_bodies_as_the_wire_types_seriali
                 public_key: vec![1],
                 members: vec![],
                 admins: vec![],
+                creator: Some(cert.clone()),
+                key_signature: vec![2],
             }),
         ),
         ("E2eAddMember", json!(wire::AddMember { transform_key: vec![1] })),

@@ -83,6 +83,14 @@ enum E2eCommand {
         #[command(flatten)]
         me: DeviceOpts,
     },
+    /// Print the fingerprint of a user's signing key as this device sees it (checked and
+    /// pinned), to compare out of band with what the user's own device prints.
+    Fingerprint {
+        /// The user (default: this device's user).
+        user: Option<String>,
+        #[command(flatten)]
+        me: DeviceOpts,
+    },
     /// Groups: create, show, add or remove members and admins.
     Group {
         #[command(subcommand)]
@@ -255,59 +263,96 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
             );
         }
         E2eCommand::RevokeDevice { device, me } => {
-            load(&me)?.revoke_device(&device).await?;
+            let d = load(&me)?;
+            let r = d.revoke_device(&device).await;
+            keep_pins(&d, &me, r)?;
             eprintln!("revoked device {device}");
+        }
+        E2eCommand::Fingerprint { user, me } => {
+            let d = load(&me)?;
+            let user = user.unwrap_or_else(|| d.user().to_owned());
+            let r = d.fingerprint(&user).await;
+            println!("{}", keep_pins(&d, &me, r)?);
         }
         E2eCommand::Group { command, me } => {
             let d = load(&me)?;
-            match command {
-                GroupCommand::Create { group, not_member } => {
-                    d.create_group(&group, !not_member).await?;
-                    eprintln!("created group {group}");
-                }
-                GroupCommand::Show { group } => {
-                    let g = d.group(&group).await?;
-                    println!(
-                        "{}",
-                        serde_json::json!({"group": g.group, "members": g.members, "admins": g.admins})
-                    );
-                }
-                GroupCommand::AddMember { group, user } => {
-                    d.add_member(&group, &user).await?;
-                    eprintln!("added {user} to {group}");
-                }
-                GroupCommand::RemoveMember { group, user } => {
-                    d.remove_member(&group, &user).await?;
-                    eprintln!("removed {user} from {group}");
-                }
-                GroupCommand::AddAdmin { group, user } => {
-                    d.add_admin(&group, &user).await?;
-                    eprintln!("made {user} an admin of {group}");
-                }
-                GroupCommand::RemoveAdmin { group, user } => {
-                    d.remove_admin(&group, &user).await?;
-                    eprintln!("removed admin {user} from {group}");
-                }
-            }
+            let r = group(&d, command).await;
+            keep_pins(&d, &me, r)?;
         }
         E2eCommand::Encrypt { id, input, to, me } => {
             let to = to.iter().map(|t| recipient(t)).collect::<anyhow::Result<Vec<_>>>()?;
-            load(&me)?.encrypt_file(&id, &input, &to).await?;
+            let d = load(&me)?;
+            let r = d.encrypt_file(&id, &input, &to).await;
+            keep_pins(&d, &me, r)?;
             eprintln!("stored document {id}");
         }
         E2eCommand::Decrypt { id, out, me } => {
-            let author = load(&me)?.decrypt_file(&id, &out).await?;
+            let d = load(&me)?;
+            let r = d.decrypt_file(&id, &out).await;
+            let author = keep_pins(&d, &me, r)?;
             eprintln!("decrypted {id} (written by {author}) to {}", out.display());
         }
         E2eCommand::Grant { id, to, me } => {
             let to = recipient(&to)?;
-            load(&me)?.grant(&id, &to).await?;
+            let d = load(&me)?;
+            let r = d.grant(&id, &to).await;
+            keep_pins(&d, &me, r)?;
             eprintln!("granted {id}");
         }
         E2eCommand::Revoke { id, from, me } => {
             let from = recipient(&from)?;
-            load(&me)?.revoke(&id, &from).await?;
+            let d = load(&me)?;
+            let r = d.revoke(&id, &from).await;
+            keep_pins(&d, &me, r)?;
             eprintln!("revoked the grant on {id}");
+        }
+    }
+    Ok(())
+}
+
+/// Saves the keys the command pinned into the device file (whether the command succeeded or
+/// not: a pin is a fact learned), then gives the command's result.
+fn keep_pins<T>(
+    d: &Device,
+    me: &DeviceOpts,
+    r: Result<T, keyhold::e2e::E2eError>,
+) -> anyhow::Result<T> {
+    if d.pins_changed() {
+        d.save(&me.device_file).with_context(|| {
+            format!("cannot save pinned keys to the device file {}", me.device_file.display())
+        })?;
+    }
+    Ok(r?)
+}
+
+async fn group(d: &Device, command: GroupCommand) -> Result<(), keyhold::e2e::E2eError> {
+    match command {
+        GroupCommand::Create { group, not_member } => {
+            d.create_group(&group, !not_member).await?;
+            eprintln!("created group {group}");
+        }
+        GroupCommand::Show { group } => {
+            let g = d.group(&group).await?;
+            println!(
+                "{}",
+                serde_json::json!({"group": g.group, "members": g.members, "admins": g.admins})
+            );
+        }
+        GroupCommand::AddMember { group, user } => {
+            d.add_member(&group, &user).await?;
+            eprintln!("added {user} to {group}");
+        }
+        GroupCommand::RemoveMember { group, user } => {
+            d.remove_member(&group, &user).await?;
+            eprintln!("removed {user} from {group}");
+        }
+        GroupCommand::AddAdmin { group, user } => {
+            d.add_admin(&group, &user).await?;
+            eprintln!("made {user} an admin of {group}");
+        }
+        GroupCommand::RemoveAdmin { group, user } => {
+            d.remove_admin(&group, &user).await?;
+            eprintln!("removed admin {user} from {group}");
         }
     }
     Ok(())

@@ -100,6 +100,28 @@ fn groups_members_devices_and_documents_through_keyhold_up() {
     ));
     ok(e2e(d, b, "", &[&["decrypt", "--id", "plan", "--out", "bob.txt"][..], &bob].concat()));
     assert_eq!(std::fs::read(d.join("bob.txt")).unwrap(), b"the plan, end to end");
+
+    // Keys each device checked are pinned in its file: alice's laptop pinned bob's key when she
+    // added him, bob's laptop alice's (the author) when he decrypted. Their fingerprints of
+    // each other match what each user's own device prints.
+    let pins = |file: &str| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join(file)).unwrap()).unwrap();
+        v["pins"].clone()
+    };
+    assert!(pins("alice-laptop.json")["users"]["bob"].is_string(), "{}", pins("alice-laptop.json"));
+    assert!(pins("alice-laptop.json")["groups"]["employees"].is_string());
+    assert!(pins("bob-laptop.json")["users"]["alice"].is_string(), "{}", pins("bob-laptop.json"));
+    let fingerprint = |device: &[&str], user: &str| {
+        let o = ok(e2e(d, b, "", &[&["fingerprint", user][..], device].concat()));
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
+    };
+    let bobs = fingerprint(&bob, "bob");
+    assert_eq!(bobs.len(), 39, "{bobs}");
+    assert_eq!(fingerprint(&alice, "bob"), bobs);
+    assert_eq!(fingerprint(&bob_phone, "bob"), bobs);
+    assert_eq!(fingerprint(&bob, "alice"), fingerprint(&alice, "alice"));
+    assert_ne!(fingerprint(&bob, "alice"), bobs);
     ok(e2e(
         d,
         b,

@@ -7,7 +7,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use keyhold_e2e::pre::{self, PrivateKey};
 use keyhold_e2e::{
     AccessState, Actor, DeviceCertificate, DeviceKeys, KeySealedToPublicKey, PassphraseCost,
-    PassphraseSealedKey, Recipient, UserKeys, document,
+    PassphraseSealedKey, Recipient, SignedGroupKey, SignedUserKeys, UserKeys, document,
 };
 use rand_core::OsRng;
 
@@ -58,9 +58,10 @@ fn add_member(c: &mut Criterion) {
     let mut rng = OsRng;
     let admin_keys = UserKeys::generate(&mut rng);
     let admin_device = DeviceKeys::generate(&mut rng);
-    let mut state = AccessState::new();
+    let mut state = AccessState::new("acme");
     let sealed = PassphraseSealedKey::seal(&admin_keys, b"p", CHEAP, &mut rng).unwrap();
-    state.create_user("admin", sealed).unwrap();
+    let signed = SignedUserKeys::issue(&admin_keys, "acme", "admin");
+    state.create_user("admin", sealed, *signed.signature()).unwrap();
     let cert = DeviceCertificate::issue(&admin_keys, "admin", "d", admin_device.public());
     let tk = pre::transform_key(
         admin_keys.encryption_key(),
@@ -79,6 +80,7 @@ fn add_member(c: &mut Criterion) {
         .create_user(
             "newcomer",
             PassphraseSealedKey::seal(&newcomer, b"p", CHEAP, &mut rng).unwrap(),
+            *SignedUserKeys::issue(&newcomer, "acme", "newcomer").signature(),
         )
         .unwrap();
 
@@ -89,11 +91,14 @@ fn add_member(c: &mut Criterion) {
         let gk = PrivateKey::generate(&mut rng);
         let sealed =
             KeySealedToPublicKey::seal(&gk, &admin_keys.public().encryption, &mut rng).unwrap();
-        s.create_group(admin, &group, gk.public_key(), sealed, None).unwrap();
+        let signed =
+            SignedGroupKey::issue(&admin_device, "acme", &group, gk.public_key(), "admin", "d");
+        s.create_group(admin, &group, gk.public_key(), sealed, None, *signed.signature()).unwrap();
         let to_member = pre::transform_key(&gk, &member_keys.public().encryption, &mut rng);
         for i in 0..size {
             let id = format!("m{i}");
-            s.create_user(&id, member_sealed.clone()).unwrap();
+            let signed = SignedUserKeys::issue(&member_keys, "acme", &id);
+            s.create_user(&id, member_sealed.clone(), *signed.signature()).unwrap();
             s.add_member(admin, &group, &id, to_member.clone()).unwrap();
         }
         s.take_events();

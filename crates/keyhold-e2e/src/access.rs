@@ -27,6 +27,7 @@ use crate::keys::{
     UserPublicKeys,
 };
 use crate::pre::{self, EncryptedValue, PublicKey, TransformKey};
+use crate::trust::{SignedGroupKey, SignedUserKeys};
 
 const CERTIFICATE_DOMAIN: &[u8] = b"keyhold-e2e-v1 device certificate";
 
@@ -72,6 +73,14 @@ pub enum AccessError {
     /// The document or grant was refused (signature, format).
     #[error(transparent)]
     Document(#[from] DocumentError),
+    /// A public key is not signed by its owner: a user's keys by the user, a group's key by
+    /// the device that created it (docs/e2e-crypto.md §4.2).
+    #[error("a public key is not signed by its owner")]
+    KeyStatement,
+    /// A user's or group's key differs from the one this device pinned: the service handed
+    /// out another key for the same id (checked on the device only).
+    #[error("a key differs from the one pinned on this device")]
+    KeyChanged,
 }
 
 impl AccessError {
@@ -92,6 +101,8 @@ impl AccessError {
             Self::Id => 1112,
             Self::Document(DocumentError::Signature) => 1113,
             Self::Document(_) => 1114,
+            Self::KeyStatement => 1115,
+            Self::KeyChanged => 1116,
         }
     }
 }
@@ -281,12 +292,16 @@ struct ActiveDevice<'a> {
 #[derive(Debug, Clone)]
 struct User {
     public: UserPublicKeys,
+    /// The user's signature of its public keys ([`SignedUserKeys`]).
+    key_signature: [u8; 64],
     sealed: PassphraseSealedKey,
     devices: BTreeMap<String, Device>,
 }
 
 #[derive(Debug, Clone)]
 struct Group {
+    /// Its public key, signed by the creating device.
+    signed: SignedGroupKey,
     public_key: PublicKey,
     /// The group's private key sealed to each admin's public key.
     admins: BTreeMap<String, KeySealedToPublicKey>,
@@ -310,8 +325,9 @@ pub struct DecryptGrant {
     pub document: EncryptedDocument,
     /// The author device's certificate, to check who wrote it.
     pub author: DeviceCertificate,
-    /// The author's user's public keys (the certificate verifies with their signing key).
-    pub author_user: UserPublicKeys,
+    /// The author's user's public keys, signed by the user (the certificate verifies with
+    /// their signing key; a device also compares that key with its pin).
+    pub author_user: SignedUserKeys,
     /// The author device has been revoked since (the document, written before, still verifies;
     /// an application may want to say so).
     pub author_revoked: bool,
@@ -326,7 +342,10 @@ impl DecryptGrant {
     /// user's signing key and that the document is signed by that device, then decrypts with
     /// the device's key. Returns the plaintext and the author's user id.
     pub fn open(&self, device: &DeviceKeys) -> Result<(Zeroizing<Vec<u8>>, &str), AccessError> {
-        self.author.verify(&self.author_user.signing)?;
+        if self.author_user.user != self.author.user {
+            return Err(AccessError::Certificate);
+        }
+        self.author.verify(&self.author_user.keys.signing)?;
         if self.document.author() != &self.author.keys.signing {
             return Err(AccessError::Document(DocumentError::Signature));
         }
@@ -353,8 +372,10 @@ pub struct ServerMaterial {
 }
 
 /// One organization's E2E state: users, devices, groups, documents and grants.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct AccessState {
+    /// The organization, bound into the key statements.
+    tenant: String,
     users: BTreeMap<String, User>,
     groups: BTreeMap<String, Group>,
     documents: BTreeMap<String, StoredDocument>,
@@ -370,9 +391,20 @@ fn check_id(id: &str) -> Result<(), AccessError> {
 }
 
 impl AccessState {
-    /// An empty state.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty state for organization `tenant`.
+    pub fn new(tenant: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            users: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            documents: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The organization.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
     }
 
     /// The events recorded since the last call, oldest first.
@@ -393,18 +425,24 @@ impl AccessState {
         Ok(ActiveDevice { certificate: &d.certificate, transform })
     }
 
-    /// The vendor's backend creates a user with its public keys and its passphrase-sealed keys.
+    /// The vendor's backend creates a user with its public keys, its passphrase-sealed keys and
+    /// the user's signature of its public keys ([`SignedUserKeys::issue`]).
     pub fn create_user(
         &mut self,
         user: &str,
         sealed: PassphraseSealedKey,
+        key_signature: [u8; 64],
     ) -> Result<(), AccessError> {
         check_id(user)?;
         if self.users.contains_key(user) {
             return Err(AccessError::Exists);
         }
         let public = *sealed.public();
-        self.users.insert(user.to_owned(), User { public, sealed, devices: BTreeMap::new() });
+        SignedUserKeys::from_parts(user.to_owned(), public, key_signature).verify(&self.tenant)?;
+        self.users.insert(
+            user.to_owned(),
+            User { public, key_signature, sealed, devices: BTreeMap::new() },
+        );
         self.events.push(E2eEvent::new(E2eAction::UserCreate, None).user(user));
         Ok(())
     }
@@ -412,6 +450,12 @@ impl AccessState {
     /// A user's public keys.
     pub fn user_public_keys(&self, user: &str) -> Result<UserPublicKeys, AccessError> {
         self.users.get(user).map(|u| u.public).ok_or(AccessError::UnknownUser)
+    }
+
+    /// A user's public keys with the user's signature, for a device to check.
+    pub fn signed_user_keys(&self, user: &str) -> Result<SignedUserKeys, AccessError> {
+        let u = self.users.get(user).ok_or(AccessError::UnknownUser)?;
+        Ok(SignedUserKeys::from_parts(user.to_owned(), u.public, u.key_signature))
     }
 
     /// A user's passphrase-sealed keys (for the user's new device to open with the passphrase).
@@ -486,7 +530,8 @@ impl AccessState {
 
     /// Creates a group whose first admin is the actor's user: `sealed_for_creator` is the
     /// group's private key sealed to that user; `creator_membership`, if given, makes the
-    /// creator a member too (a transform key group → creator).
+    /// creator a member too (a transform key group → creator). `key_signature` is the calling
+    /// device's signature of the group's key ([`SignedGroupKey::issue`]).
     pub fn create_group(
         &mut self,
         actor: Actor<'_>,
@@ -494,12 +539,21 @@ impl AccessState {
         public_key: PublicKey,
         sealed_for_creator: KeySealedToPublicKey,
         creator_membership: Option<TransformKey>,
+        key_signature: [u8; 64],
     ) -> Result<(), AccessError> {
         check_id(group)?;
-        self.device(actor)?;
+        let device_signing = self.device(actor)?.certificate.keys.signing;
         if self.groups.contains_key(group) {
             return Err(AccessError::Exists);
         }
+        let signed = SignedGroupKey::from_parts(
+            group.to_owned(),
+            public_key,
+            actor.user.to_owned(),
+            actor.device.to_owned(),
+            key_signature,
+        );
+        signed.verify_with(&self.tenant, &device_signing)?;
         if sealed_for_creator.public_key() != &public_key {
             return Err(AccessError::KeyMismatch("sealed key is not the group's"));
         }
@@ -511,7 +565,7 @@ impl AccessState {
         }
         let admins = BTreeMap::from([(actor.user.to_owned(), sealed_for_creator)]);
         let is_member = !members.is_empty();
-        self.groups.insert(group.to_owned(), Group { public_key, admins, members });
+        self.groups.insert(group.to_owned(), Group { signed, public_key, admins, members });
         self.events.push(E2eEvent::new(E2eAction::GroupCreate, Some(actor)).group(group));
         if is_member {
             self.events.push(
@@ -524,6 +578,12 @@ impl AccessState {
     /// A group's public key (to encrypt to it).
     pub fn group_public_key(&self, group: &str) -> Result<PublicKey, AccessError> {
         self.groups.get(group).map(|g| g.public_key).ok_or(AccessError::UnknownGroup)
+    }
+
+    /// A group's public key signed by its creating device, for a device to check (with the
+    /// creator's certificate, [`AccessState::device_certificate`]).
+    pub fn signed_group_key(&self, group: &str) -> Result<&SignedGroupKey, AccessError> {
+        self.groups.get(group).map(|g| &g.signed).ok_or(AccessError::UnknownGroup)
     }
 
     /// The group's members, in order.
@@ -818,7 +878,7 @@ impl AccessState {
         Ok(DecryptGrant {
             author_revoked: self.device_revoked(&stored.author_user, &stored.author_device)?,
             document: stored.document.clone(),
-            author_user: self.user_public_keys(&stored.author_user)?,
+            author_user: self.signed_user_keys(&stored.author_user)?,
             author,
             value,
             via_group: via.map(|(g, _)| g.to_owned()),

@@ -11,6 +11,7 @@ use crate::keys::{
     DeviceKeys, KeySealedToPublicKey, PassphraseCost, PassphraseSealedKey, UserKeys,
 };
 use crate::pre::{self, PrivateKey};
+use crate::trust::{SignedGroupKey, SignedUserKeys};
 
 const CHEAP: PassphraseCost = PassphraseCost { memory_kib: 64, iterations: 1, parallelism: 1 };
 
@@ -23,13 +24,14 @@ struct Member {
 /// Users with devices (one revoked), a group with a member added and one removed, documents
 /// to the group, to a user and to both: every kind of record the server keeps.
 fn populated(rng: &mut ChaCha20Rng) -> (AccessState, Vec<Member>, PrivateKey, Vec<&'static [u8]>) {
-    let mut state = AccessState::new();
+    let mut state = AccessState::new("acme");
     let mut members = Vec::new();
     for id in ["alice", "bob", "carol"] {
         let keys = UserKeys::generate(rng);
         let passphrase = format!("{id} passphrase");
         let sealed = PassphraseSealedKey::seal(&keys, passphrase.as_bytes(), CHEAP, rng).unwrap();
-        state.create_user(id, sealed).unwrap();
+        let signed = SignedUserKeys::issue(&keys, "acme", id);
+        state.create_user(id, sealed, *signed.signature()).unwrap();
         let mut devices = Vec::new();
         for name in ["laptop", "phone"] {
             let device = DeviceKeys::generate(rng);
@@ -45,7 +47,17 @@ fn populated(rng: &mut ChaCha20Rng) -> (AccessState, Vec<Member>, PrivateKey, Ve
     let sealed =
         KeySealedToPublicKey::seal(&group_key, &members[0].keys.public().encryption, rng).unwrap();
     let own = pre::transform_key(&group_key, &members[0].keys.public().encryption, rng);
-    state.create_group(alice, "org", group_key.public_key(), sealed, Some(own)).unwrap();
+    let signed = SignedGroupKey::issue(
+        &members[0].devices[0],
+        "acme",
+        "org",
+        group_key.public_key(),
+        "alice",
+        "laptop",
+    );
+    state
+        .create_group(alice, "org", group_key.public_key(), sealed, Some(own), *signed.signature())
+        .unwrap();
     for m in &members[1..] {
         let tk = pre::transform_key(&group_key, &m.keys.public().encryption, rng);
         state.add_member(alice, "org", m.id, tk).unwrap();

@@ -15,6 +15,7 @@ use crate::access::{DecryptGrant, DeviceCertificate};
 use crate::document::EncryptedDocument;
 use crate::keys::{DeviceKeys, DevicePublicKeys, UserPublicKeys};
 use crate::pre::{EncryptedValue, PublicKey};
+use crate::trust::{SignedGroupKey, SignedUserKeys};
 
 /// The calling device's user id.
 pub const USER_HEADER: &str = "keyhold-e2e-user";
@@ -205,6 +206,9 @@ pub struct CreateUser {
     /// The sealed keys.
     #[serde(with = "b64")]
     pub sealed_keys: Vec<u8>,
+    /// The user's signature of its public keys ([`crate::trust::SignedUserKeys`], 64 bytes).
+    #[serde(with = "b64")]
+    pub key_signature: Vec<u8>,
 }
 
 /// `GET /users/{user}/sealed-keys` (vendor): the sealed keys, for the user's new device.
@@ -215,7 +219,7 @@ pub struct SealedKeys {
     pub sealed_keys: Vec<u8>,
 }
 
-/// `GET /users/{user}` (device): a user's public keys.
+/// `GET /users/{user}` (device): a user's public keys and the user's signature of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserKeysView {
     /// Transform-encryption public key (48 bytes).
@@ -224,6 +228,10 @@ pub struct UserKeysView {
     /// Ed25519 public key (32 bytes).
     #[serde(with = "b64")]
     pub signing_key: Vec<u8>,
+    /// The user's signature ([`crate::trust::SignedUserKeys`], 64 bytes); empty for a user
+    /// stored before users' keys were signed (broker migration 0008): devices refuse it.
+    #[serde(default, with = "b64")]
+    pub key_signature: Vec<u8>,
 }
 
 /// A device certificate on the wire.
@@ -268,6 +276,9 @@ pub struct CreateGroup {
     /// Transform key group → creator, to make the creator a member too.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
     pub creator_membership: Option<Vec<u8>>,
+    /// The calling device's signature of the group's key ([`crate::trust::SignedGroupKey`]).
+    #[serde(with = "b64")]
+    pub key_signature: Vec<u8>,
 }
 
 /// Base64url for an optional binary field.
@@ -302,6 +313,34 @@ pub struct GroupView {
     pub members: Vec<String>,
     /// Admin user ids, sorted.
     pub admins: Vec<String>,
+    /// The certificate of the device that created the group (revoked or not). Absent for a
+    /// group stored before groups' keys were signed (broker migration 0008): devices refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<CertificateView>,
+    /// That device's signature of the group's key ([`crate::trust::SignedGroupKey`]); empty
+    /// when `creator` is absent.
+    #[serde(default, with = "b64")]
+    pub key_signature: Vec<u8>,
+}
+
+impl GroupView {
+    /// The group's signed key and its creator's certificate, for
+    /// [`SignedGroupKey::verify`].
+    pub fn signed_key(&self) -> Result<(SignedGroupKey, DeviceCertificate), MalformedField> {
+        let public_key =
+            PublicKey::from_bytes(&self.public_key).map_err(|_| MalformedField("public_key"))?;
+        let creator: DeviceCertificate =
+            self.creator.as_ref().ok_or(MalformedField("creator"))?.try_into()?;
+        let signature = signature(&self.key_signature, "key_signature")?;
+        let signed = SignedGroupKey::from_parts(
+            self.group.clone(),
+            public_key,
+            creator.user.clone(),
+            creator.device.clone(),
+            signature,
+        );
+        Ok((signed, creator))
+    }
 }
 
 /// `PUT /groups/{group}/members/{user}` (admin's device).
@@ -383,24 +422,34 @@ pub struct ErrorBody {
 #[error("malformed field `{0}`")]
 pub struct MalformedField(pub &'static str);
 
-impl From<&UserPublicKeys> for UserKeysView {
-    fn from(k: &UserPublicKeys) -> Self {
+impl From<&SignedUserKeys> for UserKeysView {
+    fn from(k: &SignedUserKeys) -> Self {
         Self {
-            encryption_key: k.encryption.to_bytes().to_vec(),
-            signing_key: k.signing.as_bytes().to_vec(),
+            encryption_key: k.keys.encryption.to_bytes().to_vec(),
+            signing_key: k.keys.signing.as_bytes().to_vec(),
+            key_signature: k.signature().to_vec(),
         }
     }
 }
 
-impl TryFrom<&UserKeysView> for UserPublicKeys {
-    type Error = MalformedField;
-    fn try_from(v: &UserKeysView) -> Result<Self, MalformedField> {
-        Ok(Self {
-            encryption: PublicKey::from_bytes(&v.encryption_key)
+impl UserKeysView {
+    /// The keys as user `user`'s, for [`SignedUserKeys::verify`].
+    pub fn signed(&self, user: &str) -> Result<SignedUserKeys, MalformedField> {
+        let keys = UserPublicKeys {
+            encryption: PublicKey::from_bytes(&self.encryption_key)
                 .map_err(|_| MalformedField("encryption_key"))?,
-            signing: verifying_key(&v.signing_key).ok_or(MalformedField("signing_key"))?,
-        })
+            signing: verifying_key(&self.signing_key).ok_or(MalformedField("signing_key"))?,
+        };
+        Ok(SignedUserKeys::from_parts(
+            user.to_owned(),
+            keys,
+            signature(&self.key_signature, "key_signature")?,
+        ))
     }
+}
+
+fn signature(bytes: &[u8], field: &'static str) -> Result<[u8; 64], MalformedField> {
+    bytes.try_into().map_err(|_| MalformedField(field))
 }
 
 impl From<&DeviceCertificate> for CertificateView {
@@ -423,8 +472,7 @@ impl TryFrom<&CertificateView> for DeviceCertificate {
                 .map_err(|_| MalformedField("encryption_key"))?,
             signing: verifying_key(&v.signing_key).ok_or(MalformedField("signing_key"))?,
         };
-        let signature: [u8; 64] =
-            v.signature.as_slice().try_into().map_err(|_| MalformedField("signature"))?;
+        let signature = signature(&v.signature, "signature")?;
         Ok(DeviceCertificate::from_parts(v.user.clone(), v.device.clone(), keys, signature))
     }
 }
@@ -449,7 +497,7 @@ impl TryFrom<&DecryptResponse> for DecryptGrant {
             document: EncryptedDocument::from_bytes(&r.document)
                 .map_err(|_| MalformedField("document"))?,
             author: (&r.author).try_into()?,
-            author_user: (&r.author_user).try_into()?,
+            author_user: r.author_user.signed(&r.author.user)?,
             value: EncryptedValue::from_bytes(&r.value).map_err(|_| MalformedField("value"))?,
             author_revoked: r.author_revoked,
             via_group: r.via_group.clone(),

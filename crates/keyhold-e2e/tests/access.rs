@@ -8,11 +8,12 @@ use keyhold_e2e::pre;
 use keyhold_e2e::{
     AccessError, AccessState, Actor, DeviceCertificate, DeviceKeys, DocumentError,
     EncryptedDocument, KeySealedToPublicKey, PassphraseCost, PassphraseSealedKey, PrivateKey,
-    Recipient, UserKeys,
+    Recipient, SignedGroupKey, SignedUserKeys, UserKeys,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng as _;
 
+const TENANT: &str = "acme";
 const CHEAP: PassphraseCost = PassphraseCost { memory_kib: 64, iterations: 1, parallelism: 1 };
 
 struct World {
@@ -37,14 +38,15 @@ impl Person {
 
 impl World {
     fn new(seed: u64) -> Self {
-        Self { rng: ChaCha20Rng::seed_from_u64(seed), state: AccessState::new() }
+        Self { rng: ChaCha20Rng::seed_from_u64(seed), state: AccessState::new(TENANT) }
     }
 
     fn user(&mut self, id: &str, passphrase: &str) -> Person {
         let keys = UserKeys::generate(&mut self.rng);
         let sealed =
             PassphraseSealedKey::seal(&keys, passphrase.as_bytes(), CHEAP, &mut self.rng).unwrap();
-        self.state.create_user(id, sealed).unwrap();
+        let signed = SignedUserKeys::issue(&keys, TENANT, id);
+        self.state.create_user(id, sealed, *signed.signature()).unwrap();
         let mut p = Person { id: id.into(), keys, devices: vec![] };
         self.add_device(&mut p, "laptop");
         p
@@ -68,8 +70,23 @@ impl World {
                 .unwrap();
         let membership =
             pre::transform_key(&group_key, &admin.keys.public().encryption, &mut self.rng);
+        let signed = SignedGroupKey::issue(
+            admin.device(0),
+            TENANT,
+            id,
+            group_key.public_key(),
+            &admin.id,
+            &admin.devices[0].0,
+        );
         self.state
-            .create_group(admin.actor(0), id, group_key.public_key(), sealed, Some(membership))
+            .create_group(
+                admin.actor(0),
+                id,
+                group_key.public_key(),
+                sealed,
+                Some(membership),
+                *signed.signature(),
+            )
             .unwrap();
     }
 
@@ -208,7 +225,8 @@ fn a_new_device_reads_what_was_shared_with_its_user_once_the_user_authorizes_it(
         &mut w.rng,
     )
     .unwrap();
-    w.state.create_user("carol", sealed).unwrap();
+    let signed = SignedUserKeys::issue(&carol_keys, TENANT, "carol");
+    w.state.create_user("carol", sealed, *signed.signature()).unwrap();
     w.encrypt(&alice, "for-carol", b"hello carol", &[Recipient::User("carol".into())]);
 
     // Carol's first device: fetches her sealed keys, opens them with the passphrase.
@@ -464,9 +482,93 @@ fn only_admins_change_a_group_and_keys_must_match_their_records() {
     // Unknown things and bad ids.
     assert_eq!(w.read(&alice, 0, "nothing").unwrap_err(), AccessError::UnknownDocument);
     assert_eq!(w.state.group_public_key("nope").unwrap_err(), AccessError::UnknownGroup);
+    let keys = UserKeys::generate(&mut w.rng);
+    let sealed = PassphraseSealedKey::seal(&keys, b"p", CHEAP, &mut w.rng).unwrap();
+    let sig = *SignedUserKeys::issue(&keys, TENANT, "").signature();
+    assert_eq!(w.state.create_user("", sealed.clone(), sig).unwrap_err(), AccessError::Id);
+    let sig = *SignedUserKeys::issue(&keys, TENANT, "alice").signature();
+    assert_eq!(w.state.create_user("alice", sealed, sig).unwrap_err(), AccessError::Exists);
+}
+
+/// Every public key the service hands out is signed by its owner, and the service refuses
+/// keys that are not: a user's keys by the user (for its id and organization), a group's key by
+/// the device that created it. What a device does with them is in keyhold's SDK tests.
+#[test]
+fn public_keys_are_signed_by_their_owners_and_unsigned_ones_are_refused() {
+    let mut w = World::new(11);
+    let alice = w.user("alice", "a-pass");
+    let mut bob = w.user("bob", "b-pass");
+    w.add_device(&mut bob, "phone");
+
+    // A user's keys: signed by another user, for another id, for another organization.
+    let carol = UserKeys::generate(&mut w.rng);
+    let sealed = PassphraseSealedKey::seal(&carol, b"c", CHEAP, &mut w.rng).unwrap();
+    for bad in [
+        SignedUserKeys::issue(&alice.keys, TENANT, "carol"),
+        SignedUserKeys::issue(&carol, TENANT, "carol2"),
+        SignedUserKeys::issue(&carol, "other-org", "carol"),
+    ] {
+        assert_eq!(
+            w.state.create_user("carol", sealed.clone(), *bad.signature()).unwrap_err(),
+            AccessError::KeyStatement
+        );
+    }
+    assert_eq!(w.state.user_public_keys("carol").unwrap_err(), AccessError::UnknownUser);
+    let good = SignedUserKeys::issue(&carol, TENANT, "carol");
+    w.state.create_user("carol", sealed, *good.signature()).unwrap();
+    let served = w.state.signed_user_keys("carol").unwrap();
+    assert_eq!(served, good);
+    assert_eq!(served.verify(TENANT), Ok(()));
+    assert_eq!(served.keys, carol.public());
+
+    // A group's key signed by another device than the caller (the same user's other device,
+    // another user's), for another group, or another key.
+    let group_key = PrivateKey::generate(&mut w.rng);
+    let pk = group_key.public_key();
     let sealed =
-        PassphraseSealedKey::seal(&UserKeys::generate(&mut w.rng), b"p", CHEAP, &mut w.rng)
-            .unwrap();
-    assert_eq!(w.state.create_user("", sealed.clone()).unwrap_err(), AccessError::Id);
-    assert_eq!(w.state.create_user("alice", sealed).unwrap_err(), AccessError::Exists);
+        KeySealedToPublicKey::seal(&group_key, &bob.keys.public().encryption, &mut w.rng).unwrap();
+    let other_pk = PrivateKey::generate(&mut w.rng).public_key();
+    for bad in [
+        SignedGroupKey::issue(bob.device(1), TENANT, "g", pk, "bob", "laptop"),
+        SignedGroupKey::issue(alice.device(0), TENANT, "g", pk, "bob", "laptop"),
+        SignedGroupKey::issue(bob.device(0), TENANT, "g2", pk, "bob", "laptop"),
+        SignedGroupKey::issue(bob.device(0), TENANT, "g", other_pk, "bob", "laptop"),
+        SignedGroupKey::issue(bob.device(0), "other-org", "g", pk, "bob", "laptop"),
+        SignedGroupKey::issue(bob.device(0), TENANT, "g", pk, "bob", "phone"),
+    ] {
+        assert_eq!(
+            w.state
+                .create_group(bob.actor(0), "g", pk, sealed.clone(), None, *bad.signature())
+                .unwrap_err(),
+            AccessError::KeyStatement
+        );
+    }
+    assert_eq!(w.state.group_public_key("g").unwrap_err(), AccessError::UnknownGroup);
+    let good = SignedGroupKey::issue(bob.device(0), TENANT, "g", pk, "bob", "laptop");
+    w.state.create_group(bob.actor(0), "g", pk, sealed, None, *good.signature()).unwrap();
+
+    // What a reader checks: the creator's certificate with the creator's (signed) user keys,
+    // then the device's signature of the group key. It still holds once the device is revoked.
+    let check = |state: &AccessState| {
+        let signed = state.signed_group_key("g").unwrap().clone();
+        let cert = state.device_certificate(&signed.creator_user, &signed.creator_device).unwrap();
+        let creator = state.signed_user_keys(&signed.creator_user).unwrap();
+        creator.verify(TENANT)?;
+        signed.verify(TENANT, cert, &creator.keys.signing)?;
+        assert_eq!(signed.public_key, pk);
+        Ok::<_, AccessError>(())
+    };
+    assert_eq!(check(&w.state), Ok(()));
+    w.state.revoke_device(bob.actor(1), "laptop").unwrap();
+    assert_eq!(check(&w.state), Ok(()));
+
+    // A decrypt carries the author's signed keys; they verify, and a swapped author user is
+    // refused before anything is decrypted.
+    w.encrypt(&alice, "d", b"body", &[Recipient::User("bob".into())]);
+    let grant = w.state.decrypt(bob.actor(1), "d").unwrap();
+    assert_eq!(grant.author_user.verify(TENANT), Ok(()));
+    assert_eq!(grant.open(bob.device(1)).unwrap().1, "alice");
+    let mut swapped = grant.clone();
+    swapped.author_user = w.state.signed_user_keys("carol").unwrap();
+    assert_eq!(swapped.open(bob.device(1)).unwrap_err(), AccessError::Certificate);
 }

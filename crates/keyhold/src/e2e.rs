@@ -27,16 +27,20 @@
 //! ```
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyhold_e2e::OsRng;
 use keyhold_e2e::keys::{KeyError, UserPublicKeys};
 use keyhold_e2e::pre::{self, PrivateKey, PublicKey};
-pub use keyhold_e2e::{AccessError, DocumentError, Recipient};
+use keyhold_e2e::trust::{self, Pin};
+pub use keyhold_e2e::{AccessError, DocumentError, KeyPins, Recipient};
 use keyhold_e2e::{
     DecryptGrant, DeviceCertificate, DeviceKeys, KeySealedToPublicKey, PassphraseCost,
     PassphraseSealedKey, UserKeys, document, wire,
 };
+use keyhold_e2e::{SignedGroupKey, SignedUserKeys, VerifyingKey};
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -122,9 +126,26 @@ impl E2eService {
         VendorE2e { service: self.clone(), key: Zeroizing::new(vendor_api_key.trim().to_owned()) }
     }
 
-    /// A device whose keys this process holds.
+    /// A device whose keys this process holds, with no pinned keys yet (see [`Device::pin_user`]).
     pub fn device(&self, user: &str, device: &str, keys: DeviceKeys) -> Device {
-        Device { service: self.clone(), user: user.to_owned(), device: device.to_owned(), keys }
+        self.device_with_pins(user, device, keys, KeyPins::new())
+    }
+
+    fn device_with_pins(
+        &self,
+        user: &str,
+        device: &str,
+        keys: DeviceKeys,
+        pins: KeyPins,
+    ) -> Device {
+        Device {
+            service: self.clone(),
+            user: user.to_owned(),
+            device: device.to_owned(),
+            keys,
+            pins: Mutex::new(pins),
+            pins_changed: AtomicBool::new(false),
+        }
     }
 
     /// The organization.
@@ -239,10 +260,23 @@ impl core::fmt::Debug for VendorE2e {
 }
 
 impl VendorE2e {
-    /// Registers a user from its passphrase-sealed keys (made on the user's device by
-    /// [`new_user_keys`]).
-    pub async fn create_user(&self, user: &str, sealed: &PassphraseSealedKey) -> Result<()> {
-        let body = wire::CreateUser { user: user.to_owned(), sealed_keys: sealed.to_bytes() };
+    /// Registers a user from its passphrase-sealed keys and its signature of its public keys
+    /// (both made on the user's device by [`new_user_keys`]).
+    pub async fn create_user(
+        &self,
+        sealed: &PassphraseSealedKey,
+        signed: &SignedUserKeys,
+    ) -> Result<()> {
+        if &signed.keys != sealed.public() {
+            return Err(E2eError::InvalidArgument(
+                "the signed keys are not the sealed keys' public keys".into(),
+            ));
+        }
+        let body = wire::CreateUser {
+            user: signed.user.clone(),
+            sealed_keys: sealed.to_bytes(),
+            key_signature: signed.signature().to_vec(),
+        };
         self.service
             .call::<serde_json::Value>(
                 Method::POST,
@@ -279,35 +313,42 @@ impl VendorE2e {
     /// Everything for a new user in one process (tests, tools, single-tier apps): keys made
     /// here, sealed under the passphrase, registered with the first device.
     pub async fn enroll_user(&self, user: &str, passphrase: &[u8], device: &str) -> Result<Device> {
-        let (keys, sealed) = new_user_keys(passphrase, PassphraseCost::default())?;
-        self.create_user(user, &sealed).await?;
+        let (keys, sealed, signed) =
+            new_user_keys(&self.service.tenant, user, passphrase, PassphraseCost::default())?;
+        self.create_user(&sealed, &signed).await?;
         let enrollment = DeviceEnrollment::new(&keys, user, device);
         self.authorize_device(&enrollment).await?;
-        Ok(self.service.device(user, device, enrollment.keys))
+        Ok(enrollment.into_device(&self.service, &keys))
     }
 
     /// A new device for an existing user: fetch the sealed keys, open them with the passphrase
     /// (on the device), certify the device, register it.
     pub async fn add_device(&self, user: &str, passphrase: &[u8], device: &str) -> Result<Device> {
+        // Opening with the passphrase authenticates the public keys too (they are the sealed
+        // key's associated data), so the device can pin its own user's key.
         let keys = self.sealed_keys(user).await?.open(passphrase)?;
         let enrollment = DeviceEnrollment::new(&keys, user, device);
         self.authorize_device(&enrollment).await?;
-        Ok(self.service.device(user, device, enrollment.keys))
+        Ok(enrollment.into_device(&self.service, &keys))
     }
 }
 
-/// A new user's keys, and the same sealed under `passphrase` (Argon2id at `cost`) for the
-/// service to keep. Runs on the user's device.
+/// A new user's keys; the same sealed under `passphrase` (Argon2id at `cost`) for the service
+/// to keep; and the user's signature of its public keys as user `user` of `tenant`, which every
+/// device checks before using them. Runs on the user's device.
 pub fn new_user_keys(
+    tenant: &str,
+    user: &str,
     passphrase: &[u8],
     cost: PassphraseCost,
-) -> Result<(UserKeys, PassphraseSealedKey)> {
+) -> Result<(UserKeys, PassphraseSealedKey, SignedUserKeys)> {
     if passphrase.is_empty() {
         return Err(E2eError::InvalidArgument("the passphrase is empty".into()));
     }
     let keys = UserKeys::generate(&mut OsRng);
     let sealed = PassphraseSealedKey::seal(&keys, passphrase, cost, &mut OsRng)?;
-    Ok((keys, sealed))
+    let signed = SignedUserKeys::issue(&keys, tenant, user);
+    Ok((keys, sealed, signed))
 }
 
 /// A device's keys with the user's certificate and transform key user → device: what the
@@ -330,14 +371,32 @@ impl DeviceEnrollment {
             pre::transform_key(user_keys.encryption_key(), &keys.public().encryption, &mut OsRng);
         Self { keys, certificate, transform_key }
     }
+
+    /// The enrolled device, with its own user's key pinned (`user_keys` made the enrollment).
+    fn into_device(self, service: &E2eService, user_keys: &UserKeys) -> Device {
+        let device = service.device(&self.certificate.user, &self.certificate.device, self.keys);
+        device.pins().pin_user(&self.certificate.user, &user_keys.public().signing);
+        device.pins_changed.store(true, Ordering::Relaxed);
+        device
+    }
 }
 
 /// A user's device, holding its private keys; every request is signed with them.
+///
+/// Every public key the device uses comes from the service, so the device checks it first
+/// (docs/e2e-crypto.md §4.2): a user's keys must carry the user's signature, a group's key the
+/// signature of the device that created the group, certified by its user. The device pins each
+/// user's signing key and each group's key on first use (its own user's at enrollment) and
+/// refuses a different one later ([`AccessError::KeyChanged`], code 1116). Pins are saved with
+/// the device by [`Device::save`]; compare [`Device::fingerprint`]s out of band to check a
+/// first use.
 pub struct Device {
     service: E2eService,
     user: String,
     device: String,
     keys: DeviceKeys,
+    pins: Mutex<KeyPins>,
+    pins_changed: AtomicBool,
 }
 
 impl core::fmt::Debug for Device {
@@ -358,6 +417,9 @@ struct DeviceFile {
     device: String,
     #[serde(with = "wire::b64")]
     keys: Vec<u8>,
+    /// The users' and groups' keys this device has checked (absent in files written before).
+    #[serde(default)]
+    pins: KeyPins,
 }
 
 impl Device {
@@ -371,26 +433,73 @@ impl Device {
         &self.device
     }
 
-    /// Writes the device's identity and private keys to `path`, readable by the owner only.
-    /// This file is the device: keep it on the device.
+    /// Writes the device's identity, private keys and pinned keys to `path`, readable by the
+    /// owner only. This file is the device: keep it on the device. The file is replaced
+    /// atomically (written beside it, synced, renamed), so a crash while saving pins never
+    /// loses the keys.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let file = DeviceFile {
+        let mut file = DeviceFile {
             broker: self.service.base.clone(),
             tenant: self.service.tenant.clone(),
             user: self.user.clone(),
             device: self.device.clone(),
             keys: self.keys.to_bytes().to_vec(),
+            pins: self.pins().clone(),
         };
-        let text = Zeroizing::new(
-            serde_json::to_vec_pretty(&file)
-                .map_err(|e| E2eError::InvalidArgument(e.to_string()))?,
-        );
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        std::io::Write::write_all(&mut opts.open(path)?, &text)?;
+        let text = serde_json::to_vec_pretty(&file).map(Zeroizing::new);
+        zeroize::Zeroize::zeroize(&mut file.keys);
+        let text = text.map_err(|e| E2eError::InvalidArgument(e.to_string()))?;
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(name);
+        let write = || -> std::io::Result<()> {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            std::io::Write::write_all(&mut f, &text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        self.pins_changed.store(false, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether the device pinned a key since it was loaded or last saved (save it then, or the
+    /// pin is checked again as a first use next time).
+    pub fn pins_changed(&self) -> bool {
+        self.pins_changed.load(Ordering::Relaxed)
+    }
+
+    fn pins(&self) -> std::sync::MutexGuard<'_, KeyPins> {
+        // Pins are checked and inserted in one call; a panic elsewhere leaves them consistent.
+        self.pins.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pin(&self, checked: std::result::Result<Pin, AccessError>) -> Result<()> {
+        if checked? == Pin::New {
+            self.pins_changed.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Pins a user's signing key checked out of band (e.g. a fingerprint compared in person),
+    /// replacing any earlier pin.
+    pub fn pin_user(&self, user: &str, signing: &VerifyingKey) {
+        self.pins().pin_user(user, signing);
+        self.pins_changed.store(true, Ordering::Relaxed);
+    }
+
+    /// The fingerprint of a user's signing key as this device sees it (checked and pinned), to
+    /// compare with the same on the user's own device ([`keyhold_e2e::trust::fingerprint`]).
+    pub async fn fingerprint(&self, user: &str) -> Result<String> {
+        let signing = self.user_signing_key(user).await?;
+        Ok(trust::fingerprint(&self.service.tenant, user, &signing))
     }
 
     /// Reads a file written by [`Device::save`].
@@ -399,7 +508,12 @@ impl Device {
         let file: DeviceFile = serde_json::from_slice(&text)
             .map_err(|e| E2eError::InvalidArgument(format!("{}: {e}", path.display())))?;
         let keys = DeviceKeys::from_bytes(&Zeroizing::new(file.keys))?;
-        Ok(E2eService::new(&file.broker, &file.tenant)?.device(&file.user, &file.device, keys))
+        Ok(E2eService::new(&file.broker, &file.tenant)?.device_with_pins(
+            &file.user,
+            &file.device,
+            keys,
+            file.pins,
+        ))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -411,20 +525,58 @@ impl Device {
         self.service.call(method, &self.service.path(rest), body, Auth::Device(self)).await
     }
 
-    /// A user's public keys.
+    /// A user's public keys, checked: signed by the user's signing key, which matches this
+    /// device's pin (or is pinned now, on first use).
     pub async fn user_public_keys(&self, user: &str) -> Result<UserPublicKeys> {
         let v: wire::UserKeysView =
             expect(self.call(Method::GET, &format!("/users/{}", seg(user)), None).await?)?;
-        (&v).try_into().map_err(malformed)
+        let signed = self.check_user_keys(user, &v)?;
+        Ok(signed.keys)
     }
 
-    /// A group's public key, members and admins.
+    /// Checks a user's keys as served: the user's signature, then the pin.
+    fn check_user_keys(&self, user: &str, v: &wire::UserKeysView) -> Result<SignedUserKeys> {
+        if v.key_signature.is_empty() {
+            // Stored before users signed their keys: nothing vouches for them.
+            return Err(AccessError::KeyStatement.into());
+        }
+        let signed = v.signed(user).map_err(malformed)?;
+        signed.verify(&self.service.tenant)?;
+        self.pin(self.pins().check_user(user, &signed.keys.signing))?;
+        Ok(signed)
+    }
+
+    /// A user's signing key: the pinned one, else fetched and checked (and pinned).
+    async fn user_signing_key(&self, user: &str) -> Result<VerifyingKey> {
+        if let Some(pinned) = self.pins().user(user) {
+            return Ok(pinned);
+        }
+        Ok(self.user_public_keys(user).await?.signing)
+    }
+
+    /// A group's public key, members and admins, as the service states them (the key is not
+    /// checked here: encrypting and granting use the checked key).
     pub async fn group(&self, group: &str) -> Result<wire::GroupView> {
         expect(self.call(Method::GET, &format!("/groups/{}", seg(group)), None).await?)
     }
 
+    /// A group's public key, checked: signed by the device that created the group, whose
+    /// certificate verifies with its user's (checked or pinned) signing key, and equal to this
+    /// device's pin (or pinned now).
     async fn group_public_key(&self, group: &str) -> Result<PublicKey> {
-        PublicKey::from_bytes(&self.group(group).await?.public_key).map_err(malformed)
+        let view = self.group(group).await?;
+        if view.group != group {
+            return Err(E2eError::InvalidResponse("the service returned another group".into()));
+        }
+        if view.creator.is_none() || view.key_signature.is_empty() {
+            // Stored before groups' keys were signed: nothing vouches for the key.
+            return Err(AccessError::KeyStatement.into());
+        }
+        let (signed, creator) = view.signed_key().map_err(malformed)?;
+        let creator_signing = self.user_signing_key(&signed.creator_user).await?;
+        signed.verify(&self.service.tenant, &creator, &creator_signing)?;
+        self.pin(self.pins().check_group(group, &signed.public_key))?;
+        Ok(signed.public_key)
     }
 
     async fn recipient_key(&self, r: &Recipient) -> Result<PublicKey> {
@@ -444,17 +596,28 @@ impl Device {
     /// Creates a group with a fresh key pair, administered by this user (and, if `member`, with
     /// this user as a member). The group's private key leaves the device only sealed to the user.
     pub async fn create_group(&self, group: &str, member: bool) -> Result<()> {
+        // Checked against this user's pin: the group's private key is sealed to this key.
         let me = self.user_public_keys(&self.user).await?;
         let key = PrivateKey::generate(&mut OsRng);
         let sealed = KeySealedToPublicKey::seal(&key, &me.encryption, &mut OsRng)?;
+        let signed = SignedGroupKey::issue(
+            &self.keys,
+            &self.service.tenant,
+            group,
+            key.public_key(),
+            &self.user,
+            &self.device,
+        );
         let body = wire::CreateGroup {
             group: group.to_owned(),
             public_key: key.public_key().to_bytes().to_vec(),
             sealed_for_creator: sealed.to_bytes(),
             creator_membership: member
                 .then(|| pre::transform_key(&key, &me.encryption, &mut OsRng).to_bytes()),
+            key_signature: signed.signature().to_vec(),
         };
         self.call::<serde_json::Value>(Method::POST, "/groups", json(&body)?).await?;
+        self.pin(self.pins().check_group(group, &key.public_key()))?;
         Ok(())
     }
 
@@ -559,7 +722,15 @@ impl Device {
         if grant.document.id() != id {
             return Err(E2eError::InvalidResponse("the service returned another document".into()));
         }
+        // The author's signing key vouches for the document: it must be the user's (signed by
+        // it, and the pinned one). A first sight is pinned only once the author's certificate
+        // verifies with it, so that a forged answer leaves no pin behind.
+        let author_signing = &grant.author_user.keys.signing;
+        grant.author_user.verify(&self.service.tenant)?;
+        self.pins().compare_user(&grant.author.user, author_signing)?;
+        grant.author.verify(author_signing)?;
         let (plain, author) = grant.open(&self.keys)?;
+        self.pin(self.pins().check_user(author, author_signing))?;
         Ok((plain, author.to_owned()))
     }
 

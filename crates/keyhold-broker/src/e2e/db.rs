@@ -1,12 +1,14 @@
-//! The E2E tables (migration 0006): reading and writing rows, binary values as standard base64
-//! text. No rule is decided here; [`super::service`] decides.
+//! The E2E tables (migrations 0006 and 0008): reading and writing rows, binary values as
+//! standard base64 text. No rule is decided here; [`super::service`] decides.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keyhold_e2e::keys::UserPublicKeys;
 use keyhold_e2e::pre::{PublicKey, TransformKey};
 use keyhold_e2e::wire::{CertificateView, UserKeysView};
-use keyhold_e2e::{DeviceCertificate, E2eEvent, KeySealedToPublicKey};
+use keyhold_e2e::{
+    DeviceCertificate, E2eEvent, KeySealedToPublicKey, SignedGroupKey, VerifyingKey,
+};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 
@@ -22,6 +24,19 @@ fn decode(text: &str, what: &str) -> Result<Vec<u8>, E2eError> {
 
 fn column(row: &AnyRow, name: &str) -> Result<Vec<u8>, E2eError> {
     decode(&row.try_get::<String, _>(name)?, name)
+}
+
+/// A key statement's signature (migration 0008): `None` for '', a row stored before keys were
+/// signed; otherwise 64 bytes.
+fn signature_column(row: &AnyRow, name: &str) -> Result<Option<[u8; 64]>, E2eError> {
+    let text = row.try_get::<String, _>(name)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bytes = decode(&text, name)?;
+    <[u8; 64]>::try_from(bytes.as_slice())
+        .map(Some)
+        .map_err(|_| E2eError::corrupt(name, format!("{} bytes, not 64", bytes.len())))
 }
 
 /// The next event id, in an open transaction. The row lock it takes serialises E2E writers
@@ -87,25 +102,60 @@ pub(super) async fn tenant_is_active(
 
 // ---- users --------------------------------------------------------------------------------
 
-/// A user's public keys.
-pub(super) async fn user_keys(
+/// A user's public keys and the user's signature of them, as stored.
+#[derive(Debug, Clone)]
+pub(super) struct StoredUserKeys {
+    pub(super) keys: UserPublicKeys,
+    /// The user's signature ([`keyhold_e2e::SignedUserKeys`]); `None` for a user stored before
+    /// migration 0008, whose keys devices refuse.
+    pub(super) key_signature: Option<[u8; 64]>,
+}
+
+impl StoredUserKeys {
+    /// As `GET /users/{user}` shows them (an empty signature for an unsigned user).
+    pub(super) fn view(&self) -> UserKeysView {
+        UserKeysView {
+            encryption_key: self.keys.encryption.to_bytes().to_vec(),
+            signing_key: self.keys.signing.as_bytes().to_vec(),
+            key_signature: self.key_signature.map(|s| s.to_vec()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A user's public keys with the user's signature of them.
+pub(super) async fn stored_user_keys(
     conn: &mut AnyConnection,
     tenant: &str,
     user: &str,
-) -> Result<Option<UserPublicKeys>, E2eError> {
+) -> Result<Option<StoredUserKeys>, E2eError> {
     let row = sqlx::query(
-        "SELECT encryption_key, signing_key FROM e2e_users WHERE tenant_id = $1 AND user_id = $2",
+        "SELECT encryption_key, signing_key, key_signature FROM e2e_users \
+         WHERE tenant_id = $1 AND user_id = $2",
     )
     .bind(tenant)
     .bind(user)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let view = UserKeysView {
-        encryption_key: column(&row, "encryption_key")?,
-        signing_key: column(&row, "signing_key")?,
-    };
-    UserPublicKeys::try_from(&view).map(Some).map_err(|e| E2eError::corrupt("user keys", e))
+    let encryption = PublicKey::from_bytes(&column(&row, "encryption_key")?)
+        .map_err(|e| E2eError::corrupt("user encryption key", e))?;
+    let signing = <[u8; 32]>::try_from(column(&row, "signing_key")?.as_slice())
+        .ok()
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+        .ok_or_else(|| E2eError::corrupt("user signing key", "not an Ed25519 public key"))?;
+    Ok(Some(StoredUserKeys {
+        keys: UserPublicKeys { encryption, signing },
+        key_signature: signature_column(&row, "key_signature")?,
+    }))
+}
+
+/// A user's public keys.
+pub(super) async fn user_keys(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    user: &str,
+) -> Result<Option<UserPublicKeys>, E2eError> {
+    Ok(stored_user_keys(conn, tenant, user).await?.map(|u| u.keys))
 }
 
 /// A user's passphrase-sealed keys, as stored.
@@ -128,16 +178,18 @@ pub(super) async fn insert_user(
     tenant: &str,
     user: &str,
     public: &UserPublicKeys,
+    key_signature: &[u8; 64],
     sealed_keys: &[u8],
 ) -> Result<(), E2eError> {
     sqlx::query(
-        "INSERT INTO e2e_users (tenant_id, user_id, encryption_key, signing_key, sealed_keys, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO e2e_users (tenant_id, user_id, encryption_key, signing_key, key_signature, \
+         sealed_keys, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(tenant)
     .bind(user)
     .bind(encode(&public.encryption.to_bytes()))
     .bind(encode(public.signing.as_bytes()))
+    .bind(encode(key_signature))
     .bind(encode(sealed_keys))
     .bind(crate::store::now())
     .execute(&mut *conn)
@@ -268,18 +320,64 @@ pub(super) async fn group_key(
         .map_err(|e| E2eError::corrupt("group key", e))
 }
 
-pub(super) async fn insert_group(
+/// A group's public key and, unless it was stored before migration 0008, the key signed by the
+/// device that created it.
+#[derive(Debug, Clone)]
+pub(super) struct StoredGroup {
+    pub(super) public_key: PublicKey,
+    /// `None` for a group stored before groups' keys were signed (devices refuse its key).
+    pub(super) signed: Option<SignedGroupKey>,
+}
+
+pub(super) async fn group(
     conn: &mut AnyConnection,
     tenant: &str,
     group: &str,
-    public_key: &PublicKey,
-) -> Result<(), E2eError> {
-    sqlx::query(
-        "INSERT INTO e2e_groups (tenant_id, group_id, public_key, created_at) VALUES ($1, $2, $3, $4)",
+) -> Result<Option<StoredGroup>, E2eError> {
+    let row = sqlx::query(
+        "SELECT public_key, creator_user, creator_device, key_signature FROM e2e_groups \
+         WHERE tenant_id = $1 AND group_id = $2",
     )
     .bind(tenant)
     .bind(group)
-    .bind(encode(&public_key.to_bytes()))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let public_key = PublicKey::from_bytes(&column(&row, "public_key")?)
+        .map_err(|e| E2eError::corrupt("group key", e))?;
+    let creator_user: String = row.try_get("creator_user")?;
+    let signed = if creator_user.is_empty() {
+        None
+    } else {
+        let signature = signature_column(&row, "key_signature")?
+            .ok_or_else(|| E2eError::corrupt("group key signature", "missing"))?;
+        Some(SignedGroupKey::from_parts(
+            group.to_owned(),
+            public_key,
+            creator_user,
+            row.try_get("creator_device")?,
+            signature,
+        ))
+    };
+    Ok(Some(StoredGroup { public_key, signed }))
+}
+
+/// Stores a group: its key as signed by the creating device.
+pub(super) async fn insert_group(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    signed: &SignedGroupKey,
+) -> Result<(), E2eError> {
+    sqlx::query(
+        "INSERT INTO e2e_groups (tenant_id, group_id, public_key, creator_user, creator_device, \
+         key_signature, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(tenant)
+    .bind(&signed.group)
+    .bind(encode(&signed.public_key.to_bytes()))
+    .bind(&signed.creator_user)
+    .bind(&signed.creator_device)
+    .bind(encode(signed.signature()))
     .bind(crate::store::now())
     .execute(&mut *conn)
     .await?;

@@ -108,10 +108,14 @@ fn access_status(e: &AccessError) -> StatusCode {
         AccessError::NotAdmin | AccessError::Forbidden | AccessError::NoAccess => {
             StatusCode::FORBIDDEN
         }
+        // `KeyChanged` is a device's own check and never comes from the service; mapped all
+        // the same, as every refusal of a request's contents.
         AccessError::KeyMismatch(_)
         | AccessError::Certificate
         | AccessError::Id
-        | AccessError::Document(_) => StatusCode::BAD_REQUEST,
+        | AccessError::Document(_)
+        | AccessError::KeyStatement
+        | AccessError::KeyChanged => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -159,6 +163,8 @@ mod tests {
             (AccessError::LastAdmin.into(), 409, 1111),
             (AccessError::Document(keyhold_e2e::DocumentError::Signature).into(), 400, 1113),
             (E2eError::malformed("x", "y"), 400, 1114),
+            (AccessError::KeyStatement.into(), 400, 1115),
+            (AccessError::KeyChanged.into(), 400, 1116),
             (RequestAuthError::Missing.into(), 401, 1120),
             (RequestAuthError::Stale.into(), 401, 1121),
             (RequestAuthError::BadSignature.into(), 401, 1122),

@@ -9,9 +9,11 @@
 //!  e2e_events ──/api/proxy/v1/e2e-events/claim──▶ proxy ──▶ tenant's audit trail and SIEM
 //! ```
 //!
-//! The broker stores public keys, passphrase-sealed user keys, device certificates, transform
-//! keys, group keys sealed to admins, signed ciphertext and grants: never a private key or a
-//! document key. A decrypt is a transform of a grant's value toward the calling device
+//! The broker stores public keys with their owners' signatures (a user's keys signed by the
+//! user, a group's key by the device that created it: the broker checks them when they are
+//! registered, devices whenever they use them), passphrase-sealed user keys, device
+//! certificates, transform keys, group keys sealed to admins, signed ciphertext and grants:
+//! never a private key or a document key. A decrypt is a transform of a grant's value toward the calling device
 //! (group → user → device), which only that device can open.
 //!
 //! | module | job |
@@ -113,8 +115,10 @@ fn no_content() -> Response {
 
 // ---- vendor ---------------------------------------------------------------------------------
 
-/// Creates a user with its passphrase-sealed keys (the vendor's backend vouches for who the
-/// user is). Event `e2e.user.create`, actor `vendor`.
+/// Creates a user with its passphrase-sealed keys and its signature of its public keys (the
+/// vendor's backend vouches for who the user is; a signature that does not verify with the
+/// sealed keys' signing key is refused, 400, code 1115). Event `e2e.user.create`, actor
+/// `vendor`.
 #[utoipa::path(post, path = "/api/v1/e2e/tenants/{tenant}/users", tag = "e2e",
     params(("tenant" = String, Path, description = "Tenant id")), request_body = E2eCreateUser,
     security(("vendor_key" = [])),
@@ -169,7 +173,7 @@ pub(crate) async fn authorize_device(
 
 // ---- devices: users and devices ---------------------------------------------------------------
 
-/// A user's public keys.
+/// A user's public keys and the user's signature of them, which the device checks.
 #[utoipa::path(get, path = "/api/v1/e2e/tenants/{tenant}/users/{user}", tag = "e2e",
     params(("tenant" = String, Path, description = "Tenant id"), ("user" = String, Path, description = "User id"),
            SignedRequestHeaders),
@@ -224,8 +228,9 @@ pub(crate) async fn revoke_device(
 
 // ---- devices: groups --------------------------------------------------------------------------
 
-/// Creates a group administered by the caller's user. Events `e2e.group.create` (and
-/// `e2e.group.member_add` with `creator_membership`).
+/// Creates a group administered by the caller's user, its key signed by the calling device (a
+/// signature that does not verify with the device's certificate is refused, 400, code 1115).
+/// Events `e2e.group.create` (and `e2e.group.member_add` with `creator_membership`).
 #[utoipa::path(post, path = "/api/v1/e2e/tenants/{tenant}/groups", tag = "e2e",
     params(("tenant" = String, Path, description = "Tenant id"), SignedRequestHeaders),
     request_body = E2eCreateGroup, security(("e2e_device" = [])),
@@ -244,7 +249,8 @@ pub(crate) async fn create_group(
     Ok((StatusCode::CREATED, Json(group)))
 }
 
-/// A group's public key, members and admins.
+/// A group's public key, members and admins, and the key's signature by the device that created
+/// the group with that device's certificate (revoked or not), which the device checks.
 #[utoipa::path(get, path = "/api/v1/e2e/tenants/{tenant}/groups/{group}", tag = "e2e",
     params(("tenant" = String, Path, description = "Tenant id"), ("group" = String, Path, description = "Group id"),
            SignedRequestHeaders),

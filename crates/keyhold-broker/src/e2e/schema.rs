@@ -6,13 +6,18 @@
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-/// `POST /users` (vendor): a new user and its passphrase-sealed keys.
+/// `POST /users` (vendor): a new user, its passphrase-sealed keys and its signature of its
+/// public keys.
 #[derive(ToSchema)]
 pub struct E2eCreateUser {
     /// The user's id in the vendor's application (1 to 256 bytes, no control characters).
     user: String,
     /// `PassphraseSealedKey::to_bytes`, base64url.
     sealed_keys: String,
+    /// The user's Ed25519 signature of its public keys, its id and the tenant
+    /// (`SignedUserKeys::issue`, 64 bytes), base64url; checked with the sealed keys' signing
+    /// key (400, code 1115 if it does not verify).
+    key_signature: String,
 }
 
 /// A user's passphrase-sealed keys.
@@ -22,13 +27,17 @@ pub struct E2eSealedKeys {
     sealed_keys: String,
 }
 
-/// A user's public keys.
+/// A user's public keys and the user's signature of them.
 #[derive(ToSchema)]
 pub struct E2eUserKeys {
     /// Transform-encryption public key (48 bytes), base64url.
     encryption_key: String,
     /// Ed25519 public key (32 bytes), base64url.
     signing_key: String,
+    /// The user's signature of these keys, its id and the tenant (`SignedUserKeys`, 64 bytes),
+    /// base64url; devices check it. Empty for a user registered before keys were signed
+    /// (devices refuse its keys).
+    key_signature: String,
 }
 
 /// A device certificate: the device's public keys, signed by its user's signing key.
@@ -66,6 +75,10 @@ pub struct E2eCreateGroup {
     sealed_for_creator: String,
     /// Transform key group → creator, to make the creator a member too; base64url.
     creator_membership: Option<String>,
+    /// The calling device's Ed25519 signature of the group's key, its id, the tenant and the
+    /// device (`SignedGroupKey::issue`, 64 bytes), base64url; checked with the calling device's
+    /// certificate (400, code 1115 if it does not verify).
+    key_signature: String,
 }
 
 /// A group.
@@ -79,6 +92,13 @@ pub struct E2eGroup {
     members: Vec<String>,
     /// Admin user ids, sorted.
     admins: Vec<String>,
+    /// The certificate of the device that created the group (revoked or not), to check
+    /// `key_signature` with. Absent for a group created before groups' keys were signed
+    /// (devices refuse its key).
+    creator: Option<E2eCertificate>,
+    /// That device's signature of the group's key (`SignedGroupKey`, 64 bytes), base64url;
+    /// empty when `creator` is absent.
+    key_signature: String,
 }
 
 /// `PUT /groups/{group}/members/{user}` (an admin's device).
@@ -133,7 +153,8 @@ pub struct E2eDecryptResponse {
     document: String,
     /// The author device's certificate.
     author: E2eCertificate,
-    /// The author user's public keys (the certificate verifies with its signing key).
+    /// The author user's public keys and signature (the certificate verifies with its signing
+    /// key).
     author_user: E2eUserKeys,
     /// Present and true when the author device was revoked after writing the document (it
     /// still verifies).

@@ -19,7 +19,7 @@ use keyhold_e2e::wire::{
 };
 use keyhold_e2e::{
     AccessError, Actor, DeviceCertificate, E2eAction, E2eEvent, EncryptedDocument, Grant,
-    KeySealedToPublicKey, PassphraseSealedKey, Recipient,
+    KeySealedToPublicKey, PassphraseSealedKey, Recipient, SignedGroupKey, SignedUserKeys,
 };
 use sqlx::{Any, AnyConnection, Transaction};
 
@@ -118,7 +118,15 @@ async fn record(store: &Store, tenant: &str, event: &E2eEvent) -> E2eResult<()> 
 
 // ---- users and devices (vendor) -------------------------------------------------------------
 
-/// `POST /users`: the vendor's backend creates a user with its passphrase-sealed keys.
+/// A 64-byte signature field.
+fn signature(bytes: &[u8], field: &'static str) -> E2eResult<[u8; 64]> {
+    bytes
+        .try_into()
+        .map_err(|_| E2eError::malformed(field, format!("{} bytes, not 64", bytes.len())))
+}
+
+/// `POST /users`: the vendor's backend creates a user with its passphrase-sealed keys and the
+/// user's signature of its public keys.
 pub(crate) async fn create_user(
     store: &Store,
     tenant: &str,
@@ -126,17 +134,23 @@ pub(crate) async fn create_user(
 ) -> E2eResult<UserKeysView> {
     let sealed = PassphraseSealedKey::from_bytes(&request.sealed_keys)
         .map_err(|e| E2eError::malformed("sealed_keys", e))?;
+    let key_signature = signature(&request.key_signature, "key_signature")?;
     check_id(&request.user)?;
+    let public = *sealed.public();
+    let signed = SignedUserKeys::from_parts(request.user.clone(), public, key_signature);
+    // Checked before the transaction (it takes no row), reported in the model's order.
+    let statement = signed.verify(tenant);
     let mut m = Mutation::begin(store).await?;
     if db::user_keys(&mut m.tx, tenant, &request.user).await?.is_some() {
         return Err(AccessError::Exists.into());
     }
-    let public = *sealed.public();
-    db::insert_user(&mut m.tx, tenant, &request.user, &public, &sealed.to_bytes()).await?;
+    statement?;
+    db::insert_user(&mut m.tx, tenant, &request.user, &public, &key_signature, &sealed.to_bytes())
+        .await?;
     let created =
         event(E2eAction::UserCreate, None, On { user: Some(&request.user), ..On::default() });
     m.commit(tenant, &[created]).await?;
-    Ok(UserKeysView::from(&public))
+    Ok(UserKeysView::from(&signed))
 }
 
 /// `GET /users/{user}/sealed-keys`.
@@ -187,11 +201,13 @@ pub(crate) async fn authorize_device(
 
 // ---- users and devices (devices) ------------------------------------------------------------
 
-/// `GET /users/{user}`: a user's public keys.
+/// `GET /users/{user}`: a user's public keys and the user's signature of them (empty for a
+/// user stored before keys were signed).
 pub(crate) async fn user_keys(store: &Store, tenant: &str, user: &str) -> E2eResult<UserKeysView> {
     let mut conn = store.pool().acquire().await?;
-    let keys = db::user_keys(&mut conn, tenant, user).await?.ok_or(AccessError::UnknownUser)?;
-    Ok(UserKeysView::from(&keys))
+    let keys =
+        db::stored_user_keys(&mut conn, tenant, user).await?.ok_or(AccessError::UnknownUser)?;
+    Ok(keys.view())
 }
 
 /// `GET /users/{user}/devices/{device}`: a device's certificate.
@@ -252,13 +268,25 @@ pub(crate) async fn create_group(
         .map(TransformKey::from_bytes)
         .transpose()
         .map_err(|e| E2eError::malformed("creator_membership", e))?;
+    let key_signature = signature(&request.key_signature, "key_signature")?;
     let group = request.group.as_str();
     check_id(group)?;
+    // The calling device signed the group's key (its certificate does not change; a revoked
+    // caller is refused below): checked before the transaction, reported in the model's order.
+    let signed = SignedGroupKey::from_parts(
+        group.to_owned(),
+        public_key,
+        caller.user.clone(),
+        caller.device.clone(),
+        key_signature,
+    );
+    let statement = signed.verify_with(tenant, &caller.stored.certificate.keys.signing);
     let mut m = Mutation::begin(store).await?;
     m.require_caller(tenant, caller).await?;
     if db::group_key(&mut m.tx, tenant, group).await?.is_some() {
         return Err(AccessError::Exists.into());
     }
+    statement?;
     if sealed.public_key() != &public_key {
         return Err(AccessError::KeyMismatch("sealed key is not the group's").into());
     }
@@ -267,7 +295,7 @@ pub(crate) async fn create_group(
     if let Some(tk) = &membership {
         check_member_transform(&public_key, &creator.encryption, tk)?;
     }
-    db::insert_group(&mut m.tx, tenant, group, &public_key).await?;
+    db::insert_group(&mut m.tx, tenant, &signed).await?;
     db::insert_admin(&mut m.tx, tenant, group, &caller.user, &sealed).await?;
     let mut events = vec![event(
         E2eAction::GroupCreate,
@@ -290,19 +318,34 @@ pub(crate) async fn create_group(
         public_key: public_key.to_bytes().to_vec(),
         members,
         admins: vec![caller.user.clone()],
+        creator: Some(CertificateView::from(&caller.stored.certificate)),
+        key_signature: key_signature.to_vec(),
     })
 }
 
-/// `GET /groups/{group}`: its public key, members and admins (sorted).
+/// `GET /groups/{group}`: its public key, members and admins (sorted), and the key's signature
+/// by the device that created the group with that device's certificate, revoked or not (no
+/// creator and an empty signature for a group stored before groups' keys were signed).
 pub(crate) async fn group(store: &Store, tenant: &str, group: &str) -> E2eResult<GroupView> {
     let mut conn = store.pool().acquire().await?;
-    let public_key =
-        db::group_key(&mut conn, tenant, group).await?.ok_or(AccessError::UnknownGroup)?;
+    let stored = db::group(&mut conn, tenant, group).await?.ok_or(AccessError::UnknownGroup)?;
+    let (creator, key_signature) = match &stored.signed {
+        Some(signed) => {
+            let device =
+                db::device(&mut conn, tenant, &signed.creator_user, &signed.creator_device)
+                    .await?
+                    .ok_or_else(|| E2eError::corrupt("group creator", "no such device"))?;
+            (Some(CertificateView::from(&device.certificate)), signed.signature().to_vec())
+        }
+        None => (None, Vec::new()),
+    };
     Ok(GroupView {
         group: group.to_owned(),
-        public_key: public_key.to_bytes().to_vec(),
+        public_key: stored.public_key.to_bytes().to_vec(),
         members: db::members(&mut conn, tenant, group).await?,
         admins: db::admins(&mut conn, tenant, group).await?,
+        creator,
+        key_signature,
     })
 }
 
@@ -701,8 +744,9 @@ async fn decrypt_inner(
     let author_device = db::device(&mut conn, tenant, &author.user, &author.device)
         .await?
         .ok_or(AccessError::UnknownDevice)?;
-    let author_user =
-        db::user_keys(&mut conn, tenant, &author.user).await?.ok_or(AccessError::UnknownUser)?;
+    let author_user = db::stored_user_keys(&mut conn, tenant, &author.user)
+        .await?
+        .ok_or(AccessError::UnknownUser)?;
     let bytes = db::document_bytes(&mut conn, tenant, document)
         .await?
         .ok_or(AccessError::UnknownDocument)?;
@@ -711,7 +755,7 @@ async fn decrypt_inner(
         document: bytes,
         author: CertificateView::from(&author_device.certificate),
         author_revoked: author_device.revoked,
-        author_user: UserKeysView::from(&author_user),
+        author_user: author_user.view(),
         value: value.to_bytes(),
         via_group,
     })

@@ -14,7 +14,7 @@ use keyhold_e2e::wire::{
 use keyhold_e2e::{
     AccessError, AccessState, Actor, DecryptGrant, DeviceCertificate, DeviceKeys, E2eEvent,
     EncryptedDocument, Grant, KeySealedToPublicKey, PassphraseCost, PassphraseSealedKey,
-    PrivateKey, Recipient, TransformKey, UserKeys,
+    PrivateKey, Recipient, SignedGroupKey, SignedUserKeys, TransformKey, UserKeys,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng as _;
@@ -100,7 +100,9 @@ pub fn status_of(e: &AccessError, caller_known: bool) -> u16 {
         AccessError::KeyMismatch(_)
         | AccessError::Certificate
         | AccessError::Id
-        | AccessError::Document(_) => 400,
+        | AccessError::Document(_)
+        | AccessError::KeyStatement
+        | AccessError::KeyChanged => 400,
     }
 }
 
@@ -121,6 +123,22 @@ pub fn agree<T>(what: &str, resp: &Resp, model: &Result<T, AccessError>, caller_
 
 fn to_json(value: &impl Serialize) -> Value {
     serde_json::to_value(value).unwrap()
+}
+
+/// The user's signature of its own public keys as user `id` of [`TENANT`].
+pub fn user_statement(keys: &UserKeys, id: &str) -> [u8; 64] {
+    *SignedUserKeys::issue(keys, TENANT, id).signature()
+}
+
+/// Device `d` of `p` signs `public_key` as group `group`'s key of [`TENANT`], naming itself.
+pub fn group_statement(
+    p: &Person,
+    d: usize,
+    group: &str,
+    public_key: keyhold_e2e::PublicKey,
+) -> [u8; 64] {
+    *SignedGroupKey::issue(p.device(d), TENANT, group, public_key, &p.id, &p.devices[d].0)
+        .signature()
 }
 
 /// A broker, a tenant, and the model beside them.
@@ -149,7 +167,7 @@ impl<'b> World<'b> {
             b,
             db: pool,
             rng: ChaCha20Rng::seed_from_u64(seed),
-            model: AccessState::new(),
+            model: AccessState::new(TENANT),
             expected: Vec::new(),
             admins: Default::default(),
         }
@@ -247,29 +265,55 @@ impl<'b> World<'b> {
         let keys = UserKeys::generate(&mut self.rng);
         let sealed =
             PassphraseSealedKey::seal(&keys, passphrase.as_bytes(), CHEAP, &mut self.rng).unwrap();
-        self.create_user(id, sealed).await.unwrap();
+        self.create_user(id, sealed, user_statement(&keys, id)).await.unwrap();
         let mut p = Person { id: id.into(), keys, devices: vec![] };
         self.add_device(&mut p, "laptop").await;
         p
     }
 
-    /// `POST /users`, and the model's `create_user`.
+    /// `POST /users` with the user's signature of its keys (`key_signature`), and the model's
+    /// `create_user`. A refused user is not stored (unless it existed before); an accepted one
+    /// is answered with its keys and signature, which verify.
     pub async fn create_user(
         &mut self,
         id: &str,
         sealed: PassphraseSealedKey,
+        key_signature: [u8; 64],
     ) -> Result<(), AccessError> {
-        let body = to_json(&CreateUser { user: id.into(), sealed_keys: sealed.to_bytes() });
+        let stored_before = self.stored_user(id).await;
+        let body = to_json(&CreateUser {
+            user: id.into(),
+            sealed_keys: sealed.to_bytes(),
+            key_signature: key_signature.to_vec(),
+        });
         let resp = self.vendor(Method::POST, &route("/users"), Some(body)).await;
-        let model = self.model.create_user(id, sealed.clone());
+        let model = self.model.create_user(id, sealed.clone(), key_signature);
         agree("create user", &resp, &model, true);
         if model.is_ok() {
             assert_eq!(resp.status, 201);
             let view: UserKeysView = serde_json::from_value(resp.body).unwrap();
-            assert_eq!(to_json(&view), to_json(&UserKeysView::from(sealed.public())));
+            let signed = self.model.signed_user_keys(id).unwrap();
+            assert_eq!(to_json(&view), to_json(&UserKeysView::from(&signed)));
+            assert_eq!(view.signed(id).unwrap().verify(TENANT), Ok(()));
+        } else {
+            assert_eq!(self.stored_user(id).await, stored_before, "a refused user: {id:?}");
         }
         self.sync_events();
         model
+    }
+
+    /// The user's row as stored: `(signing key, key signature)`, base64 as in the table.
+    pub async fn stored_user(&self, id: &str) -> Option<(String, String)> {
+        sqlx::query(
+            "SELECT signing_key, key_signature FROM e2e_users \
+             WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(TENANT)
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await
+        .unwrap()
+        .map(|r| (r.try_get("signing_key").unwrap(), r.try_get("key_signature").unwrap()))
     }
 
     /// What a user's new device does: certify it with the user's keys and make the transform
@@ -321,22 +365,34 @@ impl<'b> World<'b> {
         Ok(PassphraseSealedKey::from_bytes(&sealed.sealed_keys).unwrap())
     }
 
-    /// `GET /users/{user}` by device `d` of `p`: the user's public keys.
+    /// `GET /users/{user}` by device `d` of `p`: the user's public keys, signed by the user
+    /// (checked as a device checks them, and against the model).
     pub async fn user_keys(
         &self,
         p: &Person,
         d: usize,
         user: &str,
     ) -> Result<keyhold_e2e::keys::UserPublicKeys, AccessError> {
+        Ok(self.signed_user_keys(p, d, user).await?.keys)
+    }
+
+    /// `GET /users/{user}` by device `d` of `p`, as [`SignedUserKeys`] that verify.
+    pub async fn signed_user_keys(
+        &self,
+        p: &Person,
+        d: usize,
+        user: &str,
+    ) -> Result<SignedUserKeys, AccessError> {
         let resp =
             self.call(p, d, Method::GET, &route(&format!("/users/{}", seg(user))), None).await;
-        let model = self.model.user_public_keys(user);
+        let model = self.model.signed_user_keys(user);
         agree("user keys", &resp, &model, true);
         let model = model?;
         let view: UserKeysView = serde_json::from_value(resp.body).unwrap();
-        let keys = keyhold_e2e::keys::UserPublicKeys::try_from(&view).unwrap();
-        assert_eq!(keys, model);
-        Ok(keys)
+        let signed = view.signed(user).unwrap();
+        assert_eq!(signed.verify(TENANT), Ok(()), "{user}'s keys as served");
+        assert_eq!(signed, model);
+        Ok(signed)
     }
 
     /// `GET /users/{user}/devices/{device}` by device `d` of `p`.
@@ -388,7 +444,8 @@ impl<'b> World<'b> {
             .unwrap();
     }
 
-    /// `POST /groups`, and the model's `create_group`.
+    /// `POST /groups` with the key signed by the calling device, and the model's
+    /// `create_group`.
     pub async fn create_group(
         &mut self,
         p: &Person,
@@ -398,31 +455,81 @@ impl<'b> World<'b> {
         sealed: KeySealedToPublicKey,
         membership: Option<TransformKey>,
     ) -> Result<(), AccessError> {
+        let key_signature = group_statement(p, d, id, public_key);
+        self.create_group_signed(p, d, id, public_key, sealed, membership, key_signature).await
+    }
+
+    /// `POST /groups` with this `key_signature`, and the model's `create_group`. A refused
+    /// group is not stored (unless it existed before).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_group_signed(
+        &mut self,
+        p: &Person,
+        d: usize,
+        id: &str,
+        public_key: keyhold_e2e::PublicKey,
+        sealed: KeySealedToPublicKey,
+        membership: Option<TransformKey>,
+        key_signature: [u8; 64],
+    ) -> Result<(), AccessError> {
+        let stored_before = self.stored_group_key(id).await;
         let body = to_json(&CreateGroup {
             group: id.into(),
             public_key: public_key.to_bytes().to_vec(),
             sealed_for_creator: sealed.to_bytes(),
             creator_membership: membership.as_ref().map(TransformKey::to_bytes),
+            key_signature: key_signature.to_vec(),
         });
         let resp = self.call(p, d, Method::POST, &route("/groups"), Some(&body)).await;
-        let model = self.model.create_group(p.actor(d), id, public_key, sealed, membership);
+        let model =
+            self.model.create_group(p.actor(d), id, public_key, sealed, membership, key_signature);
         agree("create group", &resp, &model, self.caller_known(p, d));
         if model.is_ok() {
             self.admins.insert(id.to_owned(), [p.id.clone()].into());
             assert_eq!(resp.status, 201);
             assert_eq!(resp.body, self.group_view(id));
+        } else {
+            assert_eq!(self.stored_group_key(id).await, stored_before, "a refused group: {id:?}");
         }
         self.sync_events();
         model
     }
 
-    /// The model's view of a group, as the broker shows it.
+    /// The group's row as stored: `(public key, creator user, creator device, key signature)`,
+    /// as in the table.
+    pub async fn stored_group_key(&self, id: &str) -> Option<(String, String, String, String)> {
+        sqlx::query(
+            "SELECT public_key, creator_user, creator_device, key_signature FROM e2e_groups \
+             WHERE tenant_id = $1 AND group_id = $2",
+        )
+        .bind(TENANT)
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await
+        .unwrap()
+        .map(|r| {
+            (
+                r.try_get("public_key").unwrap(),
+                r.try_get("creator_user").unwrap(),
+                r.try_get("creator_device").unwrap(),
+                r.try_get("key_signature").unwrap(),
+            )
+        })
+    }
+
+    /// The model's view of a group, as the broker shows it: with the creating device's
+    /// certificate and its signature of the group's key.
     pub fn group_view(&self, id: &str) -> Value {
+        let signed = self.model.signed_group_key(id).unwrap();
+        let creator =
+            self.model.device_certificate(&signed.creator_user, &signed.creator_device).unwrap();
         to_json(&GroupView {
             group: id.into(),
             public_key: self.model.group_public_key(id).unwrap().to_bytes().to_vec(),
             members: self.model.group_members(id).unwrap().into_iter().map(str::to_owned).collect(),
             admins: self.admins_of(id),
+            creator: Some(CertificateView::from(creator)),
+            key_signature: signed.signature().to_vec(),
         })
     }
 
@@ -431,8 +538,10 @@ impl<'b> World<'b> {
         self.admins.get(id).map(|a| a.iter().cloned().collect()).unwrap_or_default()
     }
 
-    /// `GET /groups/{group}` by device `d` of `p`; checked against the model (public key and
-    /// members) and returned.
+    /// `GET /groups/{group}` by device `d` of `p`; checked against the model (public key,
+    /// members, creator and signature), its key checked as a device checks it (the creator's
+    /// certificate with the creator's user keys read from the broker, then the signature), and
+    /// returned.
     pub async fn get_group(
         &self,
         p: &Person,
@@ -444,13 +553,30 @@ impl<'b> World<'b> {
         let model = self.model.group_public_key(id);
         agree("get group", &resp, &model, true);
         let key = model?;
-        let view: GroupView = serde_json::from_value(resp.body).unwrap();
+        let view: GroupView = serde_json::from_value(resp.body.clone()).unwrap();
         assert_eq!(view.public_key, key.to_bytes().to_vec());
         let members: Vec<String> =
             self.model.group_members(id).unwrap().into_iter().map(str::to_owned).collect();
         assert_eq!(view.members, members);
         assert_eq!(view.admins, self.admins_of(id));
+        assert_eq!(resp.body, self.group_view(id));
+        self.verify_group(p, d, &view).await.unwrap();
         Ok(view)
+    }
+
+    /// What a device does with a group it reads: the creator's user keys from the broker (which
+    /// verify), then the creator's certificate and its signature of the group's key.
+    pub async fn verify_group(
+        &self,
+        p: &Person,
+        d: usize,
+        view: &GroupView,
+    ) -> Result<SignedGroupKey, AccessError> {
+        let (signed, creator) = view.signed_key().map_err(|_| AccessError::KeyStatement)?;
+        assert_eq!(signed.group, view.group);
+        let creator_user = self.signed_user_keys(p, d, &signed.creator_user).await?;
+        signed.verify(TENANT, &creator, &creator_user.keys.signing)?;
+        Ok(signed)
     }
 
     /// `GET /groups/{group}/key` by device `d` of `p`: the group key sealed to the admin,
@@ -713,7 +839,11 @@ impl<'b> World<'b> {
                 assert_eq!(resp.status, 200);
                 assert_eq!(resp.body, to_json(&DecryptResponse::from(&grant)));
                 let answer: DecryptResponse = serde_json::from_value(resp.body.clone()).unwrap();
-                Ok(DecryptGrant::try_from(&answer).unwrap())
+                let grant = DecryptGrant::try_from(&answer).unwrap();
+                // The author's keys come signed by the author's user.
+                assert_eq!(grant.author_user.user, grant.author.user);
+                assert_eq!(grant.author_user.verify(TENANT), Ok(()), "{resp:?}");
+                Ok(grant)
             }
             Err(e) => Err(e),
         };
