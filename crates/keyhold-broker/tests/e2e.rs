@@ -344,6 +344,24 @@ async fn altered_documents_and_signatures_are_refused_with_a_clear_error() {
             assert_eq!((resp.status, resp.code()), (400, 1113), "byte {i}: {resp:?}");
             assert_eq!(model.unwrap_err(), AccessError::Document(DocumentError::Signature));
         }
+        // A version-1 document (no key commitment), correctly signed by the caller, built by
+        // hand from the layout of docs/e2e-crypto.md §6: no longer stored, 400 with code 1114.
+        let header = 1 + 2 + 3 + 32 + 12;
+        let ciphertext = &bytes[header + 32 + 64..];
+        let signed = [
+            &b"keyhold-e2e-v1 document"[..],
+            &bytes[1..header - 12],
+            &bytes[header - 12..header],
+            &(ciphertext.len() as u64).to_be_bytes(),
+            ciphertext,
+        ]
+        .concat();
+        let v1 =
+            [&[1u8][..], &bytes[1..header], &alice.device(0).sign(&signed), ciphertext].concat();
+        assert!(EncryptedDocument::from_bytes(&v1).unwrap().verify().is_ok());
+        let (resp, model) = w.create_document_bytes(&alice, 0, v1, grant_bytes.clone()).await;
+        assert_eq!((resp.status, resp.code()), (400, 1114), "{resp:?}");
+        assert_eq!(model.unwrap_err(), AccessError::Document(DocumentError::Uncommitted));
         // Bytes that are not a document: 1114; an altered grant: 1113.
         let (resp, _) = w.create_document_bytes(&alice, 0, vec![1, 2, 3], vec![]).await;
         assert_eq!((resp.status, resp.code()), (400, 1114), "{resp:?}");

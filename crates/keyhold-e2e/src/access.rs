@@ -100,6 +100,7 @@ impl AccessError {
             Self::LastAdmin => 1111,
             Self::Id => 1112,
             Self::Document(DocumentError::Signature) => 1113,
+            Self::Document(DocumentError::KeyCommitment) => 1117,
             Self::Document(_) => 1114,
             Self::KeyStatement => 1115,
             Self::KeyChanged => 1116,
@@ -719,6 +720,9 @@ impl AccessState {
             return Err(AccessError::KeyMismatch("document is not signed by the calling device"));
         }
         document.verify()?;
+        if !document.is_committed() {
+            return Err(DocumentError::Uncommitted.into());
+        }
         if self.documents.contains_key(document.id()) {
             return Err(AccessError::Exists);
         }

@@ -3,7 +3,9 @@
 //! A document is encrypted once: AES-256-GCM under a key derived from a fresh [`Plaintext`], with
 //! the document id and the author device's signing key as associated data, and signed by that
 //! device (Ed25519) over everything, so readers and the server can check who wrote it and that
-//! nothing changed. Each [`Grant`] carries the same plaintext encrypted to one group's or user's
+//! nothing changed. The signed header commits to the document key (a second key derived from the
+//! same [`Plaintext`]): AES-GCM alone is not key-committing, and without the commitment an author
+//! could grant two recipients two keys that open one ciphertext to two different plaintexts. Each [`Grant`] carries the same plaintext encrypted to one group's or user's
 //! public key, signed by the device that granted it. Granting to someone new adds a grant;
 //! revoking deletes one; the document itself never changes.
 
@@ -18,7 +20,11 @@ use crate::pre::{self, EncryptedValue, Plaintext, PreError, PrivateKey, PublicKe
 const DOCUMENT_DOMAIN: &[u8] = b"keyhold-e2e-v1 document";
 const GRANT_DOMAIN: &[u8] = b"keyhold-e2e-v1 grant";
 pub(crate) const DOCUMENT_KEY_INFO: &[u8] = b"keyhold-e2e-v1 document key";
-const DOCUMENT_VERSION: u8 = 1;
+const DOCUMENT_COMMITMENT_INFO: &[u8] = b"keyhold-e2e-v2 document key commitment";
+/// The version written: 2 adds the key commitment. Version 1 documents (no commitment) are still
+/// read, but no longer accepted for storage ([`EncryptedDocument::is_committed`]).
+const DOCUMENT_VERSION: u8 = 2;
+const DOCUMENT_VERSION_1: u8 = 1;
 /// Longest document, group or user id, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 
@@ -36,6 +42,13 @@ pub enum DocumentError {
     /// The body failed authentication although the key was recovered.
     #[error("the document body failed authentication")]
     Body,
+    /// The recovered key is not the one the document's signed header commits to: the grant
+    /// holds another key than the author encrypted with.
+    #[error("the document key does not match the document's key commitment")]
+    KeyCommitment,
+    /// A version-1 document (no key commitment), refused for storage.
+    #[error("version-1 documents (without key commitment) are no longer accepted")]
+    Uncommitted,
     /// Bytes that are not a document or grant of this version.
     #[error("malformed document: {0}")]
     Malformed(&'static str),
@@ -81,6 +94,8 @@ pub struct EncryptedDocument {
     id: String,
     author: VerifyingKey,
     nonce: [u8; NONCE_LEN],
+    /// Commitment to the document key (`None`: a version-1 document).
+    commitment: Option<[u8; 32]>,
     /// Ciphertext followed by the GCM tag.
     ciphertext: Vec<u8>,
     signature: [u8; 64],
@@ -143,6 +158,7 @@ pub fn encrypt(
         id: id.to_owned(),
         author: author_key,
         nonce,
+        commitment: Some(*m.derive_key(DOCUMENT_COMMITMENT_INFO)),
         ciphertext,
         signature: [0; 64],
     };
@@ -165,9 +181,18 @@ impl EncryptedDocument {
         &self.author
     }
 
+    /// Whether the document commits to its key (version 2 and later). The service stores only
+    /// these; version-1 documents written before are still read.
+    pub fn is_committed(&self) -> bool {
+        self.commitment.is_some()
+    }
+
     fn signed_bytes(&self) -> Vec<u8> {
         let mut out = document_aad(&self.id, &self.author);
         out.extend_from_slice(&self.nonce);
+        if let Some(c) = &self.commitment {
+            out.extend_from_slice(c);
+        }
         out.extend_from_slice(&(self.ciphertext.len() as u64).to_be_bytes());
         out.extend_from_slice(&self.ciphertext);
         out
@@ -193,6 +218,12 @@ impl EncryptedDocument {
     }
 
     pub(crate) fn open_with(&self, m: &Plaintext) -> Result<Zeroizing<Vec<u8>>, DocumentError> {
+        if let Some(commitment) = &self.commitment {
+            let derived = m.derive_key(DOCUMENT_COMMITMENT_INFO);
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(&derived[..], &commitment[..])) {
+                return Err(DocumentError::KeyCommitment);
+            }
+        }
         let key =
             Aes256GcmKey::new(&m.derive_key(DOCUMENT_KEY_INFO)).map_err(|_| DocumentError::Aead)?;
         let split = self.ciphertext.len().checked_sub(TAG_LEN).ok_or(DocumentError::Body)?;
@@ -235,14 +266,18 @@ impl EncryptedDocument {
         Ok(Grant::new(&self.id, recipient, pre::encrypt(&m, recipient_key, rng), granter))
     }
 
-    /// `version ‖ id ‖ author ‖ nonce ‖ signature ‖ ciphertext‖tag`.
+    /// `version ‖ id ‖ author ‖ nonce ‖ commitment (version 2) ‖ signature ‖ ciphertext‖tag`.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(1 + 2 + self.id.len() + 32 + NONCE_LEN + 64 + self.ciphertext.len());
-        out.push(DOCUMENT_VERSION);
+        let mut out = Vec::with_capacity(
+            1 + 2 + self.id.len() + 32 + NONCE_LEN + 32 + 64 + self.ciphertext.len(),
+        );
+        out.push(if self.commitment.is_some() { DOCUMENT_VERSION } else { DOCUMENT_VERSION_1 });
         put_str(&mut out, &self.id);
         out.extend_from_slice(self.author.as_bytes());
         out.extend_from_slice(&self.nonce);
+        if let Some(c) = &self.commitment {
+            out.extend_from_slice(c);
+        }
         out.extend_from_slice(&self.signature);
         out.extend_from_slice(&self.ciphertext);
         out
@@ -251,18 +286,20 @@ impl EncryptedDocument {
     /// Parses [`EncryptedDocument::to_bytes`] (the signature is checked by `verify`/`open`).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DocumentError> {
         let mut r = Reader(bytes);
-        if r.array::<1>()? != [DOCUMENT_VERSION] {
+        let [version] = r.array::<1>()?;
+        if version != DOCUMENT_VERSION && version != DOCUMENT_VERSION_1 {
             return Err(DocumentError::Malformed("unknown document version"));
         }
         let id = r.string()?;
         let author = VerifyingKey::from_bytes(&r.array()?)
             .map_err(|_| DocumentError::Malformed("author key"))?;
         let nonce = r.array()?;
+        let commitment = if version == DOCUMENT_VERSION { Some(r.array()?) } else { None };
         let signature = r.array()?;
         if r.0.len() < TAG_LEN {
             return Err(DocumentError::Malformed("truncated"));
         }
-        Ok(Self { id, author, nonce, ciphertext: r.0.to_vec(), signature })
+        Ok(Self { id, author, nonce, commitment, ciphertext: r.0.to_vec(), signature })
     }
 }
 
@@ -438,7 +475,7 @@ mod tests {
             bad[i] ^= 0x20;
             let r = EncryptedDocument::from_bytes(&bad).and_then(|d| d.open(grant.value(), &alice));
             assert!(r.is_err(), "flip at byte {i} accepted");
-            if i > 3 + 5 + 32 + 12 + 64 {
+            if i > 3 + 5 + 32 + 12 + 32 + 64 {
                 // Past the header: the body is covered by the signature.
                 assert_eq!(r.unwrap_err(), DocumentError::Signature, "byte {i}");
             }
@@ -453,5 +490,78 @@ mod tests {
         }
         assert!(encrypt("", b"x", &author, &[], &mut rng).is_err());
         assert!(EncryptedDocument::from_bytes(&[]).is_err());
+    }
+
+    /// The signed header commits to the document key: a key that is not the author's (here
+    /// another document's, granted under this document's id) is refused as such before any
+    /// decryption, and the commitment is part of what the author signed.
+    #[test]
+    fn documents_commit_to_their_key() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let author = DeviceKeys::generate(&mut rng);
+        let alice = PrivateKey::generate(&mut rng);
+        let to_alice = [(Recipient::User("alice".into()), alice.public_key())];
+        let (doc, grants) = encrypt("doc", b"one text", &author, &to_alice, &mut rng).unwrap();
+        let (_, other) = encrypt("doc", b"another text", &author, &to_alice, &mut rng).unwrap();
+        assert_eq!(doc.to_bytes()[0], 2);
+        assert!(doc.is_committed());
+        assert_eq!(&**doc.open(grants[0].value(), &alice).unwrap(), b"one text");
+        assert_eq!(doc.open(other[0].value(), &alice).unwrap_err(), DocumentError::KeyCommitment);
+        // Nor can such a key be granted on.
+        let granted = doc.grant(
+            other[0].value(),
+            &alice,
+            &author,
+            Recipient::User("bob".into()),
+            &alice.public_key(),
+            &mut rng,
+        );
+        assert_eq!(granted.unwrap_err(), DocumentError::KeyCommitment);
+        // The commitment is signed: replacing it breaks the signature.
+        let mut swapped = doc.clone();
+        swapped.commitment = Some([7; 32]);
+        assert_eq!(swapped.verify(), Err(DocumentError::Signature));
+    }
+
+    /// A version-1 document (before key commitments) still parses, re-encodes to the same bytes
+    /// and opens; the service no longer stores new ones.
+    #[test]
+    fn version_1_documents_are_read_but_not_stored() {
+        let mut rng = ChaCha20Rng::seed_from_u64(13);
+        let user_keys = crate::keys::UserKeys::generate(&mut rng);
+        let author = DeviceKeys::generate(&mut rng);
+        let to_user = [(Recipient::User("alice".into()), user_keys.public().encryption)];
+        let (doc, grants) = encrypt("old", b"written in v1", &author, &to_user, &mut rng).unwrap();
+        let mut v1 = doc.clone();
+        v1.commitment = None;
+        v1.signature = author.sign(&v1.signed_bytes());
+        let bytes = v1.to_bytes();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes.len(), doc.to_bytes().len() - 32);
+        let parsed = EncryptedDocument::from_bytes(&bytes).unwrap();
+        assert_eq!(parsed.to_bytes(), bytes);
+        assert!(!parsed.is_committed());
+        let value = grants[0].value();
+        let user_key = user_keys.encryption_key();
+        assert_eq!(&**parsed.open(value, user_key).unwrap(), b"written in v1");
+
+        let mut state = crate::AccessState::new("acme");
+        let sealed = crate::PassphraseSealedKey::seal(
+            &user_keys,
+            b"p",
+            crate::PassphraseCost { memory_kib: 64, iterations: 1, parallelism: 1 },
+            &mut rng,
+        )
+        .unwrap();
+        let signed = crate::SignedUserKeys::issue(&user_keys, "acme", "alice");
+        state.create_user("alice", sealed, *signed.signature()).unwrap();
+        let cert = crate::DeviceCertificate::issue(&user_keys, "alice", "d", author.public());
+        let tk = pre::transform_key(user_key, &author.public().encryption, &mut rng);
+        state.authorize_device(cert, tk).unwrap();
+        let actor = crate::Actor { user: "alice", device: "d" };
+        let refused = state.create_document(actor, parsed, grants.clone()).unwrap_err();
+        assert_eq!(refused, crate::AccessError::Document(DocumentError::Uncommitted));
+        assert_eq!(refused.code(), 1114);
+        state.create_document(actor, doc, grants).unwrap();
     }
 }

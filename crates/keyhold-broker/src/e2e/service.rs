@@ -568,6 +568,9 @@ pub(crate) async fn create_document(
             );
         }
         document.verify().map_err(AccessError::from)?;
+        if !document.is_committed() {
+            return Err(AccessError::from(keyhold_e2e::DocumentError::Uncommitted).into());
+        }
         Ok((document, grants, bytes))
     })
     .await?;
