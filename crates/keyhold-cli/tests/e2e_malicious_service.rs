@@ -141,6 +141,7 @@ async fn devices_refuse_public_keys_a_malicious_service_swaps() {
     //    cannot tell, but its fingerprint of bob differs from bob's own: compared out of band,
     //    the swap shows.
     let real = alice.user_public_keys("bob").await.unwrap();
+    assert_eq!(alice.key_pins().user("bob"), Some(real.signing));
     let real_fingerprint = bob.fingerprint("bob").await.unwrap();
     assert_eq!(alice.fingerprint("bob").await.unwrap(), real_fingerprint);
     patch("GET", "/users/bob", user_view(&mallory, "bob"));

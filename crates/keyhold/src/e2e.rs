@@ -131,7 +131,9 @@ impl E2eService {
         self.device_with_pins(user, device, keys, KeyPins::new())
     }
 
-    fn device_with_pins(
+    /// A device whose keys and pins this process holds (an application keeping devices in its
+    /// own storage rather than [`Device::save`]'s file: store [`Device::key_pins`] with the keys).
+    pub fn device_with_pins(
         &self,
         user: &str,
         device: &str,
@@ -486,6 +488,11 @@ impl Device {
             self.pins_changed.store(true, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// The keys this device has checked (to store them where the application keeps the device).
+    pub fn key_pins(&self) -> KeyPins {
+        self.pins().clone()
     }
 
     /// Pins a user's signing key checked out of band (e.g. a fingerprint compared in person),
