@@ -308,16 +308,7 @@ pub(super) async fn group_key(
     tenant: &str,
     group: &str,
 ) -> Result<Option<PublicKey>, E2eError> {
-    let row =
-        sqlx::query("SELECT public_key FROM e2e_groups WHERE tenant_id = $1 AND group_id = $2")
-            .bind(tenant)
-            .bind(group)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(row) = row else { return Ok(None) };
-    PublicKey::from_bytes(&column(&row, "public_key")?)
-        .map(Some)
-        .map_err(|e| E2eError::corrupt("group key", e))
+    Ok(self::group(conn, tenant, group).await?.map(|g| g.public_key))
 }
 
 /// A group's public key and, unless it was stored before migration 0008, the key signed by the
