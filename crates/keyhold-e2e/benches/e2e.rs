@@ -117,5 +117,34 @@ fn add_member(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, document_paths, add_member);
+/// What a device checks before it uses a public key the service gave it (docs/e2e-crypto.md
+/// §4.2): a user's signature of its keys; a group's key through its creator's certificate and
+/// the creating device's signature; the pin lookup.
+fn key_checks(c: &mut Criterion) {
+    let mut rng = OsRng;
+    let alice = UserKeys::generate(&mut rng);
+    let laptop = DeviceKeys::generate(&mut rng);
+    let cert = DeviceCertificate::issue(&alice, "alice", "laptop", laptop.public());
+    let signed_user = SignedUserKeys::issue(&alice, "acme", "alice");
+    let group = PrivateKey::generate(&mut rng).public_key();
+    let signed_group = SignedGroupKey::issue(&laptop, "acme", "staff", group, "alice", "laptop");
+    let alice_vk = alice.public().signing;
+    let mut pins = keyhold_e2e::KeyPins::new();
+    pins.check_user("alice", &alice_vk).unwrap();
+    pins.check_group("staff", &group).unwrap();
+    let mut g = c.benchmark_group("e2e_key_checks");
+    g.bench_function("user_keys_signature", |b| b.iter(|| signed_user.verify("acme").unwrap()));
+    g.bench_function("group_key_certificate_and_signature", |b| {
+        b.iter(|| signed_group.verify("acme", &cert, &alice_vk).unwrap())
+    });
+    g.bench_function("pins_user_and_group", |b| {
+        b.iter(|| {
+            pins.check_user("alice", &alice_vk).unwrap();
+            pins.check_group("staff", &group).unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, document_paths, add_member, key_checks);
 criterion_main!(benches);
