@@ -17,7 +17,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use keyhold::e2e::{Device, E2eError, E2eService, Recipient};
 use keyhold_e2e::wire::{self, CertificateView};
 use keyhold_e2e::{
-    DeviceCertificate, DeviceKeys, OsRng, PrivateKey, SignedGroupKey, SignedUserKeys, UserKeys,
+    DeviceCertificate, DeviceKeys, OsRng, PrivateKey, PublicKey, SignedGroupKey, SignedUserKeys,
+    UserKeys,
 };
 use serde_json::{Value, json};
 
@@ -100,6 +101,19 @@ fn user_view(keys: &UserKeys, user: &str) -> Value {
     serde_json::to_value(wire::UserKeysView::from(&signed)).unwrap()
 }
 
+/// Group "staff" as a service would show it with `key` for its key, signed by a fresh device
+/// that `creator_keys` certifies as `user`'s `laptop` (a forgery unless those are the real keys).
+fn forged_staff_view(creator_keys: &UserKeys, user: &str, key: PublicKey) -> Value {
+    let device = DeviceKeys::generate(&mut OsRng);
+    let cert = DeviceCertificate::issue(creator_keys, user, "laptop", device.public());
+    let signed = SignedGroupKey::issue(&device, TENANT, "staff", key, user, "laptop");
+    json!({
+        "public_key": b64(&key.to_bytes()),
+        "creator": serde_json::to_value(CertificateView::from(&cert)).unwrap(),
+        "key_signature": b64(signed.signature()),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_refuse_public_keys_a_malicious_service_swaps() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,19 +194,7 @@ async fn devices_refuse_public_keys_a_malicious_service_swaps() {
     let to_staff = [Recipient::Group("staff".into())];
     patch("GET", "/groups/staff", json!({"public_key": b64(&mallory_group.to_bytes())}));
     assert_eq!(code(carol.encrypt("d3", b"for staff", &to_staff).await), 1115);
-    let fake_device = DeviceKeys::generate(&mut OsRng);
-    let fake_cert = DeviceCertificate::issue(&mallory, "alice", "laptop", fake_device.public());
-    let fake =
-        SignedGroupKey::issue(&fake_device, TENANT, "staff", mallory_group, "alice", "laptop");
-    patch(
-        "GET",
-        "/groups/staff",
-        json!({
-            "public_key": b64(&mallory_group.to_bytes()),
-            "creator": serde_json::to_value(CertificateView::from(&fake_cert)).unwrap(),
-            "key_signature": b64(fake.signature()),
-        }),
-    );
+    patch("GET", "/groups/staff", forged_staff_view(&mallory, "alice", mallory_group));
     assert_eq!(code(carol.encrypt("d3", b"for staff", &to_staff).await), 1115);
     assert_eq!(code(alice.add_member("staff", "carol").await), 1115);
     patch("GET", "/groups/staff", json!({"creator": null, "key_signature": ""}));
@@ -230,20 +232,8 @@ async fn devices_refuse_public_keys_a_malicious_service_swaps() {
     //    signature checks out; the group's pin catches it on every device that used the group
     //    (1116), and only a device meeting "staff" for the first time would be fooled.
     let eve = UserKeys::generate(&mut OsRng);
-    let eve_device = DeviceKeys::generate(&mut OsRng);
-    let eve_cert = DeviceCertificate::issue(&eve, "eve", "laptop", eve_device.public());
-    let forged =
-        SignedGroupKey::issue(&eve_device, TENANT, "staff", mallory_group, "eve", "laptop");
     patch("GET", "/users/eve", user_view(&eve, "eve"));
-    patch(
-        "GET",
-        "/groups/staff",
-        json!({
-            "public_key": b64(&mallory_group.to_bytes()),
-            "creator": serde_json::to_value(CertificateView::from(&eve_cert)).unwrap(),
-            "key_signature": b64(forged.signature()),
-        }),
-    );
+    patch("GET", "/groups/staff", forged_staff_view(&eve, "eve", mallory_group));
     assert_eq!(code(carol.encrypt("d7", b"for staff", &to_staff).await), 1116);
     assert_eq!(code(alice.encrypt("d7", b"for staff", &to_staff).await), 1116);
     frank.encrypt("d7", b"for staff", &to_staff).await.expect("a first sight cannot be checked");
