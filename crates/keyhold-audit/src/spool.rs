@@ -495,6 +495,7 @@ impl Writer {
     fn run(mut self, mut jobs: tokio::sync::mpsc::Receiver<Message>) {
         let window = self.options.commit_window;
         let mut last_batch = 0;
+        let mut last_commit = std::time::Instant::now();
         while let Some(first) = jobs.blocking_recv() {
             let mut tick = false;
             let mut batch = Vec::new();
@@ -504,9 +505,17 @@ impl Writer {
             }
             // Under concurrent load (the last commit was shared), let more events arrive
             // before committing: fewer wake-ups and syncs per event. A lone request pays none.
+            // The window counts from the start of the last commit, not from its end: the
+            // time that commit took to write and sync is part of it, so under load commits
+            // start once per window and an event waits half a window on average, not a whole
+            // one plus a sync.
             if last_batch > 1 && !window.is_zero() {
-                std::thread::sleep(window);
+                let left = window.saturating_sub(last_commit.elapsed());
+                if !left.is_zero() {
+                    std::thread::sleep(left);
+                }
             }
+            last_commit = std::time::Instant::now();
             drain(&mut jobs, &mut batch, &mut tick);
             let mut written = self.write(batch);
             // Events that arrived while this batch was written share its sync.
