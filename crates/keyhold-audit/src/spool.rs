@@ -1,5 +1,7 @@
 //! The durable on-disk spool: every event is appended to its tenant's chained file, and synced
 //! to disk, before [`Spool::append`] returns — so before the request that caused it is answered.
+//! ([`SpoolOptions::sync`] off: written to the file, not synced; safe from the process's crash,
+//! not the host's.)
 //!
 //! One writer thread takes events from a queue in batches (group commit): it appends every
 //! waiting event (and those that arrive while it writes), then syncs each file it touched once,
@@ -120,6 +122,11 @@ pub struct SpoolOptions {
     /// writer lets events gather before committing: fewer wake-ups and disk syncs per event,
     /// for at most this much more latency. Zero: commit at once.
     pub commit_window: std::time::Duration,
+    /// Sync each commit to disk (`fdatasync`) before answering its events (default). Off,
+    /// an event is answered once written to its file, that is handed to the operating
+    /// system: it survives the proxy's crash or `kill -9`, not the host's crash or power loss
+    /// (and there is then no commit window: nothing to share).
+    pub sync: bool,
 }
 
 impl SpoolOptions {
@@ -134,6 +141,7 @@ impl SpoolOptions {
             segment_bytes: 64 * 1024 * 1024,
             delete_delivered: true,
             commit_window: std::time::Duration::from_micros(1000),
+            sync: true,
         }
     }
 }
@@ -493,7 +501,9 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut jobs: tokio::sync::mpsc::Receiver<Message>) {
-        let window = self.options.commit_window;
+        // Without syncs there is nothing for events to share by waiting.
+        let window =
+            if self.options.sync { self.options.commit_window } else { std::time::Duration::ZERO };
         let mut last_batch = 0;
         let mut last_commit = std::time::Instant::now();
         while let Some(first) = jobs.blocking_recv() {
@@ -641,7 +651,10 @@ impl Writer {
                 continue;
             }
             let synced = match self.files.get(tenant) {
-                Some(file) => file.file.sync_data().map_err(|e| io_error(&file.path, &e)),
+                Some(file) if self.options.sync => {
+                    file.file.sync_data().map_err(|e| io_error(&file.path, &e))
+                }
+                Some(_) => Ok(()),
                 None => Err(SpoolError::Closed),
             };
             if synced.is_err() {
@@ -1021,6 +1034,36 @@ mod tests {
         let spool = Spool::open(dir.path(), 16).unwrap();
         assert_eq!(spool.append(event("acme", 3)).await.unwrap(), 4);
         assert_eq!(verified(&path), 4);
+    }
+
+    /// Without syncs (`durability = "written"`), an answered event is already in its file (so
+    /// a crash of the process cannot lose it), and concurrent appends still form one chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_syncs_an_answered_event_is_already_in_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = SpoolOptions::new(64);
+        options.sync = false;
+        let spool = Spool::open_with(dir.path(), options).unwrap();
+        let path = spool.tenant_file("acme");
+        let mut appends = tokio::task::JoinSet::new();
+        for task in 0..8 {
+            let spool = Arc::clone(&spool);
+            let path = path.clone();
+            appends.spawn(async move {
+                for i in 0..20 {
+                    let seq = spool.append(event("acme", task * 100 + i)).await.unwrap();
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    assert!(
+                        text.lines().any(|l| l.starts_with(&format!("{{\"seq\":{seq},"))),
+                        "record {seq} answered but not in the file"
+                    );
+                }
+            });
+        }
+        while let Some(done) = appends.join_next().await {
+            done.unwrap();
+        }
+        assert_eq!(verified(&path), 160);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

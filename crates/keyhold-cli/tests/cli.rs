@@ -354,9 +354,27 @@ fn two_proxy_processes_open_each_others_leased_edeks_also_after_restarts() {
 
 #[test]
 fn no_answered_access_is_lost_when_the_proxy_is_killed_and_the_chain_verifies() {
+    killed_proxy_loses_no_answered_access(None);
+}
+
+/// `durability = "written"` answers once an event is in the spool file, without the disk sync:
+/// still nothing answered is lost when the process is killed (the kernel has the data).
+#[test]
+fn with_written_durability_no_answered_access_is_lost_when_the_proxy_is_killed() {
+    killed_proxy_loses_no_answered_access(Some("written"));
+}
+
+fn killed_proxy_loses_no_answered_access(durability: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     drop(up(dir.path()));
     let config = dir.path().join(".keyhold/keyhold.toml");
+    if let Some(durability) = durability {
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains("[audit]\n"), "{text}");
+        let text =
+            text.replacen("[audit]\n", &format!("[audit]\ndurability = \"{durability}\"\n"), 1);
+        std::fs::write(&config, text).unwrap();
+    }
     let api_key = std::fs::read_to_string(dir.path().join(".keyhold/api-key")).unwrap();
     let api_key = api_key.trim().to_owned();
     let audit_file = dir.path().join(".keyhold/audit/demo-tenant.jsonl");

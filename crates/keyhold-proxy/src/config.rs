@@ -300,6 +300,24 @@ pub struct AuditConfig {
     /// (one write and one disk sync for all): default 1000. A lone request never waits for it.
     #[serde(default = "default_commit_window_us")]
     pub commit_window_us: u64,
+    /// What "recorded before answered" means: `synced` (default), each event is on the disk
+    /// (`fdatasync`) before its request is answered; `written`, it is in the spool file, that
+    /// is with the operating system: it survives the proxy's crash or `kill -9` but not the
+    /// host's crash or power loss. docs/audit.md §3 weighs the two.
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// How far an event must have gone before its request is answered (docs/audit.md §3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Synced to disk: no answered access is lost even if the host loses power.
+    #[default]
+    Synced,
+    /// Written to the spool file: no answered access is lost if the proxy crashes; a host crash
+    /// may lose the last moments' events.
+    Written,
 }
 
 /// The spool-full policy (docs/audit.md).
@@ -934,6 +952,14 @@ mod tests {
         for kind in ["syslog", "opensearch", "splunk", "datadog", "webhook", "file"] {
             assert!(kinds.contains(&kind), "{kind} missing from docs/audit.md's example");
         }
+        assert_eq!(config.audit.as_ref().unwrap().durability, Durability::Synced);
+        // The other durability parses; anything else is refused, naming the key.
+        let written = block.replace("durability = \"synced\"", "durability = \"written\"");
+        let config = ProxyConfig::from_toml(&written).unwrap();
+        assert_eq!(config.audit.as_ref().unwrap().durability, Durability::Written);
+        let wrong = block.replace("durability = \"synced\"", "durability = \"fsync\"");
+        let error = ProxyConfig::from_toml(&wrong).unwrap_err().to_string();
+        assert!(error.contains("unknown variant `fsync`"), "{error}");
     }
 
     /// The configuration shown in README.md is a valid one.

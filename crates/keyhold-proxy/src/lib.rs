@@ -153,6 +153,7 @@ impl AppState {
                 segment_bytes: audit.segment_bytes,
                 delete_delivered: audit.delete_delivered,
                 commit_window: std::time::Duration::from_micros(audit.commit_window_us),
+                sync: audit.durability == config::Durability::Synced,
             };
             let spool =
                 keyhold_audit::Spool::open_with(&spool_dir, options).map_err(ProxyError::Audit)?;

@@ -67,6 +67,11 @@ pub struct BenchArgs {
     /// this machine.
     #[arg(long, requires = "audit_ratio")]
     commit_window_us: Option<u64>,
+    /// The audited proxy's `[audit] durability`: `synced` (its default: each event synced to
+    /// disk before the answer) or `written` (in the spool file before the answer, not synced),
+    /// to see what the disk's sync costs.
+    #[arg(long, value_parser = ["synced", "written"], conflicts_with = "no_audit")]
+    durability: Option<String>,
     /// Write every result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -84,6 +89,18 @@ impl BenchArgs {
     }
 
     /// `--proxy-wrapper`, split on spaces (empty: none).
+    /// Lines for the audited proxy's `[audit]` table.
+    fn audit_settings(&self) -> String {
+        let mut lines = String::new();
+        if let Some(window) = self.commit_window_us {
+            lines.push_str(&format!("commit_window_us = {window}\n"));
+        }
+        if let Some(durability) = &self.durability {
+            lines.push_str(&format!("durability = \"{durability}\"\n"));
+        }
+        lines
+    }
+
     fn wrapper(&self) -> Vec<String> {
         self.proxy_wrapper
             .as_deref()
@@ -423,9 +440,9 @@ async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
     let (sink, sink_bytes) = discarding_syslog_receiver().await?;
     let wrapper = args.wrapper();
     let on =
-        ProxyProcess::start_with_sink(args.tenants, Some(sink), args.commit_window_us, &wrapper)
+        ProxyProcess::start_with_sink(args.tenants, Some(sink), &args.audit_settings(), &wrapper)
             .await?;
-    let off = ProxyProcess::start(args.tenants, false, &wrapper).await?;
+    let off = ProxyProcess::start(args.tenants, false, "", &wrapper).await?;
     let load = args.load();
     let rounds = args.runs.max(3);
     eprintln!(
@@ -494,6 +511,7 @@ async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
             "seconds": args.seconds,
             "rounds": rounds,
             "commit_window_us": args.commit_window_us,
+            "durability": args.durability,
             "median_ratio": median,
             "ratios": ratios,
             "sink_bytes": sink_bytes,
@@ -543,7 +561,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let load = args.load();
     let runs = args.runs.max(1);
 
-    let proxy_process = ProxyProcess::start(args.tenants, !args.no_audit, &args.wrapper()).await?;
+    let proxy_process =
+        ProxyProcess::start(args.tenants, !args.no_audit, &args.audit_settings(), &args.wrapper())
+            .await?;
     eprintln!(
         "proxy ready {:.0} ms after start ({} tenants, audit {}); {} in flight, {} s per scenario, {runs} run(s)",
         proxy_process.start_to_ready.as_secs_f64() * 1000.0,
@@ -697,6 +717,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "runs": runs,
             "tenants": args.tenants.max(2),
             "audit": !args.no_audit,
+            "durability": args.durability,
             "proxy_peak_rss_bytes": peak_rss,
             "proxy_start_to_ready_ms": start_to_ready.as_secs_f64() * 1000.0,
             "results": results,

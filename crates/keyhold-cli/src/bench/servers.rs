@@ -55,28 +55,34 @@ impl ProxyProcess {
     /// configuration is `keyhold up`'s with the production intervals (lease renewal 5 min,
     /// checkpoints every minute); tenants beyond the first two each get a vendor key of their
     /// own in the configuration (`type = "vendor"`), as a broker would send them.
-    /// `wrapper` is a command the proxy runs under (a profiler), if any.
-    pub async fn start(tenants: usize, audit: bool, wrapper: &[String]) -> anyhow::Result<Self> {
-        Self::start_inner(tenants, audit, None, None, wrapper).await
+    /// `audit_settings` are lines added to its `[audit]` table (with `audit`); `wrapper` is a
+    /// command the proxy runs under (a profiler), if any.
+    pub async fn start(
+        tenants: usize,
+        audit: bool,
+        audit_settings: &str,
+        wrapper: &[String],
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(tenants, audit, None, audit_settings, wrapper).await
     }
 
     /// Starts it with the audit trail on and, for tenant [`LEASED_TENANT`], a syslog sink (TCP)
-    /// at `sink`, so that the spool's events are also delivered, as deployed; with the spool's
-    /// group-commit window set to `commit_window_us` if given (else the default).
+    /// at `sink`, so that the spool's events are also delivered, as deployed; with
+    /// `audit_settings` added to its `[audit]` table.
     pub async fn start_with_sink(
         tenants: usize,
         sink: Option<std::net::SocketAddr>,
-        commit_window_us: Option<u64>,
+        audit_settings: &str,
         wrapper: &[String],
     ) -> anyhow::Result<Self> {
-        Self::start_inner(tenants, true, sink, commit_window_us, wrapper).await
+        Self::start_inner(tenants, true, sink, audit_settings, wrapper).await
     }
 
     async fn start_inner(
         tenants: usize,
         audit: bool,
         sink: Option<std::net::SocketAddr>,
-        commit_window_us: Option<u64>,
+        audit_settings: &str,
         wrapper: &[String],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -138,10 +144,10 @@ impl ProxyProcess {
             )
             .map_err(|e| anyhow::anyhow!("audit signing key: {e:?}"))?;
         }
-        if let Some(window) = commit_window_us.filter(|_| audit) {
+        if audit && !audit_settings.is_empty() {
             let at =
                 text.find("[audit]\n").context("the generated configuration has no [audit]")?;
-            text.insert_str(at + "[audit]\n".len(), &format!("commit_window_us = {window}\n"));
+            text.insert_str(at + "[audit]\n".len(), audit_settings);
         }
         std::fs::write(&data.config_path, text)?;
         let exe = std::env::current_exe()?;
