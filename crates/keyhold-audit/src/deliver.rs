@@ -6,9 +6,9 @@
 //!   failure or a restart) from the files; either way in order and without a gap.
 //! - The cursor (`DIR/cursors/<sink>/<tenant file>.cursor`: the last delivered `seq` and the
 //!   byte offset after it) moves only after the sink took the batch, and is written at most
-//!   every [`CURSOR_STORE_INTERVAL`] under load (at once when delivery goes idle), so a crash
-//!   or restart sends again at most that much more than was in flight; receivers deduplicate
-//!   by event id.
+//!   every [`CURSOR_STORE_INTERVAL`] (when delivery goes idle: at once, or when that interval
+//!   since the last write is over), so a crash or restart sends again at most that much more
+//!   than was in flight; receivers deduplicate by event id.
 //! - A failed batch is sent again after a backoff (doubling, with jitter, up to
 //!   [`DeliveryOptions::retry_max`]); each sink has its own task, so a slow or dead SIEM delays
 //!   only its own stream, never requests or other sinks.
@@ -55,11 +55,17 @@ pub struct DeliveryOptions {
     pub retry_min: Duration,
     /// Longest wait between tries.
     pub retry_max: Duration,
+    /// Most often a cursor file is rewritten ([`CURSOR_STORE_INTERVAL`] by default).
+    pub cursor_interval: Duration,
 }
 
 impl Default for DeliveryOptions {
     fn default() -> Self {
-        Self { retry_min: Duration::from_millis(200), retry_max: Duration::from_secs(30) }
+        Self {
+            retry_min: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            cursor_interval: CURSOR_STORE_INTERVAL,
+        }
     }
 }
 
@@ -201,6 +207,16 @@ struct Worker {
     options: DeliveryOptions,
 }
 
+/// A delivery stopped (dropped, or the proxy shutting down) stores its cursor, so that a restart
+/// after a clean stop sends nothing again; only a crash loses the last interval's progress.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.status.delivered.load(Ordering::Relaxed) != self.committed.seq {
+            self.store_cursor();
+        }
+    }
+}
+
 impl Worker {
     async fn run(mut self) {
         let mut retry = self.options.retry_min;
@@ -248,15 +264,26 @@ impl Worker {
                 }
                 continue;
             }
-            // Nothing new to read: store the cursor, then wait for new records, or for the
-            // oldest batch to settle.
+            // Nothing new to read: store the cursor (at most once per interval: under load
+            // delivery catches up after nearly every commit, and a store per catch-up cost
+            // more renames than the spool made syncs), then wait for new records, for the
+            // oldest batch to settle, or for the cursor's store to come due.
+            let mut store_due = None;
             if self.status.delivered.load(Ordering::Relaxed) != self.committed.seq {
-                self.store_cursor();
+                match self.stored_at {
+                    Some(at) if at.elapsed() < self.options.cursor_interval => {
+                        store_due = Some(at + self.options.cursor_interval);
+                    }
+                    _ => self.store_cursor(),
+                }
             }
-            let wait = match unsettled.front() {
+            let mut wait = match unsettled.front() {
                 Some((sent, _)) => (*sent + settle).saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(5),
             };
+            if let Some(due) = store_due {
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
             let _ = tokio::time::timeout(wait, self.synced.changed()).await;
         }
     }
@@ -286,7 +313,7 @@ impl Worker {
     fn commit(&mut self, cursor: Cursor) {
         self.committed = cursor;
         match self.stored_at {
-            Some(at) if at.elapsed() < CURSOR_STORE_INTERVAL => {}
+            Some(at) if at.elapsed() < self.options.cursor_interval => {}
             _ => self.store_cursor(),
         }
     }
@@ -533,10 +560,22 @@ mod tests {
         panic!("only {:?} delivered", collector.received.lock().unwrap());
     }
 
+    /// Waits (up to 5 s) until `done` holds.
+    async fn eventually(done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(done(), "still not done after 5 s");
+    }
+
     fn options() -> DeliveryOptions {
         DeliveryOptions {
             retry_min: Duration::from_millis(10),
             retry_max: Duration::from_millis(50),
+            cursor_interval: Duration::from_millis(20),
         }
     }
 
@@ -553,7 +592,8 @@ mod tests {
         };
         let delivery = Delivery::start(&spool, vec![target(&collector)], options()).unwrap();
         wait_for(&collector, 10).await;
-        assert_eq!(spool.backlog("acme"), 0);
+        // The cursor is stored (and the backlog counted from it) at most every 20 ms here.
+        eventually(|| spool.backlog("acme") == 0).await;
 
         // The SIEM goes down: records wait, the backlog grows, nothing is lost.
         collector.failing.store(true, Ordering::Relaxed);
@@ -565,6 +605,8 @@ mod tests {
         wait_for(&collector, 30).await;
         assert_eq!(*collector.received.lock().unwrap(), (1..=30).collect::<Vec<_>>());
         drop(delivery);
+        // Aborted, each task is dropped (and stores its cursor) when the runtime next gets to it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
 
         // A restart resumes at the cursor: nothing is sent twice, new records follow.
         drop(spool);

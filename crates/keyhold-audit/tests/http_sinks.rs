@@ -216,7 +216,7 @@ async fn spool_and_deliver(
     let delivery = Delivery::start(
         &spool,
         vec![Target { tenant: "acme".into(), name: "siem".into(), sink }],
-        DeliveryOptions { retry_min, retry_max: retry_min * 5 },
+        DeliveryOptions { retry_min, retry_max: retry_min * 5, ..Default::default() },
     )
     .unwrap();
     (dir, spool, delivery)
