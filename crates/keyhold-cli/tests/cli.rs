@@ -364,6 +364,8 @@ fn with_written_durability_no_answered_access_is_lost_when_the_proxy_is_killed()
     killed_proxy_loses_no_answered_access(Some("written"));
 }
 
+// The body of two tests (clippy allows indexing only in `#[test]` functions themselves).
+#[allow(clippy::indexing_slicing)]
 fn killed_proxy_loses_no_answered_access(durability: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     drop(up(dir.path()));
