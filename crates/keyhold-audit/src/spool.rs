@@ -118,9 +118,10 @@ pub struct SpoolOptions {
     /// Delete the segments every reader of the tenant has acknowledged (only tenants with
     /// readers: without sinks, the spool is the only copy and is kept).
     pub delete_delivered: bool,
-    /// Under concurrent load (the last commit covered more than one event), how long the
-    /// writer lets events gather before committing: fewer wake-ups and disk syncs per event,
-    /// for at most this much more latency. Zero: commit at once.
+    /// Under concurrent load (the last commit covered more than one event), how long after
+    /// the start of the last commit the writer lets events gather before the next: fewer
+    /// wake-ups and disk syncs per event, for at most this much more latency. Zero: commit at
+    /// once.
     pub commit_window: std::time::Duration,
     /// Sync each commit to disk (`fdatasync`) before answering its events (default). Off,
     /// an event is answered once written to its file, that is handed to the operating

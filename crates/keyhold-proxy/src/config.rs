@@ -296,8 +296,9 @@ pub struct AuditConfig {
     /// tenant without sinks keeps its whole spool: it is the only copy.
     #[serde(default = "default_true")]
     pub delete_delivered: bool,
-    /// Under concurrent load, how long (µs) the spool lets events gather before one commit
-    /// (one write and one disk sync for all): default 1000. A lone request never waits for it.
+    /// Under concurrent load, how long (µs) after the start of the last commit the spool lets
+    /// events gather before the next (one write and one disk sync for all): default 1000. A
+    /// lone request never waits for it.
     #[serde(default = "default_commit_window_us")]
     pub commit_window_us: u64,
     /// What "recorded before answered" means: `synced` (default), each event is on the disk
