@@ -268,15 +268,11 @@ impl Worker {
             // delivery catches up after nearly every commit, and a store per catch-up cost
             // more renames than the spool made syncs), then wait for new records, for the
             // oldest batch to settle, or for the cursor's store to come due.
-            let mut store_due = None;
-            if self.status.delivered.load(Ordering::Relaxed) != self.committed.seq {
-                match self.stored_at {
-                    Some(at) if at.elapsed() < self.options.cursor_interval => {
-                        store_due = Some(at + self.options.cursor_interval);
-                    }
-                    _ => self.store_cursor(),
-                }
-            }
+            let store_due = if self.status.delivered.load(Ordering::Relaxed) != self.committed.seq {
+                self.store_cursor_if_due()
+            } else {
+                None
+            };
             let mut wait = match unsettled.front() {
                 Some((sent, _)) => (*sent + settle).saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(5),
@@ -312,9 +308,20 @@ impl Worker {
 
     fn commit(&mut self, cursor: Cursor) {
         self.committed = cursor;
+        self.store_cursor_if_due();
+    }
+
+    /// Stores the cursor unless it was stored less than an interval ago; then returns when
+    /// the next store is due.
+    fn store_cursor_if_due(&mut self) -> Option<Instant> {
         match self.stored_at {
-            Some(at) if at.elapsed() < self.options.cursor_interval => {}
-            _ => self.store_cursor(),
+            Some(at) if at.elapsed() < self.options.cursor_interval => {
+                Some(at + self.options.cursor_interval)
+            }
+            _ => {
+                self.store_cursor();
+                None
+            }
         }
     }
 
