@@ -3,10 +3,11 @@
 //! ([`SpoolOptions::sync`] off: written to the file, not synced; safe from the process's crash,
 //! not the host's.)
 //!
-//! One writer thread takes events from a queue in batches (group commit): it appends every
-//! waiting event (and those that arrive while it writes), then syncs each file it touched once,
-//! then answers them all. Under
-//! load many requests share one sync; a lone request pays one.
+//! With syncs, one writer thread takes events from a queue in batches (group commit): it
+//! appends every waiting event (and those that arrive while it writes), then syncs each file it
+//! touched once, then answers them all. Under load many requests share one sync; a lone request
+//! pays one. Without syncs there is nothing to share: each caller appends its own event under
+//! the writer's lock, on its own thread, and no hand-off to another thread (and back) is made.
 //!
 //! Layout: `DIR/<tenant>.jsonl`, one chained record per line (see [`crate::chain`]). Tenant ids
 //! that are not plain file names (`[A-Za-z0-9._-]`, up to 100 bytes, not starting with `.`) use
@@ -102,7 +103,7 @@ enum Message {
 /// How a spool works.
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
-    /// Most events waiting to be written; callers wait when it is full.
+    /// Most events waiting for the writer thread (with syncs); callers wait when it is full.
     pub queue_capacity: usize,
     /// Signs checkpoints (none: no checkpoints).
     pub signer: Option<Arc<CheckpointSigner>>,
@@ -126,7 +127,8 @@ pub struct SpoolOptions {
     /// Sync each commit to disk (`fdatasync`) before answering its events (default). Off,
     /// an event is answered once written to its file, that is handed to the operating
     /// system: it survives the proxy's crash or `kill -9`, not the host's crash or power loss
-    /// (and there is then no commit window: nothing to share).
+    /// (and there is then no commit window: nothing to share; each caller writes its own event
+    /// under the writer's lock).
     pub sync: bool,
 }
 
@@ -153,6 +155,9 @@ pub struct Spool {
     dir: PathBuf,
     queue: tokio::sync::mpsc::Sender<Message>,
     tenants: Arc<Tenants>,
+    /// Without syncs: the writer, which callers use themselves (its thread only makes the
+    /// timed checkpoints).
+    inline: Option<Arc<std::sync::Mutex<Writer>>>,
 }
 
 /// What the spool knows of each tenant's stream: how far it is on disk, and how far each
@@ -315,6 +320,12 @@ impl Tenants {
     }
 }
 
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job").field("tenant", &self.tenant).finish_non_exhaustive()
@@ -376,18 +387,20 @@ impl Spool {
                 })
                 .map_err(|e| io_error(dir, &e))?;
         }
-        let writer = Writer {
+        let sync = options.sync;
+        let writer = Arc::new(std::sync::Mutex::new(Writer {
             dir: dir.to_owned(),
             files,
             tenants: Arc::clone(&tenants),
             options,
             unsynced_feed: Vec::new(),
-        };
+        }));
+        let inline = (!sync).then(|| Arc::clone(&writer));
         std::thread::Builder::new()
             .name("keyhold-audit-spool".into())
-            .spawn(move || writer.run(jobs))
+            .spawn(move || Writer::run(&writer, jobs))
             .map_err(|e| io_error(dir, &e))?;
-        Ok(Arc::new(Self { dir: dir.to_owned(), queue, tenants }))
+        Ok(Arc::new(Self { dir: dir.to_owned(), queue, tenants, inline }))
     }
 
     /// Follows how far `tenant`'s stream is synced to disk (the `seq` of its last durable
@@ -448,8 +461,19 @@ impl Spool {
 
     /// Appends `event` to its tenant's chain and returns its `seq` once it is on disk.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, SpoolError> {
-        let (done, answer) = tokio::sync::oneshot::channel();
+        let (done, mut answer) = tokio::sync::oneshot::channel();
         let job = Job::new(event, Some(done)).map_err(|e| io_error(&self.dir, &e))?;
+        if let Some(writer) = &self.inline {
+            // A write to the page cache: a few microseconds, less than handing the event to
+            // another thread and being woken again.
+            let tenant = job.tenant.clone();
+            let mut writer = lock(writer);
+            let written = writer.write(vec![job]);
+            writer.sync(written);
+            writer.checkpoint(false, Some(&tenant));
+            drop(writer);
+            return answer.try_recv().map_err(|_| SpoolError::Closed)?;
+        }
         self.queue.send(Message::Append(job)).await.map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
@@ -501,10 +525,17 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut jobs: tokio::sync::mpsc::Receiver<Message>) {
+    /// The writer thread: group commits of the queued events (with syncs), timed checkpoints.
+    fn run(writer: &std::sync::Mutex<Self>, mut jobs: tokio::sync::mpsc::Receiver<Message>) {
         // Without syncs there is nothing for events to share by waiting.
-        let window =
-            if self.options.sync { self.options.commit_window } else { std::time::Duration::ZERO };
+        let window = {
+            let writer = lock(writer);
+            if writer.options.sync {
+                writer.options.commit_window
+            } else {
+                std::time::Duration::ZERO
+            }
+        };
         let mut last_batch = 0;
         let mut last_commit = std::time::Instant::now();
         while let Some(first) = jobs.blocking_recv() {
@@ -528,7 +559,8 @@ impl Writer {
             }
             last_commit = std::time::Instant::now();
             drain(&mut jobs, &mut batch, &mut tick);
-            let mut written = self.write(batch);
+            let mut this = lock(writer);
+            let mut written = this.write(batch);
             // Events that arrived while this batch was written share its sync.
             while written.len() < MAX_BATCH {
                 let mut more = Vec::new();
@@ -536,17 +568,18 @@ impl Writer {
                 if more.is_empty() {
                     break;
                 }
-                written.extend(self.write(more));
+                written.extend(this.write(more));
             }
             last_batch = written.len();
-            self.sync(written);
-            self.checkpoint(tick);
+            this.sync(written);
+            this.checkpoint(tick, None);
         }
     }
 
     /// Appends a signed checkpoint to each stream that needs one: after `checkpoint_every`
-    /// records, or on a tick when it has records since its last checkpoint.
-    fn checkpoint(&mut self, tick: bool) {
+    /// records, or on a tick when it has records since its last checkpoint (`only`: look at
+    /// that tenant's stream alone).
+    fn checkpoint(&mut self, tick: bool, only: Option<&str>) {
         if tick {
             let tenants: Vec<String> = self.files.keys().cloned().collect();
             for tenant in &tenants {
@@ -556,7 +589,10 @@ impl Writer {
         let Some(signer) = self.options.signer.clone() else { return };
         let every = self.options.checkpoint_every.max(1);
         let mut jobs = Vec::new();
-        for (tenant, file) in &self.files {
+        // One stream looked up, or all of them (`take(0)` walks none).
+        let one = only.and_then(|tenant| self.files.get_key_value(tenant));
+        let all = self.files.iter().take(if only.is_none() { usize::MAX } else { 0 });
+        for (tenant, file) in one.into_iter().chain(all) {
             let since = file.head.seq.saturating_sub(file.checkpointed);
             if since == 0 || (!tick && since < every) {
                 continue;
@@ -1126,6 +1162,44 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let verified = check(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!((verified.records, verified.last_signed), (30, 29));
+    }
+
+    /// Without syncs each caller writes its own event: checkpoints by count are made on the
+    /// way, and the writer thread still makes those that come due by time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_syncs_streams_still_get_checkpoints_by_count_and_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(CheckpointSigner::load_or_create(&dir.path().join("k")).unwrap());
+        let public = hex::decode(signer.public_key_hex()).unwrap();
+        let mut options = SpoolOptions::new(64);
+        options.sync = false;
+        options.signer = Some(signer);
+        options.checkpoint_every = 10;
+        options.checkpoint_interval = std::time::Duration::from_millis(200);
+        let spool = Spool::open_with(&dir.path().join("spool"), options).unwrap();
+        let mut appends = tokio::task::JoinSet::new();
+        for task in 0..5 {
+            let spool = Arc::clone(&spool);
+            appends.spawn(async move {
+                for i in 0..5 {
+                    spool.append(event("acme", task * 10 + i)).await.unwrap();
+                }
+            });
+        }
+        while let Some(done) = appends.join_next().await {
+            done.unwrap();
+        }
+        let text = std::fs::read_to_string(spool.tenant_file("acme")).unwrap();
+        assert_eq!(text.lines().count(), 27, "two count checkpoints before the tick: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let text = std::fs::read_to_string(spool.tenant_file("acme")).unwrap();
+        let mut verifier = crate::chain::Verifier::new(false).with_public_key(public);
+        for line in text.lines() {
+            verifier.push(&serde_json::from_str(line).unwrap()).unwrap();
+        }
+        let verified = verifier.finish();
+        assert_eq!((verified.records, verified.checkpoints), (28, 3), "{text}");
+        assert_eq!(verified.last_signed + 1, verified.head.seq);
     }
 
     #[tokio::test]
