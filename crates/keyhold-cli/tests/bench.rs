@@ -56,6 +56,18 @@ fn keyhold_bench_measures_every_scenario_and_writes_json() {
                 r["p999_ms"].as_f64().unwrap(),
             );
             assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{r}");
+            // The proxy's own latency histogram of the route, read around the window (the SDK
+            // scenario calls two routes and reads none).
+            let proxy: Vec<Option<f64>> = ["proxy_p50_ms_at_most", "proxy_p99_ms_at_most"]
+                .iter()
+                .map(|k| r[k].as_f64())
+                .collect();
+            if scenario == "sdk-1k" {
+                assert_eq!(proxy, [None, None], "{r}");
+            } else {
+                let (p50, p99) = (proxy[0].unwrap(), proxy[1].unwrap());
+                assert!(0.0 < p50 && p50 <= p99, "{r}");
+            }
         }
     }
     // Each run paces its half-load at half of that run's own peak; the row shown is the run
@@ -90,7 +102,9 @@ fn keyhold_bench_measures_every_scenario_and_writes_json() {
     assert!(report["proxy_start_to_ready_ms"].as_f64().unwrap() > 0.0);
     assert!(report["proxy_peak_rss_bytes"].as_u64().unwrap() > 1024 * 1024);
     if openbao {
-        assert!(row("openbao", "unwrap", Value::Null)["requests"].as_u64().unwrap() > 0);
+        let bao = row("openbao", "unwrap", Value::Null);
+        assert!(bao["requests"].as_u64().unwrap() > 0);
+        assert!(bao["proxy_p99_ms_at_most"].is_null(), "{bao}");
         let ratio = &report["ratios"]["unwrap_leased_vs_openbao_decrypt"];
         assert!(ratio["median"].as_f64().unwrap() > 0.0, "{ratio}");
         assert_eq!(ratio["runs"].as_array().unwrap().len(), 3, "{ratio}");

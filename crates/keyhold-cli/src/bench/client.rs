@@ -63,15 +63,32 @@ impl Connections {
         headers: &[(HeaderName, &str)],
         body: Vec<u8>,
     ) -> anyhow::Result<Call> {
+        self.request("POST", path, headers, Some(body))
+    }
+
+    /// A GET of `path`.
+    pub fn get(&self, path: &str) -> anyhow::Result<Call> {
+        self.request("GET", path, &[], None)
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(HeaderName, &str)],
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Call> {
         let path: PathAndQuery = path.parse().with_context(|| format!("not a path: {path}"))?;
         if !path.as_str().starts_with('/') {
             bail!("not an absolute path: {path}");
         }
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-            self.host,
-            body.len()
-        );
+        let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        if let Some(body) = &body {
+            request.push_str(&format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                body.len()
+            ));
+        }
         for (name, value) in headers {
             // Checked as a header value: no CR, LF or other control byte can split the request.
             let value = HeaderValue::from_str(value)
@@ -81,7 +98,7 @@ impl Connections {
         }
         request.push_str("\r\n");
         let mut bytes = request.into_bytes();
-        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(body.as_deref().unwrap_or_default());
         Ok(Call { connections: self.clone(), path: path.to_string(), request: Bytes::from(bytes) })
     }
 
@@ -431,6 +448,10 @@ mod tests {
         assert_eq!(
             &request[..],
             b"POST /api/1/document/wrap HTTP/1.1\r\nhost: 127.0.0.1:9\r\ncontent-type: application/json\r\ncontent-length: 2\r\nauthorization: cmk k\r\n\r\n{}"
+        );
+        assert_eq!(
+            &connections.get("/metrics").unwrap().request[..],
+            b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1:9\r\n\r\n"
         );
         assert!(connections.post("/x", &[(name, "k\r\nx-evil: 1")], Vec::new()).is_err());
         assert!(connections.post("/a b", &[], Vec::new()).is_err());

@@ -8,7 +8,33 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::client::Call;
+use super::histogram::Buckets;
 use super::servers::cpu_seconds;
+
+/// What is read from the server around the measured window, besides the driver's own clock.
+#[derive(Clone, Default)]
+pub struct Server {
+    /// Its process, whose CPU time is read.
+    pub pid: Option<u32>,
+    /// A Keyhold proxy's `GET /metrics` and the route whose latency histogram is read.
+    pub histogram: Option<(Call, &'static str)>,
+}
+
+impl Server {
+    /// A server known by its process only.
+    pub fn process(pid: Option<u32>) -> Self {
+        Self { pid, histogram: None }
+    }
+
+    /// The route's histogram now (`None`: no histogram, or it could not be read: the figures
+    /// that need it are left out, the run goes on).
+    async fn buckets(&self) -> Option<Buckets> {
+        let (call, route) = self.histogram.as_ref()?;
+        let text = call.send().await.ok()?;
+        Buckets::of_route(std::str::from_utf8(&text).ok()?, route).ok()
+    }
+}
 
 /// How hard and how long to drive.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +86,15 @@ pub struct Outcome {
     pub server_cpu_us_per_key: Option<f64>,
     /// CPU cores the server process kept busy on average while measured.
     pub server_cores: Option<f64>,
+    /// The proxy's own latency of the same requests (its `/metrics` histogram: from the routed
+    /// request to its answer, without sockets, kernel and scheduler), as the upper bound in
+    /// milliseconds of the bucket holding each percentile; `None` for other servers, or past
+    /// the histogram's last bound.
+    pub proxy_p50_ms_at_most: Option<f64>,
+    /// 99th percentile, the same way.
+    pub proxy_p99_ms_at_most: Option<f64>,
+    /// 99.9th percentile, the same way.
+    pub proxy_p999_ms_at_most: Option<f64>,
 }
 
 /// How often the pacer wakes to release the requests that have come due.
@@ -111,10 +146,10 @@ fn pace(
 }
 
 /// Runs `op` from `load.concurrency` workers; `keys` is how many keys one request handles;
-/// `server` is the process whose CPU time is measured, if it is known.
+/// `server` is what is read of the server (its CPU time, its own latency histogram).
 pub async fn drive<F, Fut>(
     target: &str,
-    server: Option<u32>,
+    server: &Server,
     scenario: &str,
     leasing: Option<bool>,
     keys: u64,
@@ -171,7 +206,8 @@ where
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_before = server.and_then(cpu_seconds);
+    let cpu_before = server.pid.and_then(cpu_seconds);
+    let buckets_before = server.buckets().await;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors) = (0u64, 0u64);
     for worker in workers {
@@ -182,10 +218,15 @@ where
     }
     // The last requests end a little after `until`: CPU is counted up to the last answer.
     let measured = measure_from.elapsed().as_secs_f64();
-    let cpu = match (cpu_before, server.and_then(cpu_seconds)) {
+    let cpu = match (cpu_before, server.pid.and_then(cpu_seconds)) {
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
+    let window = match (buckets_before, server.buckets().await) {
+        (Some(before), Some(after)) => after.since(&before).ok(),
+        _ => None,
+    };
+    let proxy_ms = |q: f64| window.as_ref().and_then(|w| w.quantile_at_most_ms(q));
     let per = |n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
     let seconds = load.duration.as_secs_f64();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
@@ -206,5 +247,8 @@ where
         server_cpu_us_per_request: per(requests),
         server_cpu_us_per_key: per(requests * keys),
         server_cores: cpu.map(|c| c / measured.max(f64::MIN_POSITIVE)),
+        proxy_p50_ms_at_most: proxy_ms(0.5),
+        proxy_p99_ms_at_most: proxy_ms(0.99),
+        proxy_p999_ms_at_most: proxy_ms(0.999),
     })
 }

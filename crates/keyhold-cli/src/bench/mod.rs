@@ -4,6 +4,7 @@
 
 mod client;
 mod driver;
+mod histogram;
 mod servers;
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use client::{Call, Connections};
-use driver::{Load, Outcome, drive};
+use driver::{Load, Outcome, Server, drive};
 use servers::{DIRECT_TENANT, LEASED_TENANT, OpenBao, ProxyProcess};
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +112,13 @@ impl BenchArgs {
     }
 }
 
+/// The proxy's routes the scenarios call.
+const WRAP: &str = "/api/1/document/wrap";
+const UNWRAP: &str = "/api/1/document/unwrap";
+const BATCH_WRAP: &str = "/api/1/document/batch-wrap";
+const BATCH_UNWRAP: &str = "/api/1/document/batch-unwrap";
+const DERIVE: &str = "/api/1/key/derive-with-secret-path";
+
 const SCENARIOS: &[&str] = &[
     "wrap",
     "unwrap",
@@ -143,6 +151,12 @@ impl Proxy {
 
 impl Proxy {
     /// `body` posted to `route`, serialized once for the whole scenario.
+    /// What the driver reads of this proxy around a scenario on `route`: its CPU time and its
+    /// own latency histogram of that route.
+    fn server(&self, route: &'static str) -> anyhow::Result<Server> {
+        Ok(Server { pid: self.pid, histogram: Some((self.connections.get("/metrics")?, route)) })
+    }
+
     fn call(&self, route: &str, body: &Value) -> anyhow::Result<Call> {
         self.connections.post(
             route,
@@ -243,9 +257,9 @@ fn batch_wrap_body(tenant: &str, n: usize) -> Value {
 
 /// The unwrap request of one fresh EDEK of `tenant`.
 async fn unwrap_call(proxy: &Proxy, tenant: &str) -> anyhow::Result<Call> {
-    let wrapped = proxy.post("/api/1/document/wrap", &meta(tenant)).await?;
+    let wrapped = proxy.post(WRAP, &meta(tenant)).await?;
     let body = meta_with(tenant, Some(("encryptedDocumentKey", field(&wrapped, "edek").clone())));
-    proxy.call("/api/1/document/unwrap", &body)
+    proxy.call(UNWRAP, &body)
 }
 
 /// Every proxy scenario for one tenant.
@@ -258,9 +272,9 @@ async fn proxy_scenarios(
     out: &mut Vec<Outcome>,
 ) -> anyhow::Result<()> {
     if wanted("wrap") {
-        let call = proxy.call("/api/1/document/wrap", &meta(tenant))?;
+        let call = proxy.call(WRAP, &meta(tenant))?;
         out.push(
-            drive("keyhold", proxy.pid, "wrap", Some(leasing), 1, load, move || {
+            drive("keyhold", &proxy.server(WRAP)?, "wrap", Some(leasing), 1, load, move || {
                 let call = call.clone();
                 async move { key_call(&call, "edek").await }
             })
@@ -276,9 +290,9 @@ async fn proxy_scenarios(
             map.insert("derivationType".into(), json!("sha512"));
             map.insert("secretType".into(), json!("deterministic"));
         }
-        let call = proxy.call("/api/1/key/derive-with-secret-path", &body)?;
+        let call = proxy.call(DERIVE, &body)?;
         out.push(
-            drive("keyhold", proxy.pid, "derive", Some(leasing), 1, load, move || {
+            drive("keyhold", &proxy.server(DERIVE)?, "derive", Some(leasing), 1, load, move || {
                 let call = call.clone();
                 async move { derive_call(&call).await }
             })
@@ -288,7 +302,7 @@ async fn proxy_scenarios(
     if wanted("unwrap") {
         let call = unwrap_call(proxy, tenant).await?;
         out.push(
-            drive("keyhold", proxy.pid, "unwrap", Some(leasing), 1, load, move || {
+            drive("keyhold", &proxy.server(UNWRAP)?, "unwrap", Some(leasing), 1, load, move || {
                 let call = call.clone();
                 async move { key_call(&call, "dek").await }
             })
@@ -297,35 +311,48 @@ async fn proxy_scenarios(
     }
     for n in [100usize, 1000] {
         if wanted(&format!("batch-wrap-{n}")) {
-            let call = proxy.call("/api/1/document/batch-wrap", &batch_wrap_body(tenant, n))?;
+            let call = proxy.call(BATCH_WRAP, &batch_wrap_body(tenant, n))?;
             let scenario = format!("batch-wrap-{n}");
             out.push(
-                drive("keyhold", proxy.pid, &scenario, Some(leasing), n as u64, load, move || {
-                    let call = call.clone();
-                    async move { batch_call(&call, n).await }
-                })
+                drive(
+                    "keyhold",
+                    &proxy.server(BATCH_WRAP)?,
+                    &scenario,
+                    Some(leasing),
+                    n as u64,
+                    load,
+                    move || {
+                        let call = call.clone();
+                        async move { batch_call(&call, n).await }
+                    },
+                )
                 .await?,
             );
         }
         if wanted(&format!("batch-unwrap-{n}")) {
-            let wrapped =
-                proxy.post("/api/1/document/batch-wrap", &batch_wrap_body(tenant, n)).await?;
+            let wrapped = proxy.post(BATCH_WRAP, &batch_wrap_body(tenant, n)).await?;
             let edeks: HashMap<String, Value> = field(&wrapped, "keys")
                 .as_object()
                 .context("batch-wrap answered no keys")?
                 .iter()
                 .map(|(id, k)| (id.clone(), field(k, "edek").clone()))
                 .collect();
-            let call = proxy.call(
-                "/api/1/document/batch-unwrap",
-                &meta_with(tenant, Some(("edeks", json!(edeks)))),
-            )?;
+            let call =
+                proxy.call(BATCH_UNWRAP, &meta_with(tenant, Some(("edeks", json!(edeks)))))?;
             let scenario = format!("batch-unwrap-{n}");
             out.push(
-                drive("keyhold", proxy.pid, &scenario, Some(leasing), n as u64, load, move || {
-                    let call = call.clone();
-                    async move { batch_call(&call, n).await }
-                })
+                drive(
+                    "keyhold",
+                    &proxy.server(BATCH_UNWRAP)?,
+                    &scenario,
+                    Some(leasing),
+                    n as u64,
+                    load,
+                    move || {
+                        let call = call.clone();
+                        async move { batch_call(&call, n).await }
+                    },
+                )
                 .await?,
             );
         }
@@ -346,7 +373,7 @@ async fn sdk_scenario(
     let meta = Arc::new(keyhold::RequestMetadata::new(tenant, "keyhold-bench"));
     let record: Arc<keyhold::Document> =
         Arc::new([("record".to_owned(), vec![0x5a; 1024])].into_iter().collect());
-    drive("keyhold", pid, "sdk-1k", Some(leasing), 1, load, move || {
+    drive("keyhold", &Server::process(pid), "sdk-1k", Some(leasing), 1, load, move || {
         let (client, meta, record) = (Arc::clone(&client), Arc::clone(&meta), Arc::clone(&record));
         async move {
             let encrypted = client.encrypt(&record, &meta).await?;
@@ -402,7 +429,7 @@ async fn openbao_scenarios(
     if wanted("wrap") {
         let call = datakey.clone();
         out.push(
-            drive("openbao", bao.pid(), "wrap", None, 1, load, move || {
+            drive("openbao", &Server::process(bao.pid()), "wrap", None, 1, load, move || {
                 let call = call.clone();
                 async move { transit_call(&call, "ciphertext").await }
             })
@@ -415,7 +442,7 @@ async fn openbao_scenarios(
         let body = serde_json::to_vec(&json!({ "ciphertext": ciphertext }))?;
         let call = connections.post("/v1/transit/decrypt/bench", &token, body)?;
         out.push(
-            drive("openbao", bao.pid(), "unwrap", None, 1, load, move || {
+            drive("openbao", &Server::process(bao.pid()), "unwrap", None, 1, load, move || {
                 let call = call.clone();
                 async move { transit_call(&call, "plaintext").await }
             })
@@ -453,8 +480,8 @@ async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
     let mut targets = Vec::with_capacity(2);
     for (process, name) in [(&on, "on"), (&off, "off")] {
         let proxy = Proxy::of(process)?;
-        let call = proxy.call("/api/1/document/wrap", &meta(LEASED_TENANT))?;
-        targets.push((proxy.pid, format!("wrap-audit-{name}"), call));
+        let call = proxy.call(WRAP, &meta(LEASED_TENANT))?;
+        targets.push((proxy.server(WRAP)?, format!("wrap-audit-{name}"), call));
     }
     let mut ratios = Vec::with_capacity(rounds);
     let mut outcomes = Vec::new();
@@ -462,11 +489,11 @@ async fn audit_ratio(args: &BenchArgs) -> anyhow::Result<()> {
         let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         let (mut on_rate, mut off_rate) = (0.0f64, 0.0f64);
         for audited in order {
-            let Some((pid, scenario, call)) = targets.get(usize::from(!audited)) else {
+            let Some((server, scenario, call)) = targets.get(usize::from(!audited)) else {
                 bail!("no proxy for audit {audited}");
             };
             let call = call.clone();
-            let outcome = drive("keyhold", *pid, scenario, Some(true), 1, load, move || {
+            let outcome = drive("keyhold", server, scenario, Some(true), 1, load, move || {
                 let call = call.clone();
                 async move { key_call(&call, "edek").await }
             })
@@ -620,10 +647,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let paced = Load { rate: Some(peak.requests_per_sec / 2.0), ..load };
             let call = unwrap_call(&proxy, LEASED_TENANT).await?;
             results.push(
-                drive("keyhold", proxy.pid, "unwrap-half-load", Some(true), 1, paced, move || {
-                    let call = call.clone();
-                    async move { key_call(&call, "dek").await }
-                })
+                drive(
+                    "keyhold",
+                    &proxy.server(UNWRAP)?,
+                    "unwrap-half-load",
+                    Some(true),
+                    1,
+                    paced,
+                    move || {
+                        let call = call.clone();
+                        async move { key_call(&call, "dek").await }
+                    },
+                )
                 .await?,
             );
         }
@@ -758,7 +793,7 @@ fn medians(runs: &[Vec<Outcome>]) -> Vec<Outcome> {
 
 fn print_table(results: &[Outcome]) {
     println!(
-        "{:<8} {:<18} {:<8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>7}",
+        "{:<8} {:<18} {:<8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
         "target",
         "scenario",
         "leasing",
@@ -768,6 +803,7 @@ fn print_table(results: &[Outcome]) {
         "p99 ms",
         "p99.9 ms",
         "cpu µs/key",
+        "proxy p99≤",
         "errors"
     );
     for o in results {
@@ -777,7 +813,7 @@ fn print_table(results: &[Outcome]) {
             None => "-",
         };
         println!(
-            "{:<8} {:<18} {:<8} {:>12.0} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>10} {:>7}",
+            "{:<8} {:<18} {:<8} {:>12.0} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>10} {:>10} {:>7}",
             o.target,
             o.scenario,
             leasing,
@@ -787,6 +823,7 @@ fn print_table(results: &[Outcome]) {
             o.p99_ms,
             o.p999_ms,
             o.server_cpu_us_per_key.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
+            o.proxy_p99_ms_at_most.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}")),
             o.errors
         );
     }
