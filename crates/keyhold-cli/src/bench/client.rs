@@ -314,9 +314,9 @@ fn parse_answer(data: &[u8], closed: bool) -> anyhow::Result<Option<(Parsed, usi
     Ok(Some((Parsed { status, body_start, chunked, keep_alive }, used)))
 }
 
-/// The length of the chunked body at the start of `data` (chunks, last chunk, trailers), or
-/// `None` while it is incomplete.
-fn chunked_length(data: &[u8]) -> anyhow::Result<Option<usize>> {
+/// Walks the chunked body at the start of `data` (chunks, last chunk, trailers), handing each
+/// chunk's data to `each`; its length once whole, `None` while it is incomplete.
+fn chunks(data: &[u8], mut each: impl FnMut(&[u8])) -> anyhow::Result<Option<usize>> {
     let mut at = 0usize;
     loop {
         let rest = data.get(at..).unwrap_or_default();
@@ -336,12 +336,19 @@ fn chunked_length(data: &[u8]) -> anyhow::Result<Option<usize>> {
         }
         let size = usize::try_from(size).context("a chunk too large")?;
         let end = at.checked_add(size).context("a chunk too large")?;
-        match data.get(end..end + 2) {
-            Some(b"\r\n") => at = end + 2,
+        let Some(chunk) = data.get(at..end) else { return Ok(None) };
+        match data.get(end..end.saturating_add(2)) {
+            Some(b"\r\n") => each(chunk),
             Some(_) => bail!("a chunk not followed by CRLF"),
             None => return Ok(None),
         }
+        at = end + 2;
     }
+}
+
+/// The length of the chunked body at the start of `data`, or `None` while it is incomplete.
+fn chunked_length(data: &[u8]) -> anyhow::Result<Option<usize>> {
+    chunks(data, |_| {})
 }
 
 /// The body's bytes: as read, or its chunks' data joined.
@@ -350,20 +357,8 @@ fn dechunked(body: BytesMut, chunked: bool) -> anyhow::Result<Bytes> {
         return Ok(body.freeze());
     }
     let mut data = Vec::with_capacity(body.len());
-    let mut rest: &[u8] = &body;
-    loop {
-        let (head, size) = match httparse::parse_chunk_size(rest) {
-            Ok(httparse::Status::Complete(found)) => found,
-            _ => bail!("a malformed chunk"),
-        };
-        let size = usize::try_from(size).context("a chunk too large")?;
-        if size == 0 {
-            return Ok(Bytes::from(data));
-        }
-        let chunk = rest.get(head..head + size).context("a truncated chunk")?;
-        data.extend_from_slice(chunk);
-        rest = rest.get(head + size + 2..).context("a truncated chunk")?;
-    }
+    chunks(&body, |chunk| data.extend_from_slice(chunk))?.context("a truncated chunked body")?;
+    Ok(Bytes::from(data))
 }
 
 #[cfg(test)]

@@ -262,6 +262,23 @@ async fn unwrap_call(proxy: &Proxy, tenant: &str) -> anyhow::Result<Call> {
     proxy.call(UNWRAP, &body)
 }
 
+/// Drives `call`, a batch of `n` keys to `route`, as `scenario`.
+async fn drive_batch(
+    proxy: &Proxy,
+    route: &'static str,
+    scenario: &str,
+    leasing: bool,
+    n: usize,
+    load: Load,
+    call: Call,
+) -> anyhow::Result<Outcome> {
+    drive("keyhold", &proxy.server(route)?, scenario, Some(leasing), n as u64, load, move || {
+        let call = call.clone();
+        async move { batch_call(&call, n).await }
+    })
+    .await
+}
+
 /// Every proxy scenario for one tenant.
 async fn proxy_scenarios(
     proxy: &Proxy,
@@ -313,21 +330,7 @@ async fn proxy_scenarios(
         if wanted(&format!("batch-wrap-{n}")) {
             let call = proxy.call(BATCH_WRAP, &batch_wrap_body(tenant, n))?;
             let scenario = format!("batch-wrap-{n}");
-            out.push(
-                drive(
-                    "keyhold",
-                    &proxy.server(BATCH_WRAP)?,
-                    &scenario,
-                    Some(leasing),
-                    n as u64,
-                    load,
-                    move || {
-                        let call = call.clone();
-                        async move { batch_call(&call, n).await }
-                    },
-                )
-                .await?,
-            );
+            out.push(drive_batch(proxy, BATCH_WRAP, &scenario, leasing, n, load, call).await?);
         }
         if wanted(&format!("batch-unwrap-{n}")) {
             let wrapped = proxy.post(BATCH_WRAP, &batch_wrap_body(tenant, n)).await?;
@@ -340,21 +343,7 @@ async fn proxy_scenarios(
             let call =
                 proxy.call(BATCH_UNWRAP, &meta_with(tenant, Some(("edeks", json!(edeks)))))?;
             let scenario = format!("batch-unwrap-{n}");
-            out.push(
-                drive(
-                    "keyhold",
-                    &proxy.server(BATCH_UNWRAP)?,
-                    &scenario,
-                    Some(leasing),
-                    n as u64,
-                    load,
-                    move || {
-                        let call = call.clone();
-                        async move { batch_call(&call, n).await }
-                    },
-                )
-                .await?,
-            );
+            out.push(drive_batch(proxy, BATCH_UNWRAP, &scenario, leasing, n, load, call).await?);
         }
     }
     Ok(())
