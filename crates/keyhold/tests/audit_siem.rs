@@ -26,6 +26,16 @@ struct RunningProxy {
 impl RunningProxy {
     /// A proxy whose `tenant-a` has the sinks `sinks` (TOML `[[tenants.audit_sinks]]` tables).
     async fn start(sinks: &str) -> Self {
+        // The proxy's log (a sink's failures, with their reasons) goes with the test's output,
+        // which nextest shows when the test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_ansi(false)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let data =
             bootstrap::init_data_dir(dir.path(), &["tenant-a", "tenant-b"], "127.0.0.1:0").unwrap();
@@ -114,8 +124,10 @@ async fn sdk_round(client: &Client, i: usize) {
 
 /// The records in a syslog capture whose event ids are in `ids` (other tests share the server).
 fn syslog_records(log: &Path, ids: &BTreeSet<String>) -> Vec<String> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
+    // Lossily: whatever else reached the server (a probe's stray bytes) must not hide the rest.
+    let bytes = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .lines()
         .filter(|line| {
             let Some(start) = line.find("{\"") else { return false };
             serde_json::from_str::<Value>(&line[start..])
@@ -156,11 +168,13 @@ fn ids_of_lines(lines: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Waits until `arrived()` covers `expected`, or fails listing what is missing.
+/// Waits until `arrived()` covers `expected`, or fails listing what is missing and what
+/// `server_log` (the receiving server's own log, if any) ends with.
 async fn wait_until_all_arrive<F, Fut>(
     what: &str,
     expected: &BTreeSet<String>,
     within: Duration,
+    server_log: Option<&Path>,
     mut arrived: F,
 ) where
     F: FnMut() -> Fut,
@@ -175,13 +189,23 @@ async fn wait_until_all_arrive<F, Fut>(
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: {} of {} events missing after {within:?}, e.g. {:?}",
+            "{what}: {} of {} events missing after {within:?}, e.g. {:?} (the proxy's log is \
+             above){}",
             missing.len(),
             expected.len(),
-            &missing[..missing.len().min(3)]
+            &missing[..missing.len().min(3)],
+            server_log.map(log_tail).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The last lines of a server's log, for a failure message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(unreadable: {e})"));
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+    format!("\n--- the end of {} ---\n{tail}", path.display())
 }
 
 fn unique_index(prefix: &str) -> String {
@@ -247,15 +271,18 @@ index = "{index}"
     assert!(expected.len() >= 11, "{}", expected.len());
     let within = Duration::from_secs(30);
     let (tcp_log, tls_log) = (PathBuf::from(tcp_log), PathBuf::from(tls_log));
-    wait_until_all_arrive("rsyslog TCP", &expected, within, || async {
+    // rsyslogd's own messages (scripts/services/siem.sh), next to what it received.
+    let rsyslogd_log = tcp_log.with_file_name("rsyslogd.log");
+    let rsyslogd_log = Some(rsyslogd_log.as_path());
+    wait_until_all_arrive("rsyslog TCP", &expected, within, rsyslogd_log, || async {
         ids_of_lines(&syslog_records(&tcp_log, &expected))
     })
     .await;
-    wait_until_all_arrive("rsyslog TLS", &expected, within, || async {
+    wait_until_all_arrive("rsyslog TLS", &expected, within, rsyslogd_log, || async {
         ids_of_lines(&syslog_records(&tls_log, &expected))
     })
     .await;
-    wait_until_all_arrive("OpenSearch", &expected, within, || async {
+    wait_until_all_arrive("OpenSearch", &expected, within, None, || async {
         ids_of_hits(&opensearch_hits(&opensearch, &index).await)
     })
     .await;
@@ -447,11 +474,17 @@ index = "{index}"
     let expected = proxy.spooled_ids();
     assert!(expected.len() > 2 * rounds);
     let within = Duration::from_secs(30);
-    wait_until_all_arrive("rsyslog after its restart", &expected, within, || async {
-        ids_of_lines(&syslog_records(&rsyslog.log, &expected))
-    })
+    // Its own messages: start-rsyslog.sh keeps them beside the pid file.
+    let rsyslogd_log = rsyslog.pid_file.with_extension("pid.d").join("rsyslogd.log");
+    wait_until_all_arrive(
+        "rsyslog after its restart",
+        &expected,
+        within,
+        Some(&rsyslogd_log),
+        || async { ids_of_lines(&syslog_records(&rsyslog.log, &expected)) },
+    )
     .await;
-    wait_until_all_arrive("OpenSearch after the outage", &expected, within, || async {
+    wait_until_all_arrive("OpenSearch after the outage", &expected, within, None, || async {
         ids_of_hits(&opensearch_hits(&opensearch, &index).await)
     })
     .await;
