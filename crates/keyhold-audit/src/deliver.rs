@@ -88,19 +88,17 @@ pub struct TargetStatus {
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
-/// The running delivery tasks; dropping it stops them (cursors keep their progress).
+/// How long a stopping delivery gives its sink to close its connection (a TLS close_notify).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The running delivery tasks; dropping it stops them: each stores its cursor, then closes its
+/// sink's connection (at most [`CLOSE_TIMEOUT`]). [`Spool::stop_deliveries`] stops them all
+/// and waits.
 #[derive(Debug)]
 pub struct Delivery {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Dropped with the delivery, which tells the tasks to stop.
+    _stop: tokio::sync::watch::Sender<()>,
     status: Vec<Arc<TargetStatus>>,
-}
-
-impl Drop for Delivery {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
 }
 
 impl Delivery {
@@ -110,8 +108,8 @@ impl Delivery {
         targets: Vec<Target>,
         options: DeliveryOptions,
     ) -> Result<Self, SpoolError> {
-        let mut tasks = Vec::new();
         let mut status = Vec::new();
+        let (stop, _) = tokio::sync::watch::channel(());
         for target in targets {
             let file = tenant_file(spool.dir(), &target.tenant);
             let stem =
@@ -141,10 +139,11 @@ impl Delivery {
                 status: Arc::clone(&state),
                 options,
             };
-            tasks.push(tokio::spawn(worker.run()));
+            let (stopping, running) = spool.delivery_started();
+            tokio::spawn(worker.run_until_stopped(stop.subscribe(), stopping, running));
             status.push(state);
         }
-        Ok(Self { tasks, status })
+        Ok(Self { _stop: stop, status })
     }
 
     /// Each target's status.
@@ -218,7 +217,29 @@ impl Drop for Worker {
 }
 
 impl Worker {
-    async fn run(mut self) {
+    /// Delivers until the [`Delivery`] is dropped (`stop` closes) or the spool stops its
+    /// deliveries (`stopping` turns true).
+    async fn run_until_stopped(
+        mut self,
+        mut stop: tokio::sync::watch::Receiver<()>,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+        running: crate::spool::RunningDelivery,
+    ) {
+        tokio::select! {
+            () = self.run() => {}
+            _ = stop.changed() => {}
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+        // Progress first, so that a delivery started next for this sink resumes from it.
+        if self.status.delivered.load(Ordering::Relaxed) != self.committed.seq {
+            self.store_cursor();
+        }
+        // A SIEM that does not answer must not hold up a stop.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.close()).await;
+        drop(running);
+    }
+
+    async fn run(&mut self) {
         let mut retry = self.options.retry_min;
         // Batches sent but not yet settled (syslog): when each was sent, and the cursor after it.
         let mut unsettled: std::collections::VecDeque<(Instant, Cursor)> = Default::default();
@@ -525,12 +546,13 @@ mod tests {
     use crate::event::{AuditEvent, EventKind};
     use std::sync::Mutex;
 
-    /// Records what it receives; fails while `failing` is set.
+    /// Records what it receives; fails while `failing` is set; counts its closes.
     #[derive(Clone, Default)]
     struct Collector {
         received: Arc<Mutex<Vec<u64>>>,
         records: Arc<Mutex<Vec<Outgoing>>>,
         failing: Arc<std::sync::atomic::AtomicBool>,
+        closed: Arc<AtomicU64>,
     }
 
     #[async_trait::async_trait]
@@ -548,6 +570,9 @@ mod tests {
         }
         fn max_batch(&self) -> usize {
             7
+        }
+        async fn close(&mut self) {
+            self.closed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -612,7 +637,7 @@ mod tests {
         wait_for(&collector, 30).await;
         assert_eq!(*collector.received.lock().unwrap(), (1..=30).collect::<Vec<_>>());
         drop(delivery);
-        // Aborted, each task is dropped (and stores its cursor) when the runtime next gets to it.
+        // Stopped, each task stores its cursor when the runtime next gets to it.
         tokio::time::sleep(Duration::from_millis(50)).await;
 
         // A restart resumes at the cursor: nothing is sent twice, new records follow.
@@ -623,6 +648,56 @@ mod tests {
         append(&spool, "acme", 3).await;
         wait_for(&again, 3).await;
         assert_eq!(*again.received.lock().unwrap(), vec![31, 32, 33]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopped_deliveries_store_their_cursors_and_close_their_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 64).unwrap();
+        append(&spool, "acme", 5).await;
+        let target = |name: &str, c: &Collector| Target {
+            tenant: "acme".into(),
+            name: name.into(),
+            sink: Box::new(c.clone()),
+        };
+        // A long cursor interval: only a stop stores the cursor after the first batch.
+        let options = DeliveryOptions { cursor_interval: Duration::from_secs(3600), ..options() };
+        let (one, two) = (Collector::default(), Collector::default());
+        let first = Delivery::start(&spool, vec![target("one", &one)], options).unwrap();
+        let _second = Delivery::start(&spool, vec![target("two", &two)], options).unwrap();
+        wait_for(&one, 5).await;
+        wait_for(&two, 5).await;
+        append(&spool, "acme", 2).await;
+        wait_for(&one, 7).await;
+        wait_for(&two, 7).await;
+
+        // Dropping a delivery stops its tasks only; each closes its sink once.
+        drop(first);
+        eventually(|| one.closed.load(Ordering::Relaxed) == 1).await;
+        assert_eq!(two.closed.load(Ordering::Relaxed), 0);
+        // The spool stops the rest and waits for them.
+        assert!(spool.stop_deliveries(Duration::from_secs(5)).await);
+        assert_eq!(two.closed.load(Ordering::Relaxed), 1);
+        assert_eq!(one.closed.load(Ordering::Relaxed), 1);
+        // A delivery started after that stops at once, sending nothing.
+        append(&spool, "acme", 1).await;
+        let three = Collector::default();
+        let _third = Delivery::start(&spool, vec![target("three", &three)], options).unwrap();
+        eventually(|| three.closed.load(Ordering::Relaxed) == 1).await;
+        assert!(three.received.lock().unwrap().is_empty());
+
+        // Both cursors were stored at the stop: a restart sends only what is new.
+        drop(spool);
+        let spool = Spool::open(dir.path(), 64).unwrap();
+        let (one, two) = (Collector::default(), Collector::default());
+        let _deliveries =
+            Delivery::start(&spool, vec![target("one", &one), target("two", &two)], options)
+                .unwrap();
+        wait_for(&one, 1).await;
+        wait_for(&two, 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(*one.received.lock().unwrap(), vec![8]);
+        assert_eq!(*two.received.lock().unwrap(), vec![8]);
     }
 
     /// Every record of the spool directory's files for `tenant` (closed segments, then the

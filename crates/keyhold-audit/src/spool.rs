@@ -158,6 +158,20 @@ pub struct Spool {
     /// Without syncs: the writer, which callers use themselves (its thread only makes the
     /// timed checkpoints).
     inline: Option<Arc<std::sync::Mutex<Writer>>>,
+    /// Whether the deliveries reading this spool are to stop (the proxy shutting down).
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// How many delivery tasks are running.
+    deliveries: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts one running delivery task for [`Spool::stop_deliveries`] while it lives.
+#[derive(Debug)]
+pub(crate) struct RunningDelivery(tokio::sync::watch::Sender<usize>);
+
+impl Drop for RunningDelivery {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// What the spool knows of each tenant's stream: how far it is on disk, and how far each
@@ -400,7 +414,29 @@ impl Spool {
             .name("keyhold-audit-spool".into())
             .spawn(move || Writer::run(&writer, jobs))
             .map_err(|e| io_error(dir, &e))?;
-        Ok(Arc::new(Self { dir: dir.to_owned(), queue, tenants, inline }))
+        Ok(Arc::new(Self {
+            dir: dir.to_owned(),
+            queue,
+            tenants,
+            inline,
+            stopping: tokio::sync::watch::Sender::new(false),
+            deliveries: tokio::sync::watch::Sender::new(0),
+        }))
+    }
+
+    /// For a delivery task starting: the signal to stop, and its place in the count.
+    pub(crate) fn delivery_started(&self) -> (tokio::sync::watch::Receiver<bool>, RunningDelivery) {
+        self.deliveries.send_modify(|n| *n += 1);
+        (self.stopping.subscribe(), RunningDelivery(self.deliveries.clone()))
+    }
+
+    /// Stops every delivery reading this spool (each stores its cursor and closes its
+    /// connection the way its protocol says) and waits for them, at most `within`; returns
+    /// whether all stopped. Deliveries started afterwards stop at once.
+    pub async fn stop_deliveries(&self, within: std::time::Duration) -> bool {
+        self.stopping.send_replace(true);
+        let mut running = self.deliveries.subscribe();
+        tokio::time::timeout(within, running.wait_for(|n| *n == 0)).await.is_ok()
     }
 
     /// Follows how far `tenant`'s stream is synced to disk (the `seq` of its last durable

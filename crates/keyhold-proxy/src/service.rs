@@ -166,6 +166,19 @@ impl KeyService {
         )))
     }
 
+    /// Stops audit delivery, when the proxy shuts down: each sink stores how far it got (a
+    /// restart resumes there) and closes its connection as its protocol says (a syslog TLS
+    /// receiver gets its close_notify). Waits at most `within`.
+    pub async fn stop_audit_delivery(&self, within: std::time::Duration) {
+        let Some(spool) = &self.audit else { return };
+        if !spool.stop_deliveries(within).await {
+            tracing::warn!(
+                within_ms = within.as_millis() as u64,
+                "audit delivery did not stop in time; its cursors keep the progress stored"
+            );
+        }
+    }
+
     /// Updates the audit delivery gauges (before metrics are rendered).
     pub fn refresh_audit_gauges(&self) {
         let (Some(delivery), Some(spool)) = (&self.delivery, &self.audit) else { return };

@@ -21,6 +21,8 @@ struct RunningProxy {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     client: Client,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<Result<(), keyhold_proxy::ProxyError>>,
 }
 
 impl RunningProxy {
@@ -62,10 +64,19 @@ impl RunningProxy {
         let config = ProxyConfig::load(&data.config_path).unwrap();
         let proxy = Proxy::bind(&config).await.unwrap();
         let addr = proxy.local_addr().unwrap();
-        tokio::spawn(proxy.run(std::future::pending()));
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(proxy.run(async move {
+            let _ = stop.await;
+        }));
         let api_key = std::fs::read_to_string(&data.api_key_path).unwrap().trim().to_owned();
         let client = Client::new(format!("http://{addr}"), &api_key).unwrap();
-        Self { dir, addr, client }
+        Self { dir, addr, client, shutdown, running }
+    }
+
+    /// Shuts the proxy down as SIGTERM does, and waits until it has.
+    async fn stop(self) {
+        self.shutdown.send(()).unwrap();
+        self.running.await.unwrap().unwrap();
     }
 
     /// The value of the proxy's `keyhold_audit_undelivered_events` gauge for `sink`.
@@ -273,12 +284,11 @@ index = "{index}"
     let (tcp_log, tls_log) = (PathBuf::from(tcp_log), PathBuf::from(tls_log));
     // rsyslogd's own messages (scripts/services/siem.sh), next to what it received.
     let rsyslogd_log = tcp_log.with_file_name("rsyslogd.log");
-    let rsyslogd_log = Some(rsyslogd_log.as_path());
-    wait_until_all_arrive("rsyslog TCP", &expected, within, rsyslogd_log, || async {
+    wait_until_all_arrive("rsyslog TCP", &expected, within, Some(&rsyslogd_log), || async {
         ids_of_lines(&syslog_records(&tcp_log, &expected))
     })
     .await;
-    wait_until_all_arrive("rsyslog TLS", &expected, within, rsyslogd_log, || async {
+    wait_until_all_arrive("rsyslog TLS", &expected, within, Some(&rsyslogd_log), || async {
         ids_of_lines(&syslog_records(&tls_log, &expected))
     })
     .await;
@@ -351,6 +361,17 @@ index = "{index}"
     .unwrap();
     assert_eq!(verified.records as usize, expected.len());
     assert!(verified.checkpoints >= 1);
+
+    // A proxy shutting down ends its TLS connection with a close_notify (RFC 5425 4.4): rsyslog
+    // reports a connection cut short without one as "unexpected eof", once per connection.
+    let cut_short = || {
+        let text = String::from_utf8_lossy(&std::fs::read(&rsyslogd_log).unwrap()).into_owned();
+        text.matches("unexpected eof while reading").count()
+    };
+    let before = cut_short();
+    proxy.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cut_short(), before, "{}", log_tail(&rsyslogd_log));
 }
 
 /// Waits for a TCP port to accept connections.

@@ -115,6 +115,10 @@ pub trait Sink: Send {
     fn max_batch(&self) -> usize {
         500
     }
+
+    /// Ends the connection the way its protocol says (TLS: a close_notify alert, which RFC
+    /// 5425 requires before closing), when delivery stops. Bounded by the caller.
+    async fn close(&mut self) {}
 }
 
 /// A sink's settings, as written in the proxy's configuration (`type = "syslog"`, …). The one

@@ -190,6 +190,14 @@ impl Sink for SyslogSink {
     fn max_batch(&self) -> usize {
         1000
     }
+
+    async fn close(&mut self) {
+        if let Some(mut connection) = self.connection.take() {
+            // TLS: close_notify, then the TCP half-close; plain TCP: the half-close. Without
+            // it a receiver sees a truncated stream (rsyslog logs an error per connection).
+            let _ = connection.shutdown().await;
+        }
+    }
 }
 
 /// One record as an RFC 5424 message (without framing).
