@@ -98,6 +98,9 @@ enum Message {
     Append(Job),
     /// Time for checkpoints.
     Tick,
+    /// A checkpoint now for every stream with records since its last one, answered once it
+    /// is written (a proxy shutting down signs the end of its streams).
+    Seal(tokio::sync::oneshot::Sender<()>),
 }
 
 /// How a spool works.
@@ -424,6 +427,22 @@ impl Spool {
         }))
     }
 
+    /// Writes a signed checkpoint now for every stream with records since its last one, and
+    /// returns once it is on disk (with syncs, synced): a proxy shutting down signs the end of
+    /// its streams instead of leaving it to the next start. Without a signer, writes nothing.
+    pub async fn seal(&self) -> Result<(), SpoolError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.queue.send(Message::Seal(done)).await.map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)
+    }
+
+    /// Records synced but not yet delivered to every sink, over all tenants (a delivery's
+    /// progress counts once its cursor is stored).
+    pub fn undelivered(&self) -> u64 {
+        let tenants: Vec<String> = lock(&self.tenants.streams).keys().cloned().collect();
+        tenants.iter().map(|tenant| self.backlog(tenant)).sum()
+    }
+
     /// For a delivery task starting: the signal to stop, and its place in the count.
     pub(crate) fn delivery_started(&self) -> (tokio::sync::watch::Receiver<bool>, RunningDelivery) {
         self.deliveries.send_modify(|n| *n += 1);
@@ -577,9 +596,14 @@ impl Writer {
         while let Some(first) = jobs.blocking_recv() {
             let mut tick = false;
             let mut batch = Vec::new();
+            let mut seals = Vec::new();
             match first {
                 Message::Append(job) => batch.push(job),
                 Message::Tick => tick = true,
+                Message::Seal(answer) => {
+                    tick = true;
+                    seals.push(answer);
+                }
             }
             // Under concurrent load (the last commit was shared), let more events arrive
             // before committing: fewer wake-ups and syncs per event. A lone request pays none.
@@ -594,13 +618,13 @@ impl Writer {
                 }
             }
             last_commit = std::time::Instant::now();
-            drain(&mut jobs, &mut batch, &mut tick);
+            drain(&mut jobs, &mut batch, &mut tick, &mut seals);
             let mut this = lock(writer);
             let mut written = this.write(batch);
             // Events that arrived while this batch was written share its sync.
             while written.len() < MAX_BATCH {
                 let mut more = Vec::new();
-                drain(&mut jobs, &mut more, &mut tick);
+                drain(&mut jobs, &mut more, &mut tick, &mut seals);
                 if more.is_empty() {
                     break;
                 }
@@ -609,6 +633,9 @@ impl Writer {
             last_batch = written.len();
             this.sync(written);
             this.checkpoint(tick, None);
+            for answer in seals {
+                let _ = answer.send(());
+            }
         }
     }
 
@@ -851,12 +878,22 @@ fn fed_records(
     fed
 }
 
-/// Moves the jobs waiting in the queue into `batch`, up to [`MAX_BATCH`] (noting a tick).
-fn drain(jobs: &mut tokio::sync::mpsc::Receiver<Message>, batch: &mut Vec<Job>, tick: &mut bool) {
+/// Moves the jobs waiting in the queue into `batch`, up to [`MAX_BATCH`] (noting a tick, and
+/// who asked for a seal).
+fn drain(
+    jobs: &mut tokio::sync::mpsc::Receiver<Message>,
+    batch: &mut Vec<Job>,
+    tick: &mut bool,
+    seals: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+) {
     while batch.len() < MAX_BATCH {
         match jobs.try_recv() {
             Ok(Message::Append(job)) => batch.push(job),
             Ok(Message::Tick) => *tick = true,
+            Ok(Message::Seal(answer)) => {
+                *tick = true;
+                seals.push(answer);
+            }
             Err(_) => break,
         }
     }
@@ -1137,6 +1174,47 @@ mod tests {
             done.unwrap();
         }
         assert_eq!(verified(&path), 160);
+    }
+
+    #[tokio::test]
+    async fn a_seal_signs_every_stream_end_at_once_and_only_those_with_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(CheckpointSigner::load_or_create(&dir.path().join("k")).unwrap());
+        let public = hex::decode(signer.public_key_hex()).unwrap();
+        for sync in [true, false] {
+            let mut options = SpoolOptions::new(64);
+            options.signer = Some(Arc::clone(&signer));
+            // No checkpoint by count or by time during the test: only the seal writes one.
+            options.checkpoint_every = 1000;
+            options.checkpoint_interval = std::time::Duration::from_secs(3600);
+            options.sync = sync;
+            let spool =
+                Spool::open_with(&dir.path().join(format!("spool-{sync}")), options).unwrap();
+            for i in 0..3 {
+                spool.append(event("acme", i)).await.unwrap();
+            }
+            spool.append(event("globex", 0)).await.unwrap();
+            let ends_signed = |tenant: &str| {
+                let text = std::fs::read_to_string(spool.tenant_file(tenant)).unwrap();
+                let mut verifier =
+                    crate::chain::Verifier::new(false).with_public_key(public.clone());
+                for line in text.lines() {
+                    verifier.push(&serde_json::from_str(line).unwrap()).unwrap();
+                }
+                let verified = verifier.finish();
+                (verified.checkpoints, verified.last_signed + 1 == verified.head.seq)
+            };
+            assert_eq!(ends_signed("acme"), (0, false));
+            spool.seal().await.unwrap();
+            // On disk when the seal returns, one checkpoint per stream, signing its last record.
+            assert_eq!(ends_signed("acme"), (1, true), "sync {sync}");
+            assert_eq!(ends_signed("globex"), (1, true), "sync {sync}");
+            // A stream already signed to its end gets no second checkpoint.
+            spool.append(event("globex", 1)).await.unwrap();
+            spool.seal().await.unwrap();
+            assert_eq!(ends_signed("acme"), (1, true));
+            assert_eq!(ends_signed("globex"), (2, true));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

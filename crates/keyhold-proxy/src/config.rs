@@ -307,6 +307,11 @@ pub struct AuditConfig {
     /// host's crash or power loss. docs/audit.md §3 weighs the two.
     #[serde(default)]
     pub durability: Durability,
+    /// At shutdown, after a last signed checkpoint of every stream, how long (ms) delivery
+    /// may go on sending what is spooled before it stops: default 5000. What is left goes out
+    /// after the next start (from this spool directory).
+    #[serde(default = "default_shutdown_delivery_ms")]
+    pub shutdown_delivery_ms: u64,
 }
 
 /// How far an event must have gone before its request is answered (docs/audit.md §3).
@@ -356,6 +361,9 @@ fn default_checkpoint_interval_ms() -> u64 {
 }
 fn default_commit_window_us() -> u64 {
     1000
+}
+fn default_shutdown_delivery_ms() -> u64 {
+    5000
 }
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
@@ -847,6 +855,11 @@ impl ProxyConfig {
             }
             if audit.max_backlog == 0 {
                 return invalid("[audit] max_backlog must be positive".into());
+            }
+            if audit.shutdown_delivery_ms > 600_000 {
+                return invalid(
+                    "[audit] shutdown_delivery_ms must be at most 600000 (10 minutes)".into(),
+                );
             }
             if audit.commit_window_us > 100_000 {
                 return invalid("[audit] commit_window_us must be at most 100000 (0.1 s)".into());

@@ -174,7 +174,10 @@ impl AppState {
                 .with_kms_failure_interval(std::time::Duration::from_millis(
                     audit.kms_failure_interval_ms,
                 ))
-                .with_delivery(delivery, limit);
+                .with_delivery(delivery, limit)
+                .with_shutdown_delivery(std::time::Duration::from_millis(
+                    audit.shutdown_delivery_ms,
+                ));
         }
         let service = Arc::new(service);
         if let Some((client, keystore, first)) = from_broker {

@@ -133,8 +133,8 @@ impl Proxy {
         if let Some(admin) = admin {
             let _ = admin.await;
         }
-        // Requests are done, and so are their audit events: sinks may now close.
-        state.service.stop_audit_delivery(std::time::Duration::from_secs(3)).await;
+        // Requests are done, and so are their audit events: sign, deliver, close.
+        state.service.finish_audit(std::time::Duration::from_secs(3)).await;
         served.map_err(|source| ProxyError::Listen { addr: api_addr, source })
     }
 }

@@ -56,6 +56,8 @@ pub struct KeyService {
     delivery: Option<keyhold_audit::Delivery>,
     /// Refuse a tenant's data operations while this many of its events wait for delivery.
     backlog_limit: Option<u64>,
+    /// At shutdown, how long delivery may go on sending what is spooled.
+    shutdown_delivery: std::time::Duration,
     /// KMS failures of key accesses, reported as periodic audit events.
     kms_failures: Option<Arc<crate::kms_failures::KmsFailureLog>>,
     /// Which configurations and key versions the EDEKs seen name (rotation tracking).
@@ -81,6 +83,7 @@ impl KeyService {
             audit: None,
             instance: String::new(),
             delivery: None,
+            shutdown_delivery: std::time::Duration::ZERO,
             backlog_limit: None,
             kms_failures: None,
             usage: Arc::default(),
@@ -147,6 +150,13 @@ impl KeyService {
         self
     }
 
+    /// At shutdown, lets delivery go on for up to `within` to send what is spooled (default:
+    /// not at all).
+    pub fn with_shutdown_delivery(mut self, within: std::time::Duration) -> Self {
+        self.shutdown_delivery = within;
+        self
+    }
+
     /// Refuses a data operation when the tenant's audit backlog is full (see
     /// [`KeyService::with_delivery`]). The refusal itself is logged, not spooled: nothing was
     /// accessed, and spooling it would grow the backlog.
@@ -166,14 +176,38 @@ impl KeyService {
         )))
     }
 
-    /// Stops audit delivery, when the proxy shuts down: each sink stores how far it got (a
-    /// restart resumes there) and closes its connection as its protocol says (a syslog TLS
-    /// receiver gets its close_notify). Waits at most `within`.
-    pub async fn stop_audit_delivery(&self, within: std::time::Duration) {
+    /// Ends the audit trail's part of a shutdown, once requests are done:
+    /// 1. signs the end of every stream (a checkpoint now, instead of after the next start,
+    ///    which a proxy scaled down for good never has);
+    /// 2. lets delivery send what is spooled, for up to the shutdown delivery time;
+    /// 3. stops delivery: each sink stores how far it got (a restart resumes there) and closes
+    ///    its connection as its protocol says (a syslog TLS receiver gets its close_notify),
+    ///    waiting at most `close_within`.
+    pub async fn finish_audit(&self, close_within: std::time::Duration) {
         let Some(spool) = &self.audit else { return };
-        if !spool.stop_deliveries(within).await {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), spool.seal()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "audit: cannot sign the end of the streams"),
+            Err(_) => tracing::warn!("audit: signing the end of the streams timed out"),
+        }
+        let deadline = tokio::time::Instant::now() + self.shutdown_delivery;
+        let mut undelivered = spool.undelivered();
+        if undelivered > 0 && !self.shutdown_delivery.is_zero() {
+            tracing::info!(undelivered, "shutting down: delivering the spooled audit events");
+        }
+        while undelivered > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            undelivered = spool.undelivered();
+        }
+        if undelivered > 0 {
             tracing::warn!(
-                within_ms = within.as_millis() as u64,
+                undelivered,
+                "audit events not yet delivered at shutdown: they stay in the spool and go out after the next start"
+            );
+        }
+        if !spool.stop_deliveries(close_within).await {
+            tracing::warn!(
+                within_ms = close_within.as_millis() as u64,
                 "audit delivery did not stop in time; its cursors keep the progress stored"
             );
         }

@@ -12,6 +12,8 @@ async fn serves_on_an_ephemeral_port_and_shuts_down_gracefully() {
     let data = bootstrap::init_data_dir(dir.path(), &["demo-tenant"], "127.0.0.1:0").unwrap();
     let mut config = ProxyConfig::load(&data.config_path).unwrap();
     config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    // No timed checkpoint during the test: the stream's end is signed by the shutdown alone.
+    config.audit.as_mut().unwrap().checkpoint_interval_ms = 3_600_000;
     let proxy = Proxy::bind(&config).await.unwrap();
     let addr = proxy.local_addr().unwrap();
     let admin = proxy.admin_addr().unwrap();
@@ -51,6 +53,15 @@ async fn serves_on_an_ephemeral_port_and_shuts_down_gracefully() {
         client.get(format!("http://{addr}/health")).send().await.is_err(),
         "still listening after shutdown"
     );
+    // The tenant's audit stream ends in a checkpoint written at shutdown, signing its last
+    // access (not left for a next start, which a proxy scaled down for good never has).
+    let spooled = keyhold_audit::spool::tenant_file(&dir.path().join("audit"), "demo-tenant");
+    let text = std::fs::read_to_string(spooled).unwrap();
+    let verified = keyhold_audit::verify(text.as_bytes(), false).unwrap();
+    assert_eq!(verified.checkpoints, 1, "{text}");
+    assert_eq!(verified.last_signed + 1, verified.head.seq, "{text}");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"]["operation"], "checkpoint");
 }
 
 #[tokio::test]

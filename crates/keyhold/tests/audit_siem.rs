@@ -21,8 +21,8 @@ struct RunningProxy {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     client: Client,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    running: tokio::task::JoinHandle<Result<(), keyhold_proxy::ProxyError>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<Result<(), keyhold_proxy::ProxyError>>>,
 }
 
 impl RunningProxy {
@@ -70,13 +70,13 @@ impl RunningProxy {
         }));
         let api_key = std::fs::read_to_string(&data.api_key_path).unwrap().trim().to_owned();
         let client = Client::new(format!("http://{addr}"), &api_key).unwrap();
-        Self { dir, addr, client, shutdown, running }
+        Self { dir, addr, client, shutdown: Some(shutdown), running: Some(running) }
     }
 
-    /// Shuts the proxy down as SIGTERM does, and waits until it has.
-    async fn stop(self) {
-        self.shutdown.send(()).unwrap();
-        self.running.await.unwrap().unwrap();
+    /// Shuts the proxy down as SIGTERM does, and waits until it has (its files stay).
+    async fn stop(&mut self) {
+        self.shutdown.take().unwrap().send(()).unwrap();
+        self.running.take().unwrap().await.unwrap().unwrap();
     }
 
     /// The value of the proxy's `keyhold_audit_undelivered_events` gauge for `sink`.
@@ -369,7 +369,30 @@ index = "{index}"
         text.matches("unexpected eof while reading").count()
     };
     let before = cut_short();
+    // Events after the last timed checkpoint, then at once a shutdown.
+    sdk_round(&proxy.client, 100).await;
+    let mut proxy = proxy;
     proxy.stop().await;
+    // Before it stopped, it signed the end of the stream (a checkpoint now, not after a next
+    // start that a proxy scaled down for good never has) and delivered it: once stopped it
+    // sends nothing more, so what arrives now was sent before.
+    let all = proxy.spooled_ids();
+    assert!(all.len() > expected.len());
+    wait_until_all_arrive("rsyslog TLS at shutdown", &all, within, Some(&rsyslogd_log), || async {
+        ids_of_lines(&syslog_records(&tls_log, &all))
+    })
+    .await;
+    let capture = syslog_records(&tls_log, &all).join("\n");
+    let verified = verify_export(
+        capture.as_bytes(),
+        ExportFormat::Syslog,
+        None,
+        false,
+        Some(proxy.public_key()),
+    )
+    .unwrap();
+    assert_eq!(verified.records as usize, all.len());
+    assert_eq!(verified.last_signed + 1, verified.head.seq, "the stream's end is signed");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(cut_short(), before, "{}", log_tail(&rsyslogd_log));
 }
