@@ -226,9 +226,11 @@ impl Worker {
         running: crate::spool::RunningDelivery,
     ) {
         tokio::select! {
-            () = self.run() => {}
+            // A stop wins over more delivery, also when both are ready at the first poll.
+            biased;
             _ = stop.changed() => {}
             _ = stopping.wait_for(|stop| *stop) => {}
+            () = self.run() => {}
         }
         // Progress first, so that a delivery started next for this sink resumes from it.
         if self.status.delivered.load(Ordering::Relaxed) != self.committed.seq {
