@@ -92,13 +92,31 @@ pub struct TargetStatus {
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The running delivery tasks; dropping it stops them: each stores its cursor, then closes its
-/// sink's connection (at most [`CLOSE_TIMEOUT`]). [`Spool::stop_deliveries`] stops them all
-/// and waits.
+/// sink's connection (at most [`CLOSE_TIMEOUT`]). [`Delivery::stop`] does the same and waits;
+/// [`Spool::stop_deliveries`] stops every delivery of a spool and waits.
 #[derive(Debug)]
 pub struct Delivery {
     /// Dropped with the delivery, which tells the tasks to stop.
-    _stop: tokio::sync::watch::Sender<()>,
+    stop: tokio::sync::watch::Sender<()>,
+    /// How many of its tasks still run.
+    running: tokio::sync::watch::Sender<usize>,
     status: Vec<Arc<TargetStatus>>,
+}
+
+/// Counts one running task in a [`Delivery`] while it lives.
+struct RunningTask(tokio::sync::watch::Sender<usize>);
+
+impl RunningTask {
+    fn new(count: &tokio::sync::watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count.clone())
+    }
+}
+
+impl Drop for RunningTask {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Delivery {
@@ -110,6 +128,7 @@ impl Delivery {
     ) -> Result<Self, SpoolError> {
         let mut status = Vec::new();
         let (stop, _) = tokio::sync::watch::channel(());
+        let running = tokio::sync::watch::Sender::new(0);
         for target in targets {
             let file = tenant_file(spool.dir(), &target.tenant);
             let stem =
@@ -139,16 +158,27 @@ impl Delivery {
                 status: Arc::clone(&state),
                 options,
             };
-            let (stopping, running) = spool.delivery_started();
-            tokio::spawn(worker.run_until_stopped(stop.subscribe(), stopping, running));
+            let (stopping, in_spool) = spool.delivery_started();
+            let task = RunningTask::new(&running);
+            tokio::spawn(worker.run_until_stopped(stop.subscribe(), stopping, (in_spool, task)));
             status.push(state);
         }
-        Ok(Self { _stop: stop, status })
+        Ok(Self { stop, running, status })
     }
 
     /// Each target's status.
     pub fn status(&self) -> &[Arc<TargetStatus>] {
         &self.status
+    }
+
+    /// Stops the tasks (each stores its cursor, then closes its sink) and waits for them, at
+    /// most `within`; returns whether all stopped. A delivery started afterwards for the same
+    /// sinks resumes from the stored cursors.
+    pub async fn stop(self, within: Duration) -> bool {
+        let Self { stop, running, .. } = self;
+        let mut tasks = running.subscribe();
+        drop(stop);
+        tokio::time::timeout(within, tasks.wait_for(|n| *n == 0)).await.is_ok()
     }
 }
 
@@ -223,7 +253,7 @@ impl Worker {
         mut self,
         mut stop: tokio::sync::watch::Receiver<()>,
         mut stopping: tokio::sync::watch::Receiver<bool>,
-        running: crate::spool::RunningDelivery,
+        running: (crate::spool::RunningDelivery, RunningTask),
     ) {
         tokio::select! {
             // A stop wins over more delivery, also when both are ready at the first poll.
@@ -638,9 +668,8 @@ mod tests {
         collector.failing.store(false, Ordering::Relaxed);
         wait_for(&collector, 30).await;
         assert_eq!(*collector.received.lock().unwrap(), (1..=30).collect::<Vec<_>>());
-        drop(delivery);
-        // Stopped, each task stores its cursor when the runtime next gets to it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Stopped, and waited for: its cursor is stored before the restart reads it.
+        assert!(delivery.stop(Duration::from_secs(5)).await);
 
         // A restart resumes at the cursor: nothing is sent twice, new records follow.
         drop(spool);
@@ -756,7 +785,8 @@ mod tests {
         let text = spooled(&spool, "acme");
         let verified = crate::chain::verify(text.as_bytes(), true).unwrap();
         assert_eq!(verified.head.seq, 50);
-        drop(delivery);
+        // Stopped, and waited for: its cursor is stored before the restart reads it.
+        assert!(delivery.stop(Duration::from_secs(5)).await);
 
         // A restart, with the current file lost right after a rotation: the chain goes on
         // from the last segment.
@@ -855,7 +885,8 @@ mod tests {
         )
         .unwrap();
         wait_for(&first, 5).await;
-        drop(delivery);
+        // Stopped and waited for, so that its own store of the cursor comes before the damage.
+        assert!(delivery.stop(Duration::from_secs(5)).await);
         std::fs::write(dir.path().join("cursors/siem/acme.cursor"), b"garbage").unwrap();
         let second = Collector::default();
         let _delivery = Delivery::start(
