@@ -211,6 +211,19 @@ async fn wait_until_all_arrive<F, Fut>(
     }
 }
 
+/// The records of `ids` in a syslog capture, and what verifying them (signatures included) found.
+fn verified_capture(
+    log: &Path,
+    ids: &BTreeSet<String>,
+    public_key: Vec<u8>,
+) -> (String, keyhold_audit::chain::Verified) {
+    let capture = syslog_records(log, ids).join("\n");
+    let verified =
+        verify_export(capture.as_bytes(), ExportFormat::Syslog, None, false, Some(public_key))
+            .unwrap();
+    (capture, verified)
+}
+
 /// The last lines of a server's log, for a failure message.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(unreadable: {e})"));
@@ -333,15 +346,7 @@ index = "{index}"
 
     // What each SIEM stored verifies as the tenant's chain, and any change to it is caught.
     for log in [&tcp_log, &tls_log] {
-        let capture = syslog_records(log, &expected).join("\n");
-        let verified = verify_export(
-            capture.as_bytes(),
-            ExportFormat::Syslog,
-            None,
-            false,
-            Some(proxy.public_key()),
-        )
-        .unwrap();
+        let (capture, verified) = verified_capture(log, &expected, proxy.public_key());
         assert_eq!(verified.records as usize, expected.len());
         assert!(verified.checkpoints >= 1 && verified.signatures_checked);
         let altered = capture.replacen("\"data_label\":\"PII\"", "\"data_label\":\"public\"", 1);
@@ -382,15 +387,7 @@ index = "{index}"
         ids_of_lines(&syslog_records(&tls_log, &all))
     })
     .await;
-    let capture = syslog_records(&tls_log, &all).join("\n");
-    let verified = verify_export(
-        capture.as_bytes(),
-        ExportFormat::Syslog,
-        None,
-        false,
-        Some(proxy.public_key()),
-    )
-    .unwrap();
+    let (_, verified) = verified_capture(&tls_log, &all, proxy.public_key());
     assert_eq!(verified.records as usize, all.len());
     assert_eq!(verified.last_signed + 1, verified.head.seq, "the stream's end is signed");
     tokio::time::sleep(Duration::from_secs(1)).await;
