@@ -103,22 +103,6 @@ pub struct Delivery {
     status: Vec<Arc<TargetStatus>>,
 }
 
-/// Counts one running task in a [`Delivery`] while it lives.
-struct RunningTask(tokio::sync::watch::Sender<usize>);
-
-impl RunningTask {
-    fn new(count: &tokio::sync::watch::Sender<usize>) -> Self {
-        count.send_modify(|n| *n += 1);
-        Self(count.clone())
-    }
-}
-
-impl Drop for RunningTask {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
 impl Delivery {
     /// Starts one task per target (on the current Tokio runtime).
     pub fn start(
@@ -159,7 +143,7 @@ impl Delivery {
                 options,
             };
             let (stopping, in_spool) = spool.delivery_started();
-            let task = RunningTask::new(&running);
+            let task = crate::spool::RunningDelivery::new(&running);
             tokio::spawn(worker.run_until_stopped(stop.subscribe(), stopping, (in_spool, task)));
             status.push(state);
         }
@@ -253,7 +237,7 @@ impl Worker {
         mut self,
         mut stop: tokio::sync::watch::Receiver<()>,
         mut stopping: tokio::sync::watch::Receiver<bool>,
-        running: (crate::spool::RunningDelivery, RunningTask),
+        running: (crate::spool::RunningDelivery, crate::spool::RunningDelivery),
     ) {
         tokio::select! {
             // A stop wins over more delivery, also when both are ready at the first poll.

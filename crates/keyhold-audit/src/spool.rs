@@ -167,9 +167,17 @@ pub struct Spool {
     deliveries: tokio::sync::watch::Sender<usize>,
 }
 
-/// Counts one running delivery task for [`Spool::stop_deliveries`] while it lives.
+/// Counts one running delivery task in `count` while it lives (for [`Spool::stop_deliveries`]
+/// and `Delivery::stop`, which wait for their count to reach zero).
 #[derive(Debug)]
 pub(crate) struct RunningDelivery(tokio::sync::watch::Sender<usize>);
+
+impl RunningDelivery {
+    pub(crate) fn new(count: &tokio::sync::watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count.clone())
+    }
+}
 
 impl Drop for RunningDelivery {
     fn drop(&mut self) {
@@ -445,8 +453,7 @@ impl Spool {
 
     /// For a delivery task starting: the signal to stop, and its place in the count.
     pub(crate) fn delivery_started(&self) -> (tokio::sync::watch::Receiver<bool>, RunningDelivery) {
-        self.deliveries.send_modify(|n| *n += 1);
-        (self.stopping.subscribe(), RunningDelivery(self.deliveries.clone()))
+        (self.stopping.subscribe(), RunningDelivery::new(&self.deliveries))
     }
 
     /// Stops every delivery reading this spool (each stores its cursor and closes its
