@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// batch-wrap-1000, batch-unwrap-1000, derive, sdk-1k, half-load.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Keyhold scenarios with leased keys (`on`), with a KMS call per key (`off`), or both:
+    /// one of them alone when profiling one path.
+    #[arg(long, value_parser = ["both", "on", "off"], default_value = "both")]
+    leasing: String,
     /// The OpenBao binary (default: $KEYHOLD_TEST_OPENBAO_BIN, else `bao` on the PATH).
     #[arg(long)]
     openbao_bin: Option<PathBuf>,
@@ -613,6 +617,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         let mut results = Vec::new();
         for (tenant, leasing) in [(LEASED_TENANT, true), (DIRECT_TENANT, false)] {
+            if args.leasing != "both" && (args.leasing == "on") != leasing {
+                continue;
+            }
             proxy_scenarios(&proxy, tenant, leasing, load, &wanted, &mut results).await?;
             if wanted("sdk-1k") {
                 results.push(
