@@ -1,14 +1,8 @@
 //! API key authentication: `Authorization: cmk <api-key>`, compared in constant time.
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
-
-use crate::AppState;
-use crate::error::ServiceError;
 
 /// The accepted API keys, kept only as SHA-256 digests so that comparisons take the same time
 /// whatever the length or content of the key a caller sends.
@@ -54,23 +48,6 @@ fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
     let (scheme, rest) = value.split_at(space);
     let key = rest.get(1..)?.trim_ascii();
     (!key.is_empty()).then_some((scheme, key))
-}
-
-/// Middleware: refuses requests without a valid API key with 401 and code 101.
-pub async fn require_api_key(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let authorized = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .is_some_and(|v| state.api_keys.verify_header(v.as_bytes()));
-    if authorized {
-        next.run(request).await
-    } else {
-        axum::response::IntoResponse::into_response(ServiceError::Unauthorized)
-    }
 }
 
 #[cfg(test)]

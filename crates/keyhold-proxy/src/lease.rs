@@ -29,6 +29,7 @@ use keyhold_core::edek::{EncryptedDek, LeasedEntry};
 use keyhold_core::lease::{LeaseBinding, LeaseCipher, LeaseError, new_lease_id};
 use keyhold_core::secret::Dek;
 use keyhold_kms::{KeyContext, Kms, KmsError};
+use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{KmsOperation, ServiceError};
@@ -122,6 +123,8 @@ pub struct ConfigLeases {
     // idle would be most of the proxy's memory.
     cache: OnceLock<moka::future::Cache<[u8; 32], Arc<Lease>>>,
     renewer_started: AtomicBool,
+    /// The `lease_cache{result="hit"}` counter of this configuration, once used.
+    cache_hits: OnceLock<Counter>,
     /// The audit spool and this proxy's name, for periodic events.
     audit: OnceLock<(Arc<Spool>, String)>,
 }
@@ -147,6 +150,7 @@ impl ConfigLeases {
             first_lease: tokio::sync::Mutex::new(()),
             cache: OnceLock::new(),
             renewer_started: AtomicBool::new(false),
+            cache_hits: OnceLock::new(),
             audit: OnceLock::new(),
         })
     }
@@ -431,14 +435,17 @@ impl ConfigLeases {
     }
 
     fn count_cache(&self, result: &'static str) {
-        self.metrics
-            .lease_cache
-            .get_or_create(&LeaseCacheLabels {
-                tenant: self.tenant.clone(),
-                config: self.config_id,
-                result,
-            })
-            .inc();
+        let labels =
+            || LeaseCacheLabels { tenant: self.tenant.clone(), config: self.config_id, result };
+        if result == "hit" {
+            // Nearly every leased unwrap is a hit: keep its counter rather than building the
+            // labels and hashing them each time.
+            self.cache_hits
+                .get_or_init(|| self.metrics.lease_cache.get_or_create(&labels()).clone())
+                .inc();
+        } else {
+            self.metrics.lease_cache.get_or_create(&labels()).inc();
+        }
     }
 
     /// Starts the renewal task on first use (in the caller's runtime). It holds only a weak

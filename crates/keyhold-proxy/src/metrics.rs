@@ -1,5 +1,7 @@
 //! Prometheus metrics, served at `/metrics` in the text exposition format.
 
+use std::borrow::Cow;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -11,7 +13,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     /// The matched route (not the raw path, to bound cardinality).
-    pub route: String,
+    pub route: &'static str,
     /// The HTTP status code.
     pub status: u16,
 }
@@ -20,7 +22,7 @@ pub struct HttpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// The matched route.
-    pub route: String,
+    pub route: &'static str,
 }
 
 /// Labels of KMS call counts.
@@ -71,9 +73,9 @@ pub struct KeyOperationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
     /// `x-icl-tsc-language` (or `unknown`).
-    pub language: String,
+    pub language: Cow<'static, str>,
     /// `x-icl-tsc-version` (or `unknown`).
-    pub version: String,
+    pub version: Cow<'static, str>,
 }
 
 /// Labels of security events.

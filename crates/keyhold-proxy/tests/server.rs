@@ -36,8 +36,12 @@ async fn serves_on_an_ephemeral_port_and_shuts_down_gracefully() {
     let body: serde_json::Value = wrap.json().await.unwrap();
     assert!(body["dek"].is_string() && body["edek"].is_string());
 
-    // With an admin listener, metrics move there and health stays on both.
-    assert_eq!(client.get(format!("http://{addr}/metrics")).send().await.unwrap().status(), 404);
+    // With an admin listener, metrics move there and health stays on both: on the API
+    // listener `/metrics` is an unknown path, refused without a key and not found with one.
+    let metrics_here = client.get(format!("http://{addr}/metrics"));
+    assert_eq!(metrics_here.try_clone().unwrap().send().await.unwrap().status(), 401);
+    let with_key = metrics_here.header("authorization", format!("cmk {}", api_key.trim()));
+    assert_eq!(with_key.send().await.unwrap().status(), 404);
     assert_eq!(client.get(format!("http://{addr}/health")).send().await.unwrap().status(), 200);
     let metrics =
         client.get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();

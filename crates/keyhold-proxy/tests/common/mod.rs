@@ -134,6 +134,26 @@ impl TestProxy {
         self.post_raw(route, Some(&auth), body.to_string()).await
     }
 
+    /// Any method, with `auth` as the `Authorization` header (if any); the body parsed as JSON.
+    pub async fn request(
+        &self,
+        method: &str,
+        route: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(route);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response =
+            tower::ServiceExt::oneshot(self.router.clone(), request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, route: &str) -> (StatusCode, String) {
         let response = tower::ServiceExt::oneshot(
             self.router.clone(),
