@@ -196,10 +196,13 @@ impl ConfigLeases {
                 self.count_cache("miss");
                 let wrapped = entry.wrapped_lease_key.clone();
                 let lease_id = entry.lease_id;
-                self.cache()
-                    .try_get_with(digest, self.unwrap_lease(wrapped, lease_id, digest))
-                    .await
-                    .map_err(|e| LeaseFailure::Kms((*e).clone()))?
+                // Boxed: the miss's future (the cache's single flight, the KMS call) would
+                // otherwise make every hit's future as large as itself.
+                Box::pin(
+                    self.cache().try_get_with(digest, self.unwrap_lease(wrapped, lease_id, digest)),
+                )
+                .await
+                .map_err(|e| LeaseFailure::Kms((*e).clone()))?
             }
         };
         lease

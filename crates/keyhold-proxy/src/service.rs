@@ -368,13 +368,29 @@ impl KeyService {
             .lease_parts()
             .map_err(|e| ServiceError::InvalidEdek(format!("provided EDEK was not valid: {e}")))?;
         self.note_usage(tenant, config, entry, leased.as_ref());
+        if let Some(parts) = &leased
+            && let Some(leases) = self.leases(&tenant.id, config.id)
+        {
+            return leases
+                .open(parts)
+                .await
+                .map_err(|e| e.into_service_error(KmsOperation::Unwrap));
+        }
+        // Boxed: the KMS paths' futures are several times the size of the leased path's, and
+        // an unboxed future is as large as its largest path, moved and allocated with every
+        // request (the common leased unwrap's future went from 5.3 KB to under 1 KB).
+        Box::pin(self.unwrap_through_kms(tenant, config, entry, leased)).await
+    }
+
+    /// An unwrap that asks the KMS: for a direct EDEK, or a leased one while leasing is off.
+    async fn unwrap_through_kms(
+        &self,
+        tenant: &Tenant,
+        config: &KmsConfig,
+        entry: &EncryptedDek,
+        leased: Option<keyhold_core::edek::LeasedEntry<'_>>,
+    ) -> Result<Dek, ServiceError> {
         if let Some(parts) = leased {
-            if let Some(leases) = self.leases(&tenant.id, config.id) {
-                return leases
-                    .open(&parts)
-                    .await
-                    .map_err(|e| e.into_service_error(KmsOperation::Unwrap));
-            }
             // Leasing is off for this tenant (now): one KMS call for the lease key.
             let lease_key = self
                 .call_kms(
