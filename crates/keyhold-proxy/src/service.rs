@@ -760,20 +760,34 @@ impl KeyService {
             .inc_by(u64::try_from(keys).unwrap_or(u64::MAX));
         let fields = &meta.icl_fields;
         let outcome = if error.is_none() { "granted" } else { "refused" };
-        tracing::info!(
-            target: "keyhold::audit",
-            tenant = %meta.tenant_id,
-            operation,
-            outcome,
-            code,
-            keys,
-            requesting_id = fields.requesting_id.as_deref().unwrap_or_default(),
-            data_label = fields.data_label.as_deref().unwrap_or_default(),
-            source_ip = fields.source_ip.as_deref().unwrap_or_default(),
-            object_id = fields.object_id.as_deref().unwrap_or_default(),
-            request_id = fields.request_id.as_deref().unwrap_or_default(),
-            "key access"
-        );
+        macro_rules! log_key_access {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "keyhold::audit",
+                    $level,
+                    tenant = %meta.tenant_id,
+                    operation,
+                    outcome,
+                    code,
+                    keys,
+                    requesting_id = fields.requesting_id.as_deref().unwrap_or_default(),
+                    data_label = fields.data_label.as_deref().unwrap_or_default(),
+                    source_ip = fields.source_ip.as_deref().unwrap_or_default(),
+                    object_id = fields.object_id.as_deref().unwrap_or_default(),
+                    request_id = fields.request_id.as_deref().unwrap_or_default(),
+                    "key access"
+                )
+            };
+        }
+        // A granted access that the tenant's trail records is logged at DEBUG only: the trail is
+        // the record, and copying every access's metadata into the vendor's own log at INFO
+        // spread the tenant's data further and cost a formatted line per request. Refusals,
+        // and every access without a trail, stay at INFO.
+        if error.is_none() && known && self.audit.is_some() {
+            log_key_access!(tracing::Level::DEBUG);
+        } else {
+            log_key_access!(tracing::Level::INFO);
+        }
         // Events of unknown tenants stay in the log only: a spool file per made-up tenant id
         // would let any caller create files. Without a trail the event is not built at all
         // (its id, time and copied fields were a tenth of a plain unwrap's instructions).
