@@ -779,19 +779,21 @@ impl KeyService {
                 )
             };
         }
-        // A granted access that the tenant's trail records is logged at DEBUG only: the trail is
-        // the record, and copying every access's metadata into the vendor's own log at INFO
-        // spread the tenant's data further and cost a formatted line per request. Refusals,
-        // and every access without a trail, stay at INFO.
-        if error.is_none() && known && self.audit.is_some() {
+        // Whether the tenant's trail records this access. Events of unknown tenants stay in the
+        // log only: a spool file per made-up tenant id would let any caller create files.
+        let recorded = known && self.audit.is_some();
+        // A granted access that the trail records is logged at DEBUG only: the trail is the
+        // record, and copying every access's metadata into the vendor's own log at INFO spread
+        // the tenant's data further and cost a formatted line per request. Refusals, and every
+        // access without a trail, stay at INFO.
+        if error.is_none() && recorded {
             log_key_access!(tracing::Level::DEBUG);
         } else {
             log_key_access!(tracing::Level::INFO);
         }
-        // Events of unknown tenants stay in the log only: a spool file per made-up tenant id
-        // would let any caller create files. Without a trail the event is not built at all
-        // (its id, time and copied fields were a tenth of a plain unwrap's instructions).
-        if !known || self.audit.is_none() {
+        // Without a trail the event is not built at all (its id, time and copied fields were a
+        // tenth of a plain unwrap's instructions).
+        if !recorded {
             return Ok(());
         }
         let mut event = self.event(meta, EventKind::Data, operation);
