@@ -9,7 +9,6 @@
 //! proxy started (`POST /api/1/tenant/kms-usage`) and, with a broker, sent to it as deltas so
 //! that it sums them over the fleet (`GET /api/v1/tenants/{id}/kms-usage`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,7 +37,8 @@ struct Entry {
 pub struct KmsUsage {
     // Read-locked on every unwrap (a hash lookup and a short scan); written only when a
     // tenant shows a configuration or version for the first time.
-    tenants: std::sync::RwLock<HashMap<String, Vec<Entry>>>,
+    // Keys are the ids of configured tenants only (hence foldhash, not SipHash).
+    tenants: std::sync::RwLock<foldhash::HashMap<String, Vec<Entry>>>,
     since: u64,
 }
 

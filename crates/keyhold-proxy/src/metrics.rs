@@ -1,6 +1,7 @@
 //! Prometheus metrics, served at `/metrics` in the text exposition format.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,6 +9,35 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// The operations whose granted counts a tenant keeps handles to ([`GrantedCounters`]).
+const GRANTED_OPERATIONS: [&str; 7] =
+    ["wrap", "unwrap", "batch_wrap", "batch_unwrap", "rekey", "batch_rekey", "derive"];
+
+/// One tenant's `key_operations` counters of granted operations (code 0), each taken from the
+/// family the first time it is used. A request then counts itself without building its labels
+/// (a copy of the tenant id), hashing them and locking the family, which were a per-request
+/// cost shared by every tenant's requests.
+#[derive(Debug, Default)]
+pub struct GrantedCounters([OnceLock<Counter>; GRANTED_OPERATIONS.len()]);
+
+impl GrantedCounters {
+    /// The counter of `tenant`'s granted `operation`; `None` for an operation not listed in
+    /// [`GRANTED_OPERATIONS`] (its caller counts it through the family). One set of counters
+    /// serves one tenant: [`crate::registry::Tenant::granted_counter`] passes its own id.
+    pub(crate) fn get(
+        &self,
+        metrics: &Metrics,
+        tenant: &str,
+        operation: &'static str,
+    ) -> Option<&Counter> {
+        let index = GRANTED_OPERATIONS.iter().position(|o| *o == operation)?;
+        Some(self.0.get(index)?.get_or_init(|| {
+            let labels = KeyOperationLabels { tenant: tenant.to_owned(), operation, code: 0 };
+            metrics.key_operations.get_or_create(&labels).clone()
+        }))
+    }
+}
 
 /// Labels of HTTP request counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -301,5 +331,28 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broker snapshot replaces every `Tenant`, and with it the handles; the counts must go on
+    /// in the same series, and an operation without a handle must be refused (counted by label).
+    #[test]
+    fn granted_counters_of_a_new_registry_continue_the_same_series() {
+        let metrics = Metrics::new();
+        let before = GrantedCounters::default();
+        before.get(&metrics, "tenant-a", "unwrap").expect("listed").inc();
+        let after = GrantedCounters::default();
+        after.get(&metrics, "tenant-a", "unwrap").expect("listed").inc_by(2);
+        let count = |tenant: &str| {
+            let labels =
+                KeyOperationLabels { tenant: tenant.to_owned(), operation: "unwrap", code: 0 };
+            metrics.key_operations.get_or_create(&labels).get()
+        };
+        assert_eq!(count("tenant-a"), 3);
+        assert!(after.get(&metrics, "tenant-a", "no_such_operation").is_none());
     }
 }

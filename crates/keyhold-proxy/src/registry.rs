@@ -1,6 +1,5 @@
 //! The tenant registry: which tenants this proxy serves and, for each, its KMS configurations.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use keyhold_kms::local::{Keystore, KeystoreError, LocalKms, load_root_key};
@@ -12,6 +11,7 @@ use keyhold_kms::{KeyContext, KmsError};
 
 use crate::config::{KmsConfigEntry, KmsConfigStatus, KmsSettings, ProxyConfig};
 use crate::lease::LeasePolicy;
+use crate::metrics::GrantedCounters;
 
 /// Why the registry could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,9 @@ pub struct Tenant {
     configs: Vec<KmsConfig>,
     /// How the tenant leases keys; `None`: every key goes to the KMS.
     pub lease_policy: Option<LeasePolicy>,
+    /// Its counts of granted key operations (runtime state: handles into the metrics, kept
+    /// with the tenant so that a request needs no lookup by label).
+    granted: GrantedCounters,
 }
 
 impl Tenant {
@@ -88,12 +91,24 @@ impl Tenant {
     pub fn configs(&self) -> &[KmsConfig] {
         &self.configs
     }
+
+    /// The counter of this tenant's granted `operation` in `metrics` (`None`: an operation
+    /// without a kept handle, counted by label).
+    pub(crate) fn granted_counter(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        operation: &'static str,
+    ) -> Option<&prometheus_client::metrics::counter::Counter> {
+        self.granted.get(metrics, &self.id, operation)
+    }
 }
 
 /// Every tenant this proxy serves, and the local keystore if any.
 #[derive(Debug, Default)]
 pub struct TenantRegistry {
-    tenants: HashMap<String, Arc<Tenant>>,
+    /// Looked up on every request: hashed with foldhash rather than SipHash (the keys are
+    /// configured tenant ids, which no caller can add to).
+    tenants: foldhash::HashMap<String, Arc<Tenant>>,
     keystore: Option<Arc<Keystore>>,
 }
 
@@ -102,7 +117,7 @@ impl TenantRegistry {
     /// Remote backends are wrapped in [`ResilientKms`] (timeouts, retries, circuit breaker).
     pub async fn from_config(config: &ProxyConfig) -> Result<Self, RegistryError> {
         let keystore = open_keystore(config)?;
-        let mut tenants = HashMap::new();
+        let mut tenants = foldhash::HashMap::default();
         for tenant in &config.tenants {
             let mut configs = Vec::new();
             for entry in &tenant.kms_configs {
@@ -117,7 +132,12 @@ impl TenantRegistry {
             let lease_policy = config.lease_policy(tenant);
             tenants.insert(
                 tenant.id.clone(),
-                Arc::new(Tenant { id: tenant.id.clone(), configs, lease_policy }),
+                Arc::new(Tenant {
+                    id: tenant.id.clone(),
+                    configs,
+                    lease_policy,
+                    granted: GrantedCounters::default(),
+                }),
             );
         }
         Ok(Self { tenants, keystore })
@@ -135,7 +155,7 @@ impl TenantRegistry {
         previous: Option<&TenantRegistry>,
     ) -> (Self, Vec<String>) {
         let mut problems = Vec::new();
-        let mut registry = HashMap::new();
+        let mut registry = foldhash::HashMap::default();
         for tenant in tenants {
             let old = previous.and_then(|p| p.tenant(&tenant.config.id));
             let mut configs = Vec::new();
@@ -175,7 +195,10 @@ impl TenantRegistry {
             }
             let lease_policy = config.lease_policy(&tenant.config);
             let id = tenant.config.id;
-            registry.insert(id.clone(), Arc::new(Tenant { id, configs, lease_policy }));
+            registry.insert(
+                id.clone(),
+                Arc::new(Tenant { id, configs, lease_policy, granted: GrantedCounters::default() }),
+            );
         }
         (Self { tenants: registry, keystore }, problems)
     }
@@ -193,7 +216,15 @@ impl TenantRegistry {
             tenants: tenants
                 .into_iter()
                 .map(|(id, configs, lease_policy)| {
-                    (id.clone(), Arc::new(Tenant { id, configs, lease_policy }))
+                    (
+                        id.clone(),
+                        Arc::new(Tenant {
+                            id,
+                            configs,
+                            lease_policy,
+                            granted: GrantedCounters::default(),
+                        }),
+                    )
                 })
                 .collect(),
             keystore: None,

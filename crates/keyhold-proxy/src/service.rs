@@ -111,7 +111,7 @@ impl KeyService {
     /// Records every key access in `spool` before answering it; `instance` names this proxy in
     /// the events.
     pub fn with_audit(mut self, spool: Arc<Spool>, instance: String) -> Self {
-        for leases in self.tenants.load().leases.values().flat_map(HashMap::values) {
+        for leases in self.tenants.load().leases.values().flat_map(|configs| configs.values()) {
             leases.set_audit(Arc::clone(&spool), instance.clone());
         }
         self.kms_failures = Some(crate::kms_failures::KmsFailureLog::start(
@@ -240,7 +240,7 @@ impl KeyService {
 
     /// Updates the lease age gauges (before metrics are rendered).
     pub fn refresh_lease_gauges(&self) {
-        for leases in self.tenants.load().leases.values().flat_map(HashMap::values) {
+        for leases in self.tenants.load().leases.values().flat_map(|configs| configs.values()) {
             leases.refresh_gauges();
         }
     }
@@ -752,12 +752,28 @@ impl KeyService {
         let code = error.map(|e| e.code().code()).unwrap_or(0);
         // Unknown tenants are not used as label values: a caller could otherwise grow the
         // metrics without bound.
-        let known = self.tenants.load().registry.tenant(&meta.tenant_id).is_some();
-        let tenant = if known { meta.tenant_id.clone() } else { "(unknown)".to_owned() };
-        self.metrics
-            .key_operations
-            .get_or_create(&KeyOperationLabels { tenant, operation, code })
-            .inc_by(u64::try_from(keys).unwrap_or(u64::MAX));
+        let count = u64::try_from(keys).unwrap_or(u64::MAX);
+        let known = {
+            let tenants = self.tenants.load();
+            let tenant = tenants.registry.tenant(&meta.tenant_id);
+            let granted = tenant
+                .filter(|_| code == 0)
+                .and_then(|t| t.granted_counter(&self.metrics, operation));
+            if let Some(counter) = granted {
+                counter.inc_by(count);
+            } else {
+                let label = if tenant.is_some() { &meta.tenant_id } else { "(unknown)" };
+                self.metrics
+                    .key_operations
+                    .get_or_create(&KeyOperationLabels {
+                        tenant: label.to_owned(),
+                        operation,
+                        code,
+                    })
+                    .inc_by(count);
+            }
+            tenant.is_some()
+        };
         let fields = &meta.icl_fields;
         let outcome = if error.is_none() { "granted" } else { "refused" };
         macro_rules! log_key_access {
@@ -914,8 +930,10 @@ fn select_entry<'a, 't>(
 #[derive(Debug)]
 struct TenantSet {
     registry: Arc<TenantRegistry>,
-    /// Leases by tenant and KMS configuration, for tenants that lease keys.
-    leases: HashMap<String, HashMap<i32, Arc<ConfigLeases>>>,
+    /// Leases by tenant and KMS configuration, for tenants that lease keys. Looked up on every
+    /// leased request, so hashed with foldhash rather than SipHash: the keys are configured
+    /// tenant ids, which no caller can add to.
+    leases: foldhash::HashMap<String, foldhash::HashMap<i32, Arc<ConfigLeases>>>,
 }
 
 impl TenantSet {
@@ -926,7 +944,8 @@ impl TenantSet {
         kms_timeout: Duration,
         audit: Option<(Arc<Spool>, String)>,
     ) -> Self {
-        let mut leases: HashMap<String, HashMap<i32, Arc<ConfigLeases>>> = HashMap::new();
+        let mut leases: foldhash::HashMap<String, foldhash::HashMap<i32, Arc<ConfigLeases>>> =
+            foldhash::HashMap::default();
         for tenant in registry.tenants() {
             let Some(policy) = tenant.lease_policy else { continue };
             for config in tenant.configs() {
