@@ -1,6 +1,5 @@
 //! HTTP handlers: parse the body, call one service function, render the result.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -31,7 +30,7 @@ use zeroize::Zeroizing;
 use crate::AppState;
 use crate::auth::ApiKeys;
 use crate::error::ServiceError;
-use crate::metrics::{ClientLabels, HttpLabels, Metrics, RouteLabels, TenantLabels};
+use crate::metrics::{ClientCounters, HttpLabels, Metrics, RouteLabels, TenantLabels};
 
 /// The service the proxy serves: the [`router`] behind one front door that normalizes the path
 /// (some clients build `http://host//api/1/...` from a base URL with a trailing slash), checks
@@ -48,6 +47,7 @@ pub struct App {
     metrics: Arc<Metrics>,
     serve_metrics: bool,
     observed: Arc<[ObservedRoute; ROUTES.len()]>,
+    clients: Arc<ClientCounters>,
 }
 
 /// Every route label: the TSP API's routes (and Keyhold's additions to it), then health and
@@ -90,6 +90,7 @@ pub fn app(state: AppState, serve_metrics: bool) -> App {
         router: router(state, serve_metrics),
         serve_metrics,
         observed: Arc::new(Default::default()),
+        clients: Arc::default(),
     }
 }
 
@@ -105,20 +106,18 @@ impl App {
 
     /// Counts the client SDK a request names (IronCore's clients send these headers).
     fn count_client(&self, headers: &http::HeaderMap) {
-        let label = |name: &str| -> Cow<'static, str> {
+        let label = |name: &str| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| v.len() <= 32 && v.bytes().all(|b| b.is_ascii_graphic()))
-                .map_or(Cow::Borrowed("unknown"), |v| Cow::Owned(v.to_owned()))
+                .unwrap_or("unknown")
         };
-        self.metrics
-            .client_requests
-            .get_or_create(&ClientLabels {
-                language: label("x-icl-tsc-language"),
-                version: label("x-icl-tsc-version"),
-            })
-            .inc();
+        self.clients.count(
+            &self.metrics.client_requests,
+            label("x-icl-tsc-language"),
+            label("x-icl-tsc-version"),
+        );
     }
 }
 
@@ -156,9 +155,6 @@ impl tower::Service<Request> for App {
         let request = collapse_slashes(request);
         let index = self.route(request.uri().path());
         let route = ROUTES.get(index).copied().unwrap_or(UNMATCHED);
-        if index < API_ROUTES {
-            self.count_client(request.headers());
-        }
         // Fail closed: everything but health and metrics needs the key, whatever the method,
         // so that a route added to the router without being listed here is never open.
         let public = (API_ROUTES..ROUTES.len() - 1).contains(&index);
@@ -167,6 +163,11 @@ impl tower::Service<Request> for App {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .is_some_and(|v| self.api_keys.verify_header(v.as_bytes()));
+        // Only callers with the key are counted by the client they name: the names are theirs
+        // to choose, and a caller without the key must not be able to add series.
+        if authorized && index < API_ROUTES {
+            self.count_client(request.headers());
+        }
         let span = tracing::info_span!("request", method = %request.method(), route);
         // Routing is synchronous; the handler runs when the returned future is polled.
         let routed = authorized.then(|| tower::Service::call(&mut self.router, request));

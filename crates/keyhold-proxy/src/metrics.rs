@@ -1,7 +1,7 @@
 //! Prometheus metrics, served at `/metrics` in the text exposition format.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -106,6 +106,62 @@ pub struct ClientLabels {
     pub language: Cow<'static, str>,
     /// `x-icl-tsc-version` (or `unknown`).
     pub version: Cow<'static, str>,
+}
+
+/// Most (language, version) pairs counted apart in `client_requests`; requests naming any
+/// other pair are counted as `other`/`other`. The headers are the caller's to choose, so without
+/// a bound a caller could grow the proxy's memory and every scrape with made-up values.
+pub const MAX_CLIENT_SERIES: usize = 32;
+
+/// The `client_requests` counters in use, kept once first used: a request finds its pair by a
+/// short scan instead of building owned labels, hashing them and locking the family.
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    seen: std::sync::RwLock<Vec<ClientCounter>>,
+}
+
+#[derive(Debug)]
+struct ClientCounter {
+    language: Box<str>,
+    version: Box<str>,
+    counter: Counter,
+}
+
+impl ClientCounters {
+    /// Counts one request of the client that names itself `language` and `version`.
+    pub fn count(&self, family: &Family<ClientLabels, Counter>, language: &str, version: &str) {
+        let find = |seen: &[ClientCounter]| {
+            seen.iter()
+                .find(|c| *c.language == *language && *c.version == *version)
+                .map(|c| c.counter.clone())
+        };
+        let known = find(&self.seen.read().unwrap_or_else(PoisonError::into_inner));
+        if let Some(counter) = known {
+            counter.inc();
+            return;
+        }
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counter) = find(&seen) {
+            counter.inc();
+        } else if seen.len() < MAX_CLIENT_SERIES {
+            let labels = ClientLabels {
+                language: Cow::Owned(language.to_owned()),
+                version: Cow::Owned(version.to_owned()),
+            };
+            let counter = family.get_or_create(&labels).clone();
+            counter.inc();
+            seen.push(ClientCounter {
+                language: language.into(),
+                version: version.into(),
+                counter,
+            });
+        } else {
+            drop(seen);
+            let other =
+                ClientLabels { language: Cow::Borrowed("other"), version: Cow::Borrowed("other") };
+            family.get_or_create(&other).inc();
+        }
+    }
 }
 
 /// Labels of security events.
@@ -354,5 +410,29 @@ mod tests {
         };
         assert_eq!(count("tenant-a"), 3);
         assert!(after.get(&metrics, "tenant-a", "no_such_operation").is_none());
+    }
+
+    /// However many client names callers make up, the family holds at most
+    /// `MAX_CLIENT_SERIES` of them plus `other`, and every request is counted once.
+    #[test]
+    fn client_series_are_bounded_and_every_request_is_counted() {
+        let metrics = Metrics::new();
+        let clients = ClientCounters::default();
+        for i in 0..MAX_CLIENT_SERIES + 10 {
+            clients.count(&metrics.client_requests, "java", &format!("4.{i}.0"));
+        }
+        clients.count(&metrics.client_requests, "java", "4.0.0");
+        let count = |language: &'static str, version: String| {
+            let labels =
+                ClientLabels { language: Cow::Borrowed(language), version: Cow::Owned(version) };
+            metrics.client_requests.get_or_create(&labels).get()
+        };
+        assert_eq!(count("java", "4.0.0".into()), 2);
+        assert_eq!(count("java", format!("4.{}.0", MAX_CLIENT_SERIES - 1)), 1);
+        assert_eq!(count("other", "other".into()), 10);
+        let text = metrics.encode();
+        let series =
+            text.lines().filter(|l| l.starts_with("keyhold_client_requests_total{")).count();
+        assert_eq!(series, MAX_CLIENT_SERIES + 1, "{text}");
     }
 }

@@ -466,6 +466,35 @@ async fn health_readiness_and_metrics() {
     assert!(!text.contains(dek));
 }
 
+/// Requests are counted by the client SDK they name only when they carry the key: a caller
+/// without it cannot add metric series by making up client names.
+#[tokio::test]
+async fn only_callers_with_the_key_are_counted_by_client_name() {
+    let p = TestProxy::new();
+    let send = |auth: Option<String>, version: &'static str| {
+        let mut request = http::Request::post(keyhold_core::wire::ROUTE_WRAP)
+            .header("content-type", "application/json")
+            .header("x-icl-tsc-language", "made-up")
+            .header("x-icl-tsc-version", version);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let body = axum::body::Body::from(meta("tenant-a").to_string());
+        tower::ServiceExt::oneshot(p.router.clone(), request.body(body).unwrap())
+    };
+    let refused = send(Some("cmk wrong-key".into()), "1.0").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(send(None, "2.0").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let granted = send(Some(format!("cmk {}", p.api_key)), "3.0").await.unwrap();
+    assert_eq!(granted.status(), StatusCode::OK);
+    let (_, text) = p.get("/metrics").await;
+    assert!(
+        text.contains(r#"keyhold_client_requests_total{language="made-up",version="3.0"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"version="1.0""#) && !text.contains(r#"version="2.0""#), "{text}");
+}
+
 /// Every API route needs the key, exists behind it, and is counted under its own route label
 /// (the front door lists the routes it labels; a route missing there would count as unmatched).
 #[tokio::test]
