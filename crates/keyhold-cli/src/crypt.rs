@@ -15,6 +15,14 @@ pub struct ProxyArgs {
     /// A file holding the API key. Default: $KEYHOLD_API_KEY, else ./.keyhold/api-key.
     #[arg(long)]
     api_key_file: Option<PathBuf>,
+    /// For an `https://` proxy whose certificate a private CA issued: a PEM file of the CA
+    /// certificates to trust (instead of the system's).
+    #[arg(long, env = "KEYHOLD_PROXY_CA")]
+    proxy_ca: Option<PathBuf>,
+    /// For a proxy that asks for client certificates: a PEM file with this client's private
+    /// key and certificate chain.
+    #[arg(long, env = "KEYHOLD_CLIENT_IDENTITY")]
+    client_identity: Option<PathBuf>,
     /// Who is asking (recorded in the tenant's audit trail).
     #[arg(long, default_value = "keyhold-cli")]
     requesting_id: String,
@@ -56,7 +64,20 @@ pub struct DecryptArgs {
 impl ProxyArgs {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let key = self.api_key()?;
-        Ok(ClientBuilder::new(&self.proxy_url, key.as_str()).build()?)
+        let mut builder = ClientBuilder::new(&self.proxy_url, key.as_str());
+        if let Some(path) = &self.proxy_ca {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the proxy CA {}", path.display()))?;
+            builder = builder.proxy_ca_pem(pem);
+        }
+        if let Some(path) = &self.client_identity {
+            let pem =
+                Zeroizing::new(std::fs::read(path).with_context(|| {
+                    format!("cannot read the client identity {}", path.display())
+                })?);
+            builder = builder.client_identity_pem(pem.as_slice());
+        }
+        Ok(builder.build()?)
     }
 
     fn api_key(&self) -> anyhow::Result<Zeroizing<String>> {

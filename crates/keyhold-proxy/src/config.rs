@@ -75,6 +75,9 @@ pub struct ProxyConfig {
     /// `/metrics` is not served on the API listener.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// TLS on the API listener (none: plain HTTP, for loopback or behind a TLS terminator).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// API key in the clear (prefer `api_key_file` or `KEYHOLD_API_KEY`).
     #[serde(default, skip_serializing)]
     api_key: Option<String>,
@@ -988,6 +991,28 @@ mod tests {
         let config = ProxyConfig::from_toml(blocks.next().unwrap()).unwrap();
         assert_eq!(config.tenants.len(), 2);
         assert!(matches!(config.tenants[1].kms_configs[0].kms, KmsSettings::Aws(_)));
+    }
+
+    /// The README's commented `[tls]` lines make a valid configuration once uncommented, and a
+    /// misspelt `[tls]` setting is refused.
+    #[cfg(feature = "aws")]
+    #[test]
+    fn the_readme_tls_lines_parse_once_uncommented() {
+        let readme = include_str!("../../../README.md");
+        let block = readme.split("```toml\n").nth(2).unwrap();
+        let block = &block[..block.find("```").unwrap()];
+        let tls_lines = ["# [tls]", "# cert_file", "# key_file", "# client_ca_file"];
+        let uncommented: Vec<&str> = block
+            .lines()
+            .map(|l| if tls_lines.iter().any(|t| l.starts_with(t)) { &l[2..] } else { l })
+            .collect();
+        let config = ProxyConfig::from_toml(&uncommented.join("\n")).unwrap();
+        let tls = config.tls.expect("the README shows [tls]");
+        assert_eq!(tls.cert_file, Path::new("proxy.crt"));
+        assert_eq!(tls.client_ca_file.as_deref(), Some(Path::new("apps-ca.crt")));
+        let typo = "api_key = \"0123456789abcdef0123\"\n[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nca_file = \"c\"\n";
+        let err = ProxyConfig::from_toml(typo).unwrap_err().to_string();
+        assert!(err.contains("ca_file"), "{err}");
     }
 
     #[cfg(feature = "vault")]

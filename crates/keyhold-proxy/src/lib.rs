@@ -43,6 +43,7 @@ pub mod registry;
 pub mod secrets;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

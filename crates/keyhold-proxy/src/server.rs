@@ -29,6 +29,9 @@ pub enum ProxyError {
     /// The audit signing key could not be read or made.
     #[error(transparent)]
     AuditKey(keyhold_audit::checkpoint::KeyError),
+    /// The TLS settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// An audit sink could not be set up (its name, and why).
     #[error("audit sink {0:?}: {1}")]
     AuditSink(String, String),
@@ -47,12 +50,19 @@ pub enum ProxyError {
 pub struct Proxy {
     state: AppState,
     listener: TcpListener,
+    /// TLS for the API listener, if configured.
+    tls: Option<Arc<rustls::ServerConfig>>,
     admin_listener: Option<TcpListener>,
 }
 
 impl Proxy {
     /// Builds the state and binds the listeners (port 0 picks a free port).
     pub async fn bind(config: &ProxyConfig) -> Result<Self, ProxyError> {
+        // Unusable certificates stop the start before anything else is set up.
+        let tls = match &config.tls {
+            Some(tls) => Some(tls.server_config(|p| config.resolve(p))?),
+            None => None,
+        };
         let state = AppState::from_config(config).await?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -65,7 +75,7 @@ impl Proxy {
             ),
             None => None,
         };
-        Ok(Self { state, listener, admin_listener })
+        Ok(Self { state, listener, tls, admin_listener })
     }
 
     /// The API listener's address.
@@ -89,7 +99,7 @@ impl Proxy {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ProxyError> {
-        let Self { state, listener, admin_listener } = self;
+        let Self { state, listener, tls, admin_listener } = self;
         let api_addr = listener.local_addr().map_err(|source| ProxyError::Listen {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
@@ -120,16 +130,28 @@ impl Proxy {
         let app = api::app(state.clone(), admin.is_none());
         state.health.set_ready(true);
         state.metrics.ready.set(1);
-        tracing::info!(%api_addr, tenants = state.service.registry().len(), "Keyhold proxy ready");
-        let mut stop = stop_rx;
-        let served = axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+        if tls.is_none() && !api_addr.ip().is_loopback() {
+            tracing::warn!(
+                %api_addr,
+                "the API listener is plain HTTP on a network address: API keys and unwrapped \
+                 data keys cross the network in the clear unless a TLS terminator is in front; \
+                 configure [tls] (docs/configuration.md §2.7)"
+            );
+        }
+        tracing::info!(
+            %api_addr,
+            tls = tls.is_some(),
+            tenants = state.service.registry().len(),
+            "Keyhold proxy ready"
+        );
+        let served = match tls {
+            Some(tls) => {
+                let listener = crate::tls::TlsListener::new(listener, tls)
+                    .map_err(|source| ProxyError::Listen { addr: api_addr, source })?;
+                serve(listener, app, stop_rx).await
+            }
+            None => serve(listener, app, stop_rx).await,
+        };
         if let Some(admin) = admin {
             let _ = admin.await;
         }
@@ -137,6 +159,23 @@ impl Proxy {
         state.service.finish_audit(std::time::Duration::from_secs(3)).await;
         served.map_err(|source| ProxyError::Listen { addr: api_addr, source })
     }
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then finishes the requests in flight.
+async fn serve<L>(
+    listener: L,
+    app: api::App,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -32,6 +32,10 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     pool_idle_timeout: Duration,
+    /// PEM certificates: the only roots trusted for an `https://` proxy (none: the system's).
+    proxy_ca_pem: Option<Vec<u8>>,
+    /// PEM certificate chain and private key this client presents (mutual TLS).
+    identity_pem: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl core::fmt::Debug for ClientBuilder {
@@ -53,7 +57,24 @@ impl ClientBuilder {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(90),
+            proxy_ca_pem: None,
+            identity_pem: None,
         }
+    }
+
+    /// Trusts only the CA certificates in `pem` (one or more PEM certificates) for an
+    /// `https://` proxy, instead of the system's roots: for a proxy whose certificate a private
+    /// CA issued.
+    pub fn proxy_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.proxy_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this certificate to an `https://` proxy that asks for one (its `[tls]
+    /// client_ca_file`): `pem` holds the private key and the certificate chain, in PEM.
+    pub fn client_identity_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.identity_pem = Some(Zeroizing::new(pem.into()));
+        self
     }
 
     /// From `KEYHOLD_PROXY_URL` (default `http://127.0.0.1:32804`) and `KEYHOLD_API_KEY`.
@@ -103,7 +124,26 @@ impl ClientBuilder {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("x-icl-tsc-language", HeaderValue::from_static("keyhold-rust"));
         headers.insert("x-icl-tsc-version", HeaderValue::from_static(env!("CARGO_PKG_VERSION")));
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(pem) = &self.proxy_ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                Error::InvalidArgument(format!("the proxy CA is not PEM certificates: {e}"))
+            })?;
+            if roots.is_empty() {
+                return Err(Error::InvalidArgument("the proxy CA holds no certificate".into()));
+            }
+            http = http.tls_certs_only(roots);
+        }
+        if let Some(pem) = &self.identity_pem {
+            // The parser's error could quote the key: say only that it is unusable.
+            let identity = reqwest::Identity::from_pem(pem).map_err(|_| {
+                Error::InvalidArgument(
+                    "the client identity is not a PEM private key with its certificate".into(),
+                )
+            })?;
+            http = http.identity(identity);
+        }
+        let http = http
             .default_headers(headers)
             .user_agent(concat!("keyhold-rust/", env!("CARGO_PKG_VERSION")))
             .timeout(self.timeout)
