@@ -50,8 +50,9 @@ pub enum ProxyError {
 pub struct Proxy {
     state: AppState,
     listener: TcpListener,
-    /// TLS for the API listener, if configured.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS for the API listener, if configured: its settings (paths resolved) and what they
+    /// gave at start.
+    tls: Option<(crate::tls::TlsConfig, Arc<rustls::ServerConfig>)>,
     admin_listener: Option<TcpListener>,
 }
 
@@ -60,7 +61,11 @@ impl Proxy {
     pub async fn bind(config: &ProxyConfig) -> Result<Self, ProxyError> {
         // Unusable certificates stop the start before anything else is set up.
         let tls = match &config.tls {
-            Some(tls) => Some(tls.server_config(|p| config.resolve(p))?),
+            Some(tls) => {
+                let settings = tls.resolved(|p| config.resolve(p));
+                let initial = settings.server_config()?;
+                Some((settings, initial))
+            }
             None => None,
         };
         let state = AppState::from_config(config).await?;
@@ -145,8 +150,8 @@ impl Proxy {
             "Keyhold proxy ready"
         );
         let served = match tls {
-            Some(tls) => {
-                let listener = crate::tls::TlsListener::new(listener, tls)
+            Some((settings, initial)) => {
+                let listener = crate::tls::TlsListener::new(listener, settings, initial)
                     .map_err(|source| ProxyError::Listen { addr: api_addr, source })?;
                 serve(listener, app, stop_rx).await
             }

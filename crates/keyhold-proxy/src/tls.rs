@@ -31,6 +31,10 @@ pub const MAX_HANDSHAKES: usize = 1024;
 /// Handshaken connections waiting for the server to take them.
 const READY_QUEUE: usize = 128;
 
+fn default_reload_interval_ms() -> u64 {
+    60_000
+}
+
 /// `[tls]`: the API listener's certificate, and optionally the CA its clients' certificates must
 /// chain to (docs/configuration.md §2.7).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -44,7 +48,14 @@ pub struct TlsConfig {
     /// chains to one of them (mutual TLS).
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for a change, in milliseconds; a changed set is loaded
+    /// for new connections without a restart (a renewed certificate). 0: read once, at start.
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
 }
+
+/// The size and modification time of each file, to notice that one changed.
+type Stamp = Vec<Option<(u64, std::time::SystemTime)>>;
 
 /// Why the TLS settings cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -66,15 +77,26 @@ pub enum TlsError {
 }
 
 impl TlsConfig {
-    /// The rustls server configuration, with paths resolved by `resolve` (relative to the
-    /// configuration file). Offers HTTP/2 and HTTP/1.1 by ALPN.
-    pub fn server_config(
-        &self,
-        resolve: impl Fn(&Path) -> PathBuf,
-    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    /// The same settings with each path resolved by `resolve` (relative paths are relative to
+    /// the configuration file).
+    pub fn resolved(&self, resolve: impl Fn(&Path) -> PathBuf) -> Self {
+        Self {
+            cert_file: resolve(&self.cert_file),
+            key_file: resolve(&self.key_file),
+            client_ca_file: self.client_ca_file.as_deref().map(&resolve),
+            reload_interval_ms: self.reload_interval_ms,
+        }
+    }
+
+    /// The rustls server configuration from the files as they are now. Offers HTTP/2 and
+    /// HTTP/1.1 by ALPN.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let read = |setting: &'static str, path: &Path| {
-            let path = resolve(path);
-            std::fs::read(&path).map_err(|source| TlsError::Read { setting, path, source })
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                setting,
+                path: path.to_owned(),
+                source,
+            })
         };
         let chain = certificates("cert_file", &read("cert_file", &self.cert_file)?)?;
         let key_pem = zeroize::Zeroizing::new(read("key_file", &self.key_file)?);
@@ -108,6 +130,18 @@ impl TlsConfig {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+
+    fn stamp(&self) -> Stamp {
+        let files = [Some(&self.cert_file), Some(&self.key_file), self.client_ca_file.as_ref()];
+        files
+            .into_iter()
+            .flatten()
+            .map(|path| {
+                let meta = std::fs::metadata(path).ok()?;
+                Some((meta.len(), meta.modified().ok()?))
+            })
+            .collect()
+    }
 }
 
 /// Every certificate of a PEM file; an error if there is none.
@@ -126,16 +160,26 @@ fn certificates(setting: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local_addr: SocketAddr,
-    accepting: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl TlsListener {
-    /// Accepts on `listener` and handshakes with `config`, from now until dropped.
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+    /// Accepts on `listener` and handshakes with `initial` (made from `settings`, whose paths
+    /// are resolved), from now until dropped; every `reload_interval_ms`, loads the files again
+    /// if they changed.
+    pub fn new(
+        listener: TcpListener,
+        settings: TlsConfig,
+        initial: Arc<rustls::ServerConfig>,
+    ) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let accepting = tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
-        Ok(Self { ready, local_addr, accepting })
+        let current = Arc::new(arc_swap::ArcSwap::new(initial));
+        let mut tasks = vec![tokio::spawn(accept_loop(listener, Arc::clone(&current), tx))];
+        if settings.reload_interval_ms > 0 {
+            tasks.push(tokio::spawn(reload_loop(settings, current)));
+        }
+        Ok(Self { ready, local_addr, tasks })
     }
 }
 
@@ -143,13 +187,54 @@ impl Drop for TlsListener {
     fn drop(&mut self) {
         // Stops accepting (graceful shutdown drops the listener); handshakes in progress end
         // when they find no one to hand their connection to.
-        self.accepting.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Loads the TLS files again whenever they change. A set that cannot be used (a renewal caught
+/// half-written, a key that does not match) leaves the previous one serving and is tried again
+/// at the next check.
+async fn reload_loop(settings: TlsConfig, current: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>) {
+    let every = Duration::from_millis(settings.reload_interval_ms);
+    let settings = Arc::new(settings);
+    let mut loaded = settings.stamp();
+    let mut refused: Option<Stamp> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let check = Arc::clone(&settings);
+        let unchanged = loaded.clone();
+        // Files are read off the async workers; unchanged ones are not read at all.
+        let Ok((stamp, Some(result))) = tokio::task::spawn_blocking(move || {
+            let stamp = check.stamp();
+            let result = (stamp != unchanged).then(|| check.server_config());
+            (stamp, result)
+        })
+        .await
+        else {
+            continue;
+        };
+        match result {
+            Ok(config) => {
+                current.store(config);
+                loaded = stamp;
+                refused = None;
+                tracing::info!("TLS files changed: new connections use them");
+            }
+            Err(e) => {
+                if refused.as_ref() != Some(&stamp) {
+                    tracing::warn!(error = %e, "TLS files changed but cannot be used; the previous certificate goes on serving");
+                    refused = Some(stamp);
+                }
+            }
+        }
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    current: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -167,7 +252,7 @@ async fn accept_loop(
         // TLS writes a record per flush: without this, Nagle's algorithm could hold a
         // response's last record back until the client acknowledges the previous one.
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(current.load_full());
         let ready = ready.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;

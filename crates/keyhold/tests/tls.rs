@@ -41,6 +41,7 @@ impl TestCa {
 
 struct TlsProxy {
     _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
     addr: SocketAddr,
     api_key: String,
 }
@@ -49,6 +50,15 @@ impl TlsProxy {
     /// A proxy with tenant `tenant-a`, serving TLS with a certificate of `ca` for 127.0.0.1;
     /// with `client_ca`, clients must present a certificate it issued.
     async fn start(ca: &TestCa, client_ca: Option<&TestCa>) -> Self {
+        Self::start_reloading(ca, client_ca, 60_000).await
+    }
+
+    /// [`Self::start`], checking the TLS files for a change every `reload_interval_ms`.
+    async fn start_reloading(
+        ca: &TestCa,
+        client_ca: Option<&TestCa>,
+        reload_interval_ms: u64,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = bootstrap::init_data_dir(dir.path(), &["tenant-a"], "127.0.0.1:0").unwrap();
         let mut config = ProxyConfig::load(&data.config_path).unwrap();
@@ -64,12 +74,13 @@ impl TlsProxy {
                 write(dir.path(), "clients-ca.crt", &c.pem);
                 "clients-ca.crt".into()
             }),
+            reload_interval_ms,
         });
         let proxy = Proxy::bind(&config).await.unwrap();
         let addr = proxy.local_addr().unwrap();
         tokio::spawn(proxy.run(std::future::pending()));
         let api_key = std::fs::read_to_string(&data.api_key_path).unwrap().trim().to_owned();
-        Self { _dir: dir, addr, api_key }
+        Self { dir: dir.path().to_owned(), _dir: dir, addr, api_key }
     }
 
     fn builder(&self) -> ClientBuilder {
@@ -170,10 +181,37 @@ async fn unusable_tls_settings_stop_the_start_with_the_reason() {
             cert_file: cert_file.into(),
             key_file: key_file.into(),
             client_ca_file: client_ca_file.map(Into::into),
+            reload_interval_ms: 0,
         });
         let err = Proxy::bind(&config).await.unwrap_err().to_string();
         assert!(err.contains(expected), "{cert_file}/{key_file}: {err}");
         // A key's contents never appear in the message.
         assert!(!err.contains("PRIVATE KEY"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let old_ca = TestCa::new("Keyhold test CA, 2026");
+    let proxy = TlsProxy::start_reloading(&old_ca, None, 100).await;
+    let trusting = |ca: &TestCa| proxy.builder().proxy_ca_pem(ca.pem.as_bytes()).build().unwrap();
+    round_trip(&trusting(&old_ca)).await.unwrap();
+
+    // A renewal caught half-written: the certificate file is not yet usable. The old
+    // certificate goes on serving.
+    write(&proxy.dir, "proxy.crt", "-----BEGIN CERTIFICATE-----\ntruncated");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    round_trip(&trusting(&old_ca)).await.unwrap();
+
+    // The renewal completes (another CA, to tell the two apart): new connections get it.
+    let new_ca = TestCa::new("Keyhold test CA, 2027");
+    let (cert, key) = new_ca.issue(&["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    write(&proxy.dir, "proxy.key", &key);
+    write(&proxy.dir, "proxy.crt", &cert);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while round_trip(&trusting(&new_ca)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the renewed certificate was never served");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(round_trip(&trusting(&old_ca)).await.is_err(), "the old certificate still served");
 }
