@@ -90,6 +90,14 @@ pub struct ProxyConfig {
     /// File holding the second API key.
     #[serde(default)]
     pub api_key_2_file: Option<PathBuf>,
+    /// Most client connections open at once on each listener; further clients wait to be
+    /// accepted until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client connection without a byte in either direction for this long is closed, in
+    /// milliseconds.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -558,6 +566,12 @@ pub enum KmsSettings {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 32804))
 }
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
 fn default_max_body_bytes() -> usize {
     4 * 1024 * 1024
 }
@@ -731,6 +745,14 @@ impl ProxyConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes must be at least 1024".into());
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be positive".into());
+        }
+        if !(1_000..=86_400_000).contains(&self.idle_timeout_ms) {
+            return invalid(
+                "idle_timeout_ms must be between 1000 (1 s) and 86400000 (1 day)".into(),
+            );
         }
         if self.max_batch_size == 0 || self.batch_concurrency == 0 || self.kms_timeout_ms == 0 {
             return invalid(
@@ -1062,6 +1084,14 @@ mod tests {
         assert!(ProxyConfig::from_toml(&short_key).unwrap().validate().is_err());
         let zero_id = SAMPLE.replace("id = 2", "id = 0");
         assert!(ProxyConfig::from_toml(&zero_id).unwrap().validate().is_err());
+        for (setting, message) in [
+            ("max_connections = 0", "max_connections must be positive"),
+            ("idle_timeout_ms = 0", "idle_timeout_ms must be between"),
+        ] {
+            let top = SAMPLE.replace("listen = ", &format!("{setting}\n        listen = "));
+            let err = ProxyConfig::from_toml(&top).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(message), "{setting}: {err}");
+        }
         assert!(ProxyConfig::from_toml("unknown_field = 1").is_err());
         assert!(
             ProxyConfig::from_toml(&SAMPLE.replace("key = \"a-old\"", "key = \"a-old\"\nkye = 1"))

@@ -33,6 +33,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod broker;
 pub mod config;
+pub mod connections;
 pub mod error;
 mod kms_call;
 mod kms_failures;

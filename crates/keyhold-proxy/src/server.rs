@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, ProxyConfig};
+use crate::connections::Bounded;
 use crate::registry::RegistryError;
 use crate::{AppState, api};
 
@@ -49,6 +50,9 @@ pub enum ProxyError {
 #[derive(Debug)]
 pub struct Proxy {
     state: AppState,
+    /// Most connections open at once per listener, and how long one may be silent.
+    max_connections: usize,
+    idle_timeout: std::time::Duration,
     listener: TcpListener,
     /// TLS for the API listener, if configured: its settings (paths resolved) and what they
     /// gave at start.
@@ -80,7 +84,14 @@ impl Proxy {
             ),
             None => None,
         };
-        Ok(Self { state, listener, tls, admin_listener })
+        Ok(Self {
+            state,
+            max_connections: config.max_connections,
+            idle_timeout: std::time::Duration::from_millis(config.idle_timeout_ms),
+            listener,
+            tls,
+            admin_listener,
+        })
     }
 
     /// The API listener's address.
@@ -104,7 +115,7 @@ impl Proxy {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ProxyError> {
-        let Self { state, listener, tls, admin_listener } = self;
+        let Self { state, max_connections, idle_timeout, listener, tls, admin_listener } = self;
         let api_addr = listener.local_addr().map_err(|source| ProxyError::Listen {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
@@ -124,7 +135,7 @@ impl Proxy {
             let router = api::admin_router(state.clone());
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                axum::serve(l, router)
+                axum::serve(Bounded::new(l, max_connections, idle_timeout), router)
                     .with_graceful_shutdown(async move {
                         let _ = stop.wait_for(|s| *s).await;
                     })
@@ -153,9 +164,11 @@ impl Proxy {
             Some((settings, initial)) => {
                 let listener = crate::tls::TlsListener::new(listener, settings, initial)
                     .map_err(|source| ProxyError::Listen { addr: api_addr, source })?;
-                serve(listener, app, stop_rx).await
+                serve(Bounded::new(listener, max_connections, idle_timeout), app, stop_rx).await
             }
-            None => serve(listener, app, stop_rx).await,
+            None => {
+                serve(Bounded::new(listener, max_connections, idle_timeout), app, stop_rx).await
+            }
         };
         if let Some(admin) = admin {
             let _ = admin.await;
