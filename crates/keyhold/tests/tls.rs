@@ -42,6 +42,8 @@ impl TestCa {
 struct TlsProxy {
     _dir: tempfile::TempDir,
     dir: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: tokio::task::JoinHandle<Result<(), keyhold_proxy::ProxyError>>,
     addr: SocketAddr,
     api_key: String,
 }
@@ -78,9 +80,12 @@ impl TlsProxy {
         });
         let proxy = Proxy::bind(&config).await.unwrap();
         let addr = proxy.local_addr().unwrap();
-        tokio::spawn(proxy.run(std::future::pending()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(proxy.run(async move {
+            let _ = stopped.await;
+        }));
         let api_key = std::fs::read_to_string(&data.api_key_path).unwrap().trim().to_owned();
-        Self { dir: dir.path().to_owned(), _dir: dir, addr, api_key }
+        Self { dir: dir.path().to_owned(), _dir: dir, addr, api_key, stop: Some(stop), running }
     }
 
     fn builder(&self) -> ClientBuilder {
@@ -110,6 +115,22 @@ async fn the_sdk_encrypts_and_decrypts_through_a_tls_proxy_it_trusts() {
     let proxy = TlsProxy::start(&ca, None).await;
     let client = proxy.builder().proxy_ca_pem(ca.pem.as_bytes()).build().unwrap();
     round_trip(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tls_proxy_shuts_down_gracefully_and_stops_listening() {
+    let ca = TestCa::new("Keyhold test CA");
+    let mut proxy = TlsProxy::start(&ca, None).await;
+    let client = proxy.builder().proxy_ca_pem(ca.pem.as_bytes()).build().unwrap();
+    round_trip(&client).await.unwrap();
+    proxy.stop.take().unwrap().send(()).unwrap();
+    let running = &mut proxy.running;
+    tokio::time::timeout(std::time::Duration::from_secs(10), running)
+        .await
+        .expect("shut down within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "still listening");
 }
 
 #[tokio::test]
