@@ -90,6 +90,14 @@ impl<Io> BoundedIo<Io> {
         }
     }
 
+    /// Counts a write that moved bytes as activity.
+    fn note_written(&mut self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.last_active = Instant::now();
+        }
+        written
+    }
+
     /// Whether the connection has been silent for `idle`; if not, re-arms the deadline.
     fn idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
         while self.deadline.as_mut().poll(cx).is_ready() {
@@ -135,10 +143,7 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for BoundedIo<Io> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_active = Instant::now();
-        }
-        written
+        this.note_written(written)
     }
 
     fn poll_write_vectored(
@@ -148,10 +153,7 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for BoundedIo<Io> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_active = Instant::now();
-        }
-        written
+        this.note_written(written)
     }
 
     fn is_write_vectored(&self) -> bool {

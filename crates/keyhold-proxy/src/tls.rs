@@ -6,8 +6,9 @@
 //! key is not enough to call it.
 //!
 //! Handshakes run in tasks of their own, each bounded in time, and at most
-//! [`MAX_HANDSHAKES`] at once: a client that connects and sends nothing holds one slot for
-//! [`HANDSHAKE_TIMEOUT`], and never holds up the others.
+//! [`MAX_HANDSHAKES`] at once (counting the handshaken connections the server has not taken
+//! yet): a client that connects and sends nothing holds one slot for [`HANDSHAKE_TIMEOUT`], and
+//! never holds up the others.
 
 use std::io;
 use std::net::SocketAddr;
@@ -256,10 +257,13 @@ async fn accept_loop(
         let ready = ready.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-            drop(slot);
             match handshake {
                 Ok(Ok(tls)) => {
+                    // The slot is held until the server takes the connection: while it is at
+                    // max_connections, at most MAX_HANDSHAKES connections wait here, and no
+                    // more are accepted.
                     let _ = ready.send((tls, peer)).await;
+                    drop(slot);
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
