@@ -245,6 +245,12 @@ pub struct Metrics {
     pub broker_snapshots_refused: Counter,
     /// Polls of the broker that failed (the proxy keeps serving its last good snapshot).
     pub broker_poll_failures: Counter,
+    /// TLS handshakes on the API listener that failed or timed out.
+    pub tls_handshake_failures: Counter,
+    /// Changed TLS files loaded without a restart.
+    pub tls_reloads: Counter,
+    /// Changed TLS files that could not be used (the previous certificate goes on serving).
+    pub tls_reload_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -275,6 +281,24 @@ impl Metrics {
         let config_version = Gauge::default();
         let broker_snapshots_refused = Counter::default();
         let broker_poll_failures = Counter::default();
+        let tls_handshake_failures = Counter::default();
+        let tls_reloads = Counter::default();
+        let tls_reload_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the API listener that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Changed TLS files loaded without a restart",
+            tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_reload_failures",
+            "Changed TLS files that could not be used (the previous certificate goes on serving)",
+            tls_reload_failures.clone(),
+        );
         registry.register(
             "config_version",
             "Version of the broker snapshot in use (0: none, or tenants from the file)",
@@ -377,6 +401,9 @@ impl Metrics {
             config_version,
             broker_snapshots_refused,
             broker_poll_failures,
+            tls_handshake_failures,
+            tls_reloads,
+            tls_reload_failures,
         }
     }
 

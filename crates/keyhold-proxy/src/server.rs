@@ -162,7 +162,12 @@ impl Proxy {
         );
         let served = match tls {
             Some((settings, initial)) => {
-                let listener = crate::tls::TlsListener::new(listener, settings, initial)
+                let counters = crate::tls::TlsCounters {
+                    handshake_failures: state.metrics.tls_handshake_failures.clone(),
+                    reloads: state.metrics.tls_reloads.clone(),
+                    reload_failures: state.metrics.tls_reload_failures.clone(),
+                };
+                let listener = crate::tls::TlsListener::new(listener, settings, initial, counters)
                     .map_err(|source| ProxyError::Listen { addr: api_addr, source })?;
                 serve(Bounded::new(listener, max_connections, idle_timeout), app, stop_rx).await
             }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -156,6 +157,17 @@ fn certificates(setting: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>
     Ok(chain)
 }
 
+/// What the listener counts (handles into the proxy's metrics).
+#[derive(Debug, Clone, Default)]
+pub struct TlsCounters {
+    /// Handshakes that failed or timed out.
+    pub handshake_failures: Counter,
+    /// Changed files loaded.
+    pub reloads: Counter,
+    /// Changed files that could not be used.
+    pub reload_failures: Counter,
+}
+
 /// A listener that hands the server only connections whose TLS handshake has completed.
 #[derive(Debug)]
 pub struct TlsListener {
@@ -172,13 +184,16 @@ impl TlsListener {
         listener: TcpListener,
         settings: TlsConfig,
         initial: Arc<rustls::ServerConfig>,
+        counters: TlsCounters,
     ) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
         let current = Arc::new(arc_swap::ArcSwap::new(initial));
-        let mut tasks = vec![tokio::spawn(accept_loop(listener, Arc::clone(&current), tx))];
+        let failures = counters.handshake_failures.clone();
+        let mut tasks =
+            vec![tokio::spawn(accept_loop(listener, Arc::clone(&current), tx, failures))];
         if settings.reload_interval_ms > 0 {
-            tasks.push(tokio::spawn(reload_loop(settings, current)));
+            tasks.push(tokio::spawn(reload_loop(settings, current, counters)));
         }
         Ok(Self { ready, local_addr, tasks })
     }
@@ -197,7 +212,11 @@ impl Drop for TlsListener {
 /// Loads the TLS files again whenever they change. A set that cannot be used (a renewal caught
 /// half-written, a key that does not match) leaves the previous one serving and is tried again
 /// at the next check.
-async fn reload_loop(settings: TlsConfig, current: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>) {
+async fn reload_loop(
+    settings: TlsConfig,
+    current: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    counters: TlsCounters,
+) {
     let every = Duration::from_millis(settings.reload_interval_ms);
     let settings = Arc::new(settings);
     let mut loaded = settings.stamp();
@@ -219,12 +238,14 @@ async fn reload_loop(settings: TlsConfig, current: Arc<arc_swap::ArcSwap<rustls:
         match result {
             Ok(config) => {
                 current.store(config);
+                counters.reloads.inc();
                 loaded = stamp;
                 refused = None;
                 tracing::info!("TLS files changed: new connections use them");
             }
             Err(e) => {
                 if refused.as_ref() != Some(&stamp) {
+                    counters.reload_failures.inc();
                     tracing::warn!(error = %e, "TLS files changed but cannot be used; the previous certificate goes on serving");
                     refused = Some(stamp);
                 }
@@ -237,6 +258,7 @@ async fn accept_loop(
     listener: TcpListener,
     current: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    handshake_failures: Counter,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
@@ -255,6 +277,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let acceptor = TlsAcceptor::from(current.load_full());
         let ready = ready.clone();
+        let failures = handshake_failures.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
             match handshake {
@@ -265,8 +288,15 @@ async fn accept_loop(
                     let _ = ready.send((tls, peer)).await;
                     drop(slot);
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                // DEBUG only: anything that can reach the port can make a handshake fail.
+                Ok(Err(e)) => {
+                    failures.inc();
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    failures.inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
             }
         });
     }

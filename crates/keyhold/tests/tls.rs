@@ -1,6 +1,6 @@
 //! SDK → proxy over TLS, and over mutual TLS: the proxy's `[tls]` settings, and the client's
 //! `proxy_ca_pem` / `client_identity_pem`. Certificates are made here, by a throwaway CA.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -97,6 +97,22 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
+/// A counter of the proxy's `/metrics`, read over TLS by a client that trusts `ca`.
+async fn counter(proxy: &TlsProxy, ca: &TestCa, name: &str) -> u64 {
+    let roots = reqwest::Certificate::from_pem_bundle(ca.pem.as_bytes()).unwrap();
+    let http = reqwest::Client::builder().tls_certs_only(roots).build().unwrap();
+    let text = http
+        .get(format!("https://{}/metrics", proxy.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).expect(name);
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 fn meta() -> RequestMetadata {
     RequestMetadata::new("tenant-a", "tls-test")
 }
@@ -147,6 +163,9 @@ async fn clients_that_do_not_trust_the_certificate_or_speak_plain_http_get_nothi
     // Plain HTTP to the TLS port: the handshake fails and no request is served.
     let plain = ClientBuilder::new(format!("http://{}", proxy.addr), &proxy.api_key);
     assert!(round_trip(&plain.build().unwrap()).await.is_err());
+    // Each refused handshake is counted (and logged at DEBUG only).
+    let failures = counter(&proxy, &ca, "keyhold_tls_handshake_failures_total").await;
+    assert!(failures >= 3, "{failures} handshake failures counted");
     // The listener still serves clients that trust it, even while a connection that never
     // starts its handshake is open (handshakes do not hold up accepting).
     let _silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -235,4 +254,6 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(round_trip(&trusting(&old_ca)).await.is_err(), "the old certificate still served");
+    assert_eq!(counter(&proxy, &new_ca, "keyhold_tls_reloads_total").await, 1);
+    assert!(counter(&proxy, &new_ca, "keyhold_tls_reload_failures_total").await >= 1);
 }
