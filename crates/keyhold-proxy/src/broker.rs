@@ -288,7 +288,23 @@ impl BrokerClient {
             );
         }
         let poll_interval = Duration::from_millis(source.poll_interval_ms);
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(file) = &source.ca_cert_file {
+            let path = config.resolve(file);
+            let pem = std::fs::read(&path).map_err(|e| {
+                BrokerError::Setup(format!("[broker] ca_cert_file {}: {e}", path.display()))
+            })?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                BrokerError::Setup(format!("[broker] ca_cert_file is not PEM certificates: {e}"))
+            })?;
+            if roots.is_empty() {
+                return Err(BrokerError::Setup(
+                    "[broker] ca_cert_file holds no certificate".into(),
+                ));
+            }
+            http = http.tls_certs_only(roots);
+        }
+        let http = http
             .connect_timeout(Duration::from_secs(5))
             // A long poll lasts up to the wait; give the answer time beyond it.
             .timeout(

@@ -233,6 +233,10 @@ pub struct BrokerSource {
     /// configuration make this proxy read its own files, environment or libraries.
     #[serde(default)]
     pub allow_local_paths: bool,
+    /// PEM CA certificates, the only roots trusted for an `https://` broker (none: the
+    /// system's), for a broker whose certificate a private CA issued.
+    #[serde(default)]
+    pub ca_cert_file: Option<PathBuf>,
 }
 
 fn default_broker_poll_ms() -> u64 {
