@@ -14,6 +14,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+/// How many client connections a listener keeps open at once, and how long one may be silent.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Most connections open at once.
+    pub max: usize,
+    /// Longest silence before a connection is closed.
+    pub idle: Duration,
+}
+
+impl ConnectionLimits {
+    /// `listener` under these limits.
+    pub fn bound<L>(self, listener: L) -> Bounded<L> {
+        Bounded::new(listener, self.max, self.idle)
+    }
+}
+
 /// A listener whose connections are counted against `max` and closed after `idle` without a
 /// byte in either direction. At `max`, it accepts nothing more until one closes (clients wait in
 /// the kernel's backlog).

@@ -72,6 +72,10 @@ pub struct Tenant {
 }
 
 impl Tenant {
+    fn new(id: String, configs: Vec<KmsConfig>, lease_policy: Option<LeasePolicy>) -> Arc<Self> {
+        Arc::new(Self { id, configs, lease_policy, granted: GrantedCounters::default() })
+    }
+
     /// The configuration new keys are wrapped with.
     pub fn primary(&self) -> Option<&KmsConfig> {
         self.configs.iter().find(|c| c.status == KmsConfigStatus::Primary)
@@ -130,15 +134,8 @@ impl TenantRegistry {
                 });
             }
             let lease_policy = config.lease_policy(tenant);
-            tenants.insert(
-                tenant.id.clone(),
-                Arc::new(Tenant {
-                    id: tenant.id.clone(),
-                    configs,
-                    lease_policy,
-                    granted: GrantedCounters::default(),
-                }),
-            );
+            tenants
+                .insert(tenant.id.clone(), Tenant::new(tenant.id.clone(), configs, lease_policy));
         }
         Ok(Self { tenants, keystore })
     }
@@ -195,10 +192,7 @@ impl TenantRegistry {
             }
             let lease_policy = config.lease_policy(&tenant.config);
             let id = tenant.config.id;
-            registry.insert(
-                id.clone(),
-                Arc::new(Tenant { id, configs, lease_policy, granted: GrantedCounters::default() }),
-            );
+            registry.insert(id.clone(), Tenant::new(id, configs, lease_policy));
         }
         (Self { tenants: registry, keystore }, problems)
     }
@@ -216,15 +210,7 @@ impl TenantRegistry {
             tenants: tenants
                 .into_iter()
                 .map(|(id, configs, lease_policy)| {
-                    (
-                        id.clone(),
-                        Arc::new(Tenant {
-                            id,
-                            configs,
-                            lease_policy,
-                            granted: GrantedCounters::default(),
-                        }),
-                    )
+                    (id.clone(), Tenant::new(id, configs, lease_policy))
                 })
                 .collect(),
             keystore: None,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, ProxyConfig};
-use crate::connections::Bounded;
+use crate::connections::ConnectionLimits;
 use crate::registry::RegistryError;
 use crate::{AppState, api};
 
@@ -51,8 +51,7 @@ pub enum ProxyError {
 pub struct Proxy {
     state: AppState,
     /// Most connections open at once per listener, and how long one may be silent.
-    max_connections: usize,
-    idle_timeout: std::time::Duration,
+    limits: ConnectionLimits,
     listener: TcpListener,
     /// TLS for the API listener, if configured: its settings (paths resolved) and what they
     /// gave at start.
@@ -86,8 +85,10 @@ impl Proxy {
         };
         Ok(Self {
             state,
-            max_connections: config.max_connections,
-            idle_timeout: std::time::Duration::from_millis(config.idle_timeout_ms),
+            limits: ConnectionLimits {
+                max: config.max_connections,
+                idle: std::time::Duration::from_millis(config.idle_timeout_ms),
+            },
             listener,
             tls,
             admin_listener,
@@ -115,7 +116,7 @@ impl Proxy {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ProxyError> {
-        let Self { state, max_connections, idle_timeout, listener, tls, admin_listener } = self;
+        let Self { state, limits, listener, tls, admin_listener } = self;
         let api_addr = listener.local_addr().map_err(|source| ProxyError::Listen {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
@@ -135,7 +136,7 @@ impl Proxy {
             let router = api::admin_router(state.clone());
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                axum::serve(Bounded::new(l, max_connections, idle_timeout), router)
+                axum::serve(limits.bound(l), router)
                     .with_graceful_shutdown(async move {
                         let _ = stop.wait_for(|s| *s).await;
                     })
@@ -169,11 +170,9 @@ impl Proxy {
                 };
                 let listener = crate::tls::TlsListener::new(listener, settings, initial, counters)
                     .map_err(|source| ProxyError::Listen { addr: api_addr, source })?;
-                serve(Bounded::new(listener, max_connections, idle_timeout), app, stop_rx).await
+                serve(limits.bound(listener), app, stop_rx).await
             }
-            None => {
-                serve(Bounded::new(listener, max_connections, idle_timeout), app, stop_rx).await
-            }
+            None => serve(limits.bound(listener), app, stop_rx).await,
         };
         if let Some(admin) = admin {
             let _ = admin.await;
