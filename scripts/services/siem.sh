@@ -6,8 +6,8 @@
 # - syslog: Debian's rsyslog (8.2302 on bookworm), NOT the system daemon: one private rsyslogd
 #   (`rsyslogd -n -f siem/rsyslog.conf -i siem/rsyslogd.pid`, no imuxsock/imklog, no DNS lookups,
 #   its own work directory) with two `imtcp` listeners on 127.0.0.1:
-#     plain TCP, and TLS (`ossl` driver, mode 1, auth mode anon: the client checks the server's
-#     certificate, the server asks for none). The server certificate (EC P-256, SAN DNS:localhost
+#     plain TCP, and TLS (`gtls` driver, rsyslog's default, from rsyslog-gnutls; mode 1, auth
+#     mode anon: the client checks the server's certificate, the server asks for none). The server certificate (EC P-256, SAN DNS:localhost
 #     and IP:127.0.0.1) comes from a CA made here, for this run only (siem/tls).
 #   Both accept RFC 6587 octet-counted framing (`<len> <msg>`, as RFC 5425 requires over TLS) and
 #   LF-terminated messages. Every message received is written as it arrived, one per line
@@ -56,7 +56,12 @@ if ca:
     sock = ssl.create_default_context(cafile=ca).wrap_socket(sock, server_hostname=host)
 sock.sendall(frame)
 if ca:
-    sock.unwrap()
+    # Our close_notify; rsyslog closes without answering with its own (siem_expect checks
+    # that the message arrived).
+    try:
+        sock.unwrap()
+    except (ssl.SSLEOFError, ConnectionResetError):
+        pass
 sock.close()
 ' "$@"
 }
@@ -173,11 +178,16 @@ siem_syslog() {
   local name=syslog dir rsyslogd tcp_port tls_port id long line i
   dir="$KEYHOLD_SERVICES_DIR/siem"
   mkdir -p "$dir/tls" "$dir/work"
-  apt_install rsyslog rsyslog-openssl
+  # GnuTLS, not OpenSSL (rsyslog-openssl): twice in CI, a TLS connection to the `ossl` driver
+  # of rsyslog 8.2302 took every message and wrote none, while the same messages over plain TCP
+  # arrived (never reproduced here, in 75 runs of that test). A suspect: that driver's handshake retry
+  # (nsdsel_ossl.c, doRetry) marks a handshake done when it has not finished; the `gtls` one
+  # does not.
+  apt_install rsyslog rsyslog-gnutls
   rsyslogd=$(command -v rsyslogd || echo /usr/sbin/rsyslogd)
   [ -x "$rsyslogd" ] || service_fail "$name" "rsyslog is installed but rsyslogd is missing"
-  [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so ] || [ -n "$(find /usr/lib -name lmnsd_ossl.so -print -quit 2>/dev/null)" ] ||
-    service_fail "$name" "rsyslog's ossl stream driver (lmnsd_ossl.so, package rsyslog-openssl) is missing"
+  [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || [ -n "$(find /usr/lib -name lmnsd_gtls.so -print -quit 2>/dev/null)" ] ||
+    service_fail "$name" "rsyslog's gtls stream driver (lmnsd_gtls.so, package rsyslog-gnutls) is missing"
   siem_tls_material "$dir/tls"
 
   tcp_port=$(free_port)
@@ -202,7 +212,7 @@ input(type="imtcp" address="127.0.0.1" port="$tcp_port" ruleset="keyhold_tcp"
       supportOctetCountedFraming="on" discardTruncatedMsg="on")
 input(type="imtcp" address="127.0.0.1" port="$tls_port" ruleset="keyhold_tls"
       supportOctetCountedFraming="on" discardTruncatedMsg="on"
-      streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="anon"
+      streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon"
       streamDriver.caFile="$dir/tls/ca.pem" streamDriver.certFile="$dir/tls/server.pem"
       streamDriver.keyFile="$dir/tls/server-key.pem")
 CONF
