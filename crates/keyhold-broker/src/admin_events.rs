@@ -119,7 +119,7 @@ impl Store {
         proxy: &str,
     ) -> Result<Option<(i64, Vec<Change>)>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let held = sqlx::query(
             "UPDATE proxy_leases SET holder = $1, until_ms = $2 \
              WHERE name = $3 AND (holder = $1 OR until_ms < $4) RETURNING holder",
@@ -176,7 +176,7 @@ impl Store {
         proxy: &str,
         up_to: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let holds = sqlx::query("SELECT holder FROM proxy_leases WHERE name = $1 AND holder = $2")
             .bind(feed.lease)
             .bind(proxy)

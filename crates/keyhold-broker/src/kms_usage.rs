@@ -103,7 +103,7 @@ impl Store {
     /// Adds a proxy's report to the sums. Rows of tenants the broker does not have are
     /// skipped (a tenant from an older snapshot); returns how many rows were taken.
     pub async fn record_kms_usage(&self, items: &[UsageReportItem]) -> Result<usize, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut taken = 0;
         for item in items {
             let exists = sqlx::query("SELECT 1 AS one FROM tenants WHERE id = $1")

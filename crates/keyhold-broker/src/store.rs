@@ -433,11 +433,22 @@ impl Store {
         Ok(row.try_get::<i64, _>("v")?)
     }
 
+    /// Starts a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout): a transaction that reads first and
+    /// writes later fails outright ("database is locked") if another connection wrote in
+    /// between, since SQLite cannot wait its way out of that. PostgreSQL needs nothing more.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Starts a mutation: a transaction holding the next change id.
     pub(crate) async fn begin_change(
         &self,
     ) -> Result<(Transaction<'static, Any>, i64), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let id = next_change_id(&mut tx).await?;
         Ok((tx, id))
     }

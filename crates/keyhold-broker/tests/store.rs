@@ -113,3 +113,67 @@ async fn leasing_settings_are_validated_recorded_and_in_the_snapshot() {
         assert!(matches!(store.tenant_leasing("nobody").await, Err(StoreError::TenantNotFound(_))));
     }
 }
+
+/// Sign-ins while proxies report KMS usage and acknowledge events: on SQLite, a transaction that
+/// read before it wrote failed at once with "database is locked" when another connection had
+/// written in between (SQLite's busy timeout does not cover that upgrade), and the sign-in
+/// answered 500. Every writing transaction now takes the write lock first, and waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_wait_for_each_other_instead_of_failing() {
+    use keyhold_broker::kms_usage::UsageReportItem;
+    for db in common::databases().await {
+        let store = Store::connect(&db.url).await.unwrap();
+        store.create_tenant("vendor", "acme", None).await.unwrap();
+        let config = NewKmsConfig {
+            kind: "local".into(),
+            settings: json!({"key": "demo-tenant"}),
+            sealed: None,
+            status: None,
+        };
+        let config_id = store.ensure_kms_config("vendor", "acme", config).await.unwrap().id;
+        let (_, token) = store
+            .create_invitation(
+                "vendor",
+                "acme",
+                "alice@example.com",
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        let admin = store.accept_invitation(&token, "hash", "secret").await.unwrap().admin_id;
+        assert!(store.claim_admin_events("proxy-1").await.unwrap().is_some());
+        let report = move |i: u64| {
+            vec![UsageReportItem {
+                tenant: "acme".into(),
+                config_id,
+                key_version: None,
+                edeks_seen: 1,
+                last_seen: i,
+            }]
+        };
+        let rounds = 200;
+        let (usage, sessions, acks) = {
+            let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+            tokio::join!(
+                tokio::spawn(async move {
+                    for i in 0..rounds {
+                        s1.record_kms_usage(&report(i)).await.unwrap();
+                    }
+                }),
+                tokio::spawn(async move {
+                    for _ in 0..rounds {
+                        s2.create_session(admin, std::time::Duration::from_secs(60)).await.unwrap();
+                    }
+                }),
+                tokio::spawn(async move {
+                    for i in 0..rounds {
+                        assert!(s3.ack_admin_events("proxy-1", i as i64).await.unwrap());
+                    }
+                }),
+            )
+        };
+        for (what, result) in [("usage", usage), ("sessions", sessions), ("acks", acks)] {
+            assert!(result.is_ok(), "{}: {what} failed: {result:?}", db.name);
+        }
+    }
+}

@@ -68,6 +68,14 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_owned()
 }
 
+/// The last WARN and ERROR lines of a log, for a failure message (a 500's cause is there).
+fn problems_in_log(path: &Path) -> String {
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    let problems: Vec<&str> =
+        text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    problems[problems.len().saturating_sub(20)..].join("\n")
+}
+
 /// Rewrites the lines of a TOML file that start with `prefix` as `line`.
 fn replace_line(path: &Path, prefix: &str, line: &str) {
     let text = read(path)
@@ -572,8 +580,9 @@ fn a_tenant_admin_configures_openbao_in_the_browser_and_the_proxy_uses_it() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "the browser journey failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        "the browser journey failed:\n{stdout}\n{}\nthe broker's warnings and errors:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        problems_in_log(&dir.join("broker.log"))
     );
     let result: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(result["ok"], true, "{result}");

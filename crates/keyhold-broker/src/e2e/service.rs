@@ -87,7 +87,7 @@ struct Mutation {
 
 impl Mutation {
     async fn begin(store: &Store) -> E2eResult<Self> {
-        let mut tx = store.pool().begin().await?;
+        let mut tx = store.begin_write().await?;
         let event_id = db::next_event_id(&mut tx).await?;
         Ok(Self { tx, event_id })
     }

@@ -260,7 +260,7 @@ impl Store {
                 .checked_add(ttl)
                 .ok_or_else(|| StoreError::Corrupt("session lifetime out of range".into()))?,
         )?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Expired sessions of this admin (compared in Rust: stored times are text).
         let old = sqlx::query("SELECT id, expires_at FROM sessions WHERE admin_id = $1")
             .bind(admin_id)
