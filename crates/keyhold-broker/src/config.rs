@@ -9,6 +9,10 @@
 //! vendor_api_key_file = "vendor-api-key"
 //! proxy_token_file = "proxy-token"
 //! secure_cookies = false                        # true behind TLS: the session cookie gets `Secure`
+//!
+//! [tls]                                         # optional: HTTPS (then cookies are `Secure`)
+//! cert_file = "broker.crt"
+//! key_file = "broker.key"
 //! ```
 
 use std::net::SocketAddr;
@@ -60,6 +64,17 @@ pub struct BrokerConfig {
     /// (default false; `keyhold up` sets it). Needs `fleet_public_keys`.
     #[serde(default)]
     pub vendor_key_on_create: bool,
+    /// Most client connections open at once (default 10,000); further clients wait.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection with no byte in either direction for this long is closed (default 5 min;
+    /// 1 s to 1 day). Longer than a proxy's long poll.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// `[tls]`: serve HTTPS with this certificate, optionally requiring client certificates of
+    /// a CA (the proxy's `[tls]` settings, docs/broker.md). Without it, plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<keyhold_listen::TlsConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -70,6 +85,12 @@ fn default_database_url() -> String {
 }
 fn default_max_body_bytes() -> usize {
     1024 * 1024
+}
+fn default_max_connections() -> usize {
+    keyhold_listen::connections::DEFAULT_MAX_CONNECTIONS
+}
+fn default_idle_timeout_ms() -> u64 {
+    keyhold_listen::connections::DEFAULT_IDLE_TIMEOUT_MS
 }
 
 impl BrokerConfig {
@@ -89,7 +110,21 @@ impl BrokerConfig {
             max_body_bytes: default_max_body_bytes(),
             secure_cookies: false,
             vendor_key_on_create: false,
+            max_connections: default_max_connections(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            tls: None,
         }
+    }
+
+    /// The listener's bounds of `max_connections` and `idle_timeout_ms`.
+    pub fn connection_limits(&self) -> Result<keyhold_listen::ConnectionLimits, BrokerError> {
+        keyhold_listen::ConnectionLimits::from_settings(self.max_connections, self.idle_timeout_ms)
+            .map_err(BrokerError::Config)
+    }
+
+    /// Whether the session cookie is marked `Secure`: asked for, or served over TLS.
+    pub fn effective_secure_cookies(&self) -> bool {
+        self.secure_cookies || self.tls.is_some()
     }
 
     /// Parses TOML.

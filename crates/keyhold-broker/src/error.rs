@@ -74,6 +74,9 @@ pub enum BrokerError {
     /// The listener could not be bound or failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The `[tls]` settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] keyhold_listen::TlsError),
 }
 
 /// The error body of every failed API request.

@@ -3,7 +3,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use keyhold_listen::{ConnectionLimits, Listener, TlsConfig, TlsCounters};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -17,14 +19,23 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct Broker {
     listener: TcpListener,
+    /// TLS, if configured: its settings and what they gave at start.
+    tls: Option<(TlsConfig, Arc<rustls::ServerConfig>)>,
+    limits: ConnectionLimits,
     state: AppState,
     shutdown: watch::Sender<bool>,
 }
 
 impl Broker {
-    /// Reads the keys (creating the signing key if missing), connects to and migrates the
-    /// database, and binds the listener.
+    /// Reads the keys (creating the signing key if missing) and the TLS files, connects to and
+    /// migrates the database, and binds the listener.
     pub async fn bind(config: &BrokerConfig) -> Result<Self, BrokerError> {
+        let limits = config.connection_limits()?;
+        // Unusable certificates stop the start before anything else is set up.
+        let tls = match &config.tls {
+            Some(settings) => Some((settings.clone(), settings.server_config()?)),
+            None => None,
+        };
         let vendor_key = read_bearer_key(&config.vendor_api_key_file, "the vendor API key")?;
         let proxy_token = read_bearer_key(&config.proxy_token_file, "the proxy token")?;
         let fleet_keys = config.fleet_keys()?;
@@ -41,11 +52,11 @@ impl Broker {
             proxy_token,
             fleet_keys,
             max_body_bytes: config.max_body_bytes,
-            secure_cookies: config.secure_cookies,
+            secure_cookies: config.effective_secure_cookies(),
             vendor_key_on_create: config.vendor_key_on_create,
             shutdown: shutdown_rx,
         });
-        Ok(Self { listener, state, shutdown })
+        Ok(Self { listener, tls, limits, state, shutdown })
     }
 
     /// The address it listens on.
@@ -64,12 +75,23 @@ impl Broker {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), BrokerError> {
-        let Self { listener, state, shutdown: stop } = self;
+        let Self { listener, tls, limits, state, shutdown: stop } = self;
         let store = state.store().clone();
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "broker listening");
+        let listener = match tls {
+            Some((settings, initial)) => {
+                Listener::tls(listener, settings, initial, TlsCounters::default())?
+            }
+            None => Listener::plain(listener),
+        };
+        keyhold_listen::warn_if_plain_on_a_network(
+            &listener,
+            "passwords, session cookies, the vendor API key and the proxy token",
+            "docs/broker.md",
+        );
+        tracing::info!(%addr, tls = listener.is_tls(), "broker listening");
         let router = app(state);
-        axum::serve(listener, router)
+        axum::serve(limits.bound(listener), router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 stop.send_replace(true);

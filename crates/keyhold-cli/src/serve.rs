@@ -110,6 +110,10 @@ pub fn load_broker_config(path: &Path) -> anyhow::Result<BrokerConfig> {
     resolve(&mut config.signing_key_file);
     resolve(&mut config.vendor_api_key_file);
     resolve(&mut config.proxy_token_file);
+    if let Some(tls) = &config.tls {
+        config.tls =
+            Some(tls.resolved(|p| if p.is_relative() { base.join(p) } else { p.to_owned() }));
+    }
     if let Some(rest) = config.database_url.strip_prefix("sqlite://") {
         let file = rest.split('?').next().unwrap_or_default();
         if !file.is_empty() && !file.starts_with('/') && !file.starts_with(':') {
@@ -170,4 +174,32 @@ pub async fn proxy(config_path: &Path) -> anyhow::Result<()> {
     let proxy = Proxy::bind(&config).await?;
     proxy.run(shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Relative paths of a broker configuration, `[tls]` included, are relative to its file.
+    #[test]
+    fn broker_paths_are_relative_to_the_configuration_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(
+            &path,
+            "signing_key_file = \"signing.key\"\nvendor_api_key_file = \"/abs/vendor\"\n\
+             proxy_token_file = \"token\"\n[tls]\ncert_file = \"tls/broker.crt\"\n\
+             key_file = \"/abs/broker.key\"\nclient_ca_file = \"ca.crt\"\n",
+        )
+        .unwrap();
+        let config = load_broker_config(&path).unwrap();
+        assert_eq!(config.signing_key_file, dir.path().join("signing.key"));
+        assert_eq!(config.vendor_api_key_file, Path::new("/abs/vendor"));
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.cert_file, dir.path().join("tls/broker.crt"));
+        assert_eq!(tls.key_file, Path::new("/abs/broker.key"));
+        assert_eq!(tls.client_ca_file, Some(dir.path().join("ca.crt")));
+        assert_eq!(tls.reload_interval_ms, 60_000);
+    }
 }

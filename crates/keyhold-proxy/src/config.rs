@@ -77,7 +77,7 @@ pub struct ProxyConfig {
     pub admin_listen: Option<SocketAddr>,
     /// TLS on the API listener (none: plain HTTP, for loopback or behind a TLS terminator).
     #[serde(default)]
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<keyhold_listen::TlsConfig>,
     /// API key in the clear (prefer `api_key_file` or `KEYHOLD_API_KEY`).
     #[serde(default, skip_serializing)]
     api_key: Option<String>,
@@ -571,10 +571,10 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 32804))
 }
 fn default_max_connections() -> usize {
-    10_000
+    keyhold_listen::connections::DEFAULT_MAX_CONNECTIONS
 }
 fn default_idle_timeout_ms() -> u64 {
-    300_000
+    keyhold_listen::connections::DEFAULT_IDLE_TIMEOUT_MS
 }
 fn default_max_body_bytes() -> usize {
     4 * 1024 * 1024
@@ -744,20 +744,18 @@ impl ProxyConfig {
         })
     }
 
+    /// The listeners' bounds of `max_connections` and `idle_timeout_ms`, if valid.
+    pub fn connection_limits(&self) -> Result<keyhold_listen::ConnectionLimits, String> {
+        keyhold_listen::ConnectionLimits::from_settings(self.max_connections, self.idle_timeout_ms)
+    }
+
     /// Checks everything that can be checked without touching a KMS.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes must be at least 1024".into());
         }
-        if self.max_connections == 0 {
-            return invalid("max_connections must be positive".into());
-        }
-        if !(1_000..=86_400_000).contains(&self.idle_timeout_ms) {
-            return invalid(
-                "idle_timeout_ms must be between 1000 (1 s) and 86400000 (1 day)".into(),
-            );
-        }
+        self.connection_limits().map_err(ConfigError::Invalid)?;
         if self.max_batch_size == 0 || self.batch_concurrency == 0 || self.kms_timeout_ms == 0 {
             return invalid(
                 "max_batch_size, batch_concurrency and kms_timeout_ms must be positive".into(),

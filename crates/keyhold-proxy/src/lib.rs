@@ -33,7 +33,6 @@ pub mod auth;
 pub mod bootstrap;
 pub mod broker;
 pub mod config;
-pub mod connections;
 pub mod error;
 mod kms_call;
 mod kms_failures;
@@ -44,12 +43,13 @@ pub mod registry;
 pub mod secrets;
 pub mod server;
 pub mod service;
-pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use config::ProxyConfig;
+/// The API listener's TLS and connection bounds (shared with the broker).
+pub use keyhold_listen::{connections, tls};
 pub use server::{Proxy, ProxyError, shutdown_signal};
 
 /// Whether the proxy is serving (for `/health` and `/ready`).

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, ProxyConfig};
-use crate::connections::ConnectionLimits;
 use crate::registry::RegistryError;
 use crate::{AppState, api};
+use keyhold_listen::{Bounded, ConnectionLimits, Listener, TlsConfig, TlsError};
 
 /// Why the proxy could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ pub enum ProxyError {
     AuditKey(keyhold_audit::checkpoint::KeyError),
     /// The TLS settings are unusable.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] TlsError),
     /// An audit sink could not be set up (its name, and why).
     #[error("audit sink {0:?}: {1}")]
     AuditSink(String, String),
@@ -55,7 +55,7 @@ pub struct Proxy {
     listener: TcpListener,
     /// TLS for the API listener, if configured: its settings (paths resolved) and what they
     /// gave at start.
-    tls: Option<(crate::tls::TlsConfig, Arc<rustls::ServerConfig>)>,
+    tls: Option<(TlsConfig, Arc<rustls::ServerConfig>)>,
     admin_listener: Option<TcpListener>,
 }
 
@@ -85,10 +85,7 @@ impl Proxy {
         };
         Ok(Self {
             state,
-            limits: ConnectionLimits {
-                max: config.max_connections,
-                idle: std::time::Duration::from_millis(config.idle_timeout_ms),
-            },
+            limits: config.connection_limits().map_err(ConfigError::Invalid)?,
             listener,
             tls,
             admin_listener,
@@ -147,33 +144,30 @@ impl Proxy {
         let app = api::app(state.clone(), admin.is_none());
         state.health.set_ready(true);
         state.metrics.ready.set(1);
-        if tls.is_none() && !api_addr.ip().is_loopback() {
-            tracing::warn!(
-                %api_addr,
-                "the API listener is plain HTTP on a network address: API keys and unwrapped \
-                 data keys cross the network in the clear unless a TLS terminator is in front; \
-                 configure [tls] (docs/configuration.md §2.7)"
-            );
-        }
-        tracing::info!(
-            %api_addr,
-            tls = tls.is_some(),
-            tenants = state.service.registry().len(),
-            "Keyhold proxy ready"
-        );
-        let served = match tls {
+        let listener = match tls {
             Some((settings, initial)) => {
-                let counters = crate::tls::TlsCounters {
+                let counters = keyhold_listen::TlsCounters {
                     handshake_failures: state.metrics.tls_handshake_failures.clone(),
                     reloads: state.metrics.tls_reloads.clone(),
                     reload_failures: state.metrics.tls_reload_failures.clone(),
                 };
-                let listener = crate::tls::TlsListener::new(listener, settings, initial, counters)
-                    .map_err(|source| ProxyError::Listen { addr: api_addr, source })?;
-                serve(limits.bound(listener), app, stop_rx).await
+                Listener::tls(listener, settings, initial, counters)
+                    .map_err(|source| ProxyError::Listen { addr: api_addr, source })?
             }
-            None => serve(limits.bound(listener), app, stop_rx).await,
+            None => Listener::plain(listener),
         };
+        keyhold_listen::warn_if_plain_on_a_network(
+            &listener,
+            "API keys and unwrapped data keys",
+            "docs/configuration.md §2.7",
+        );
+        tracing::info!(
+            %api_addr,
+            tls = listener.is_tls(),
+            tenants = state.service.registry().len(),
+            "Keyhold proxy ready"
+        );
+        let served = serve(limits.bound(listener), app, stop_rx).await;
         if let Some(admin) = admin {
             let _ = admin.await;
         }
@@ -184,15 +178,11 @@ impl Proxy {
 }
 
 /// Serves `app` on `listener` until `stop` turns true, then finishes the requests in flight.
-async fn serve<L>(
-    listener: L,
+async fn serve(
+    listener: Bounded<Listener>,
     app: api::App,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
+) -> std::io::Result<()> {
     axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;

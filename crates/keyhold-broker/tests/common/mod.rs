@@ -76,6 +76,12 @@ pub const TEST_MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl TestBroker {
     pub async fn start(db: &TestDb) -> Self {
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// A broker whose configuration `configure` changes last; with `[tls]` its base URL is
+    /// `https://127.0.0.1:…` (set `http` to a client that trusts its certificate).
+    pub async fn start_with(db: &TestDb, configure: impl FnOnce(&mut BrokerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("vendor"), format!("{VENDOR_KEY}\n")).unwrap();
         std::fs::write(dir.path().join("proxy"), PROXY_TOKEN).unwrap();
@@ -92,6 +98,8 @@ impl TestBroker {
         // answers 413 before reading it all, and a larger body could still be being written
         // (a broken pipe for the client instead of the answer).
         config.max_body_bytes = TEST_MAX_BODY_BYTES;
+        configure(&mut config);
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let broker = Broker::bind(&config).await.unwrap();
         let pub_text = std::fs::read_to_string(dir.path().join("signing.key.pub")).unwrap();
         let broker_key = SnapshotVerifyingKey::from_base64(pub_text.trim()).unwrap();
@@ -107,7 +115,7 @@ impl TestBroker {
                 .unwrap();
         });
         Self {
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             addr,
             store,
             fleet,

@@ -1,9 +1,10 @@
-//! TLS on the API listener (rustls with aws-lc-rs).
+//! TLS on a listener (rustls with aws-lc-rs).
 //!
-//! An unwrap answers with a data key in the clear, and every request carries the API key: a
-//! client that reaches the proxy over a network needs TLS. With `client_ca_file` the proxy also
-//! asks each client for a certificate signed by that CA (mutual TLS), so that holding the API
-//! key is not enough to call it.
+//! The proxy answers an unwrap with a data key in the clear and every request carries its API
+//! key; the broker's requests carry passwords, session cookies and the vendor's API key: a
+//! client that reaches either over a network needs TLS. With `client_ca_file` the server also
+//! asks each client for a certificate signed by that CA (mutual TLS), so that holding a key or
+//! a password is not enough to call it.
 //!
 //! Handshakes run in tasks of their own, each bounded in time, and at most
 //! [`MAX_HANDSHAKES`] at once (counting the handshaken connections the server has not taken
@@ -20,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -37,12 +38,12 @@ fn default_reload_interval_ms() -> u64 {
     60_000
 }
 
-/// `[tls]`: the API listener's certificate, and optionally the CA its clients' certificates must
-/// chain to (docs/configuration.md §2.7).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[tls]`: the listener's certificate, and optionally the CA its clients' certificates must
+/// chain to (docs/configuration.md §2.7 for the proxy, docs/broker.md for the broker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM file: the proxy's certificate, then any intermediates.
+    /// PEM file: the server's certificate, then any intermediates.
     pub cert_file: PathBuf,
     /// PEM file: its private key (PKCS#8, SEC1 or PKCS#1).
     pub key_file: PathBuf,
@@ -157,7 +158,8 @@ fn certificates(setting: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>
     Ok(chain)
 }
 
-/// What the listener counts (handles into the proxy's metrics).
+/// What the listener counts (handles into the server's metrics; unregistered counters where
+/// there are none).
 #[derive(Debug, Clone, Default)]
 pub struct TlsCounters {
     /// Handshakes that failed or timed out.

@@ -1,7 +1,7 @@
 //! Bounds on client connections: how many may be open at once, and how long one may sit idle.
 //!
-//! Without them, anyone who can reach the port (no API key needed to connect) could open
-//! connections and leave them silent until the proxy runs out of file descriptors, since
+//! Without them, anyone who can reach the port (no key needed to connect) could open
+//! connections and leave them silent until the server runs out of file descriptors, since
 //! neither axum nor hyper closes an idle keep-alive connection by default.
 
 use std::io;
@@ -23,7 +23,24 @@ pub struct ConnectionLimits {
     pub idle: Duration,
 }
 
+/// Default of `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default of `idle_timeout_ms` (5 minutes).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
+
 impl ConnectionLimits {
+    /// The limits of the `max_connections` and `idle_timeout_ms` settings, or why they are not
+    /// valid (no limit at all, or an idle time under a second or over a day).
+    pub fn from_settings(max_connections: usize, idle_timeout_ms: u64) -> Result<Self, String> {
+        if max_connections == 0 {
+            return Err("max_connections must be positive".into());
+        }
+        if !(1_000..=86_400_000).contains(&idle_timeout_ms) {
+            return Err("idle_timeout_ms must be between 1000 (1 s) and 86400000 (1 day)".into());
+        }
+        Ok(Self { max: max_connections, idle: Duration::from_millis(idle_timeout_ms) })
+    }
+
     /// `listener` under these limits.
     pub fn bound<L>(self, listener: L) -> Bounded<L> {
         Bounded::new(listener, self.max, self.idle)
