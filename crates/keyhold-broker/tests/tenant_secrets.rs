@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{PROXY_TOKEN, TestBroker, VENDOR_KEY, counts, databases};
@@ -620,31 +620,8 @@ async fn tenant_admins_list_and_rotate_their_own_tenants_secrets_only() {
         create(&b, "acme", "users", primary, b"u1").await;
         create(&b, "globex", "users", globex, b"g1").await;
         // An admin of acme, signed in.
-        let (_, token) = b
-            .store
-            .create_invitation("vendor", "acme", "alice@example.com", Duration::from_secs(600))
-            .await
-            .unwrap();
-        let password = "correct horse battery staple";
-        let (status, admin) = b
-            .post(
-                "/api/v1/invitations/accept",
-                json!({"token": token.as_str(), "password": password}),
-            )
-            .await;
-        assert_eq!(status, 201, "{admin}");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let code =
-            keyhold_broker::credentials::totp_code(admin["totp_secret"].as_str().unwrap(), now)
-                .unwrap();
-        let r = b
-            .http
-            .post(b.url("/api/v1/session"))
-            .json(&json!({"email": "alice@example.com", "password": password, "totp": code}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let r =
+            b.new_admin_session("acme", "alice@example.com", "correct horse battery staple").await;
         let cookie =
             r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
         let csrf = r.json::<Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();

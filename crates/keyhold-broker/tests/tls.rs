@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::{PROXY_TOKEN, TestBroker, databases};
 use keyhold_listen::TlsConfig;
@@ -88,30 +88,8 @@ async fn a_tls_broker_serves_only_tls_sets_secure_cookies_and_proxies_trusting_i
     assert!(stranger.is_err(), "a client trusting another CA was answered: {stranger:?}");
 
     // A tenant admin signs in over TLS: the session cookie is `Secure`.
-    let (status, invitation) =
-        b.post("/api/v1/tenants/acme/invitations", json!({"email": "alice@example.com"})).await;
-    assert_eq!(status, 201, "{invitation}");
-    let password = "correct horse battery staple";
-    let accepted = b
-        .http
-        .post(b.url("/api/v1/invitations/accept"))
-        .json(&json!({"token": invitation["token"], "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 201);
-    let admin: serde_json::Value = accepted.json().await.unwrap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let code = keyhold_broker::credentials::totp_code(admin["totp_secret"].as_str().unwrap(), now)
-        .unwrap();
-    let session = b
-        .http
-        .post(b.url("/api/v1/session"))
-        .json(&json!({"email": "alice@example.com", "password": password, "totp": code}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(session.status(), 200);
+    let session =
+        b.new_admin_session("acme", "alice@example.com", "correct horse battery staple").await;
     let cookie = session.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("keyhold_session=") && cookie.contains("; Secure"), "{cookie}");
 

@@ -150,6 +150,42 @@ impl TestBroker {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Invites `email` as an admin of `tenant`, accepts with `password` and signs in with a
+    /// fresh TOTP code: the sign-in's response (its `Set-Cookie` and CSRF token).
+    pub async fn new_admin_session(
+        &self,
+        tenant: &str,
+        email: &str,
+        password: &str,
+    ) -> reqwest::Response {
+        let (_, token) = self
+            .store
+            .create_invitation("vendor", tenant, email, std::time::Duration::from_secs(600))
+            .await
+            .unwrap();
+        let (status, admin) = self
+            .post(
+                "/api/v1/invitations/accept",
+                serde_json::json!({"token": token.as_str(), "password": password}),
+            )
+            .await;
+        assert_eq!(status, 201, "{admin}");
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let code =
+            keyhold_broker::credentials::totp_code(admin["totp_secret"].as_str().unwrap(), now)
+                .unwrap();
+        let response = self
+            .http
+            .post(self.url("/api/v1/session"))
+            .json(&serde_json::json!({"email": email, "password": password, "totp": code}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response
+    }
+
     /// A blob sealed to the fleet key.
     pub fn seal(&self, tenant: &str, secrets: serde_json::Value) -> String {
         keyhold_core::seal::seal(
