@@ -4,6 +4,7 @@
 
 mod audit;
 mod bench;
+mod broker_http;
 mod crypt;
 mod e2e;
 mod field;

@@ -19,6 +19,10 @@ pub struct SealArgs {
     /// Take the fleet's public key from this broker (`GET /api/v1/fleet-key`).
     #[arg(long, env = "KEYHOLD_BROKER_URL", conflicts_with = "fleet_key")]
     broker: Option<String>,
+    /// For an `https://` broker whose certificate a private CA issued: PEM CA certificates, the
+    /// only ones trusted for it.
+    #[arg(long, env = "KEYHOLD_BROKER_CA")]
+    broker_ca: Option<std::path::PathBuf>,
     /// The fleet's public key itself (base64), or a file holding it (`fleet.pub`).
     #[arg(long)]
     fleet_key: Option<String>,
@@ -45,7 +49,9 @@ pub async fn run(args: SealArgs) -> anyhow::Result<()> {
         }
         (Some(broker), None) => {
             let url = format!("{}/api/v1/fleet-key", broker.trim_end_matches('/'));
-            let answer: serde_json::Value = reqwest::get(&url)
+            let answer: serde_json::Value = crate::broker_http::client(args.broker_ca.as_deref())?
+                .get(&url)
+                .send()
                 .await
                 .with_context(|| format!("cannot reach {url}"))?
                 .error_for_status()

@@ -22,6 +22,11 @@ pub struct SecretsArgs {
     /// With a broker: its URL (default: the `[broker] url` of the proxy's configuration).
     #[arg(long = "broker", global = true, env = "KEYHOLD_BROKER_URL")]
     broker_url: Option<String>,
+    /// With an `https://` broker whose certificate a private CA issued: PEM CA certificates,
+    /// the only ones trusted for it (default: the `[broker] ca_cert_file` of the proxy's
+    /// configuration, else the system's roots).
+    #[arg(long, global = true, env = "KEYHOLD_BROKER_CA")]
+    broker_ca: Option<PathBuf>,
     /// With a broker: the file holding the Vendor Bridge API key (default
     /// DATA_DIR/vendor-api-key; $KEYHOLD_VENDOR_API_KEY overrides).
     #[arg(long, global = true)]
@@ -90,7 +95,11 @@ pub async fn run(args: SecretsArgs) -> anyhow::Result<()> {
                     .extend(tail);
                 Ok(route)
             };
-            let http = reqwest::Client::new();
+            let ca = args
+                .broker_ca
+                .clone()
+                .or_else(|| broker.ca_cert_file.as_deref().map(|p| config.resolve(p)));
+            let http = crate::broker_http::client(ca.as_deref())?;
             match &args.action {
                 Action::List { tenant } => {
                     #[derive(Deserialize)]

@@ -135,3 +135,115 @@ fn encrypt_and_decrypt_through_a_proxy_that_asks_for_client_certificates() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Runs `keyhold` in `dir` with `stdin` as its standard input.
+fn keyhold_with_input(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KEYHOLD_BROKER_CA")
+        .env_remove("KEYHOLD_BROKER_URL")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn seal_and_secrets_reach_a_broker_that_serves_tls_from_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(up(dir.path()));
+    let data = dir.path().join(".keyhold");
+    let (ca_pem, ca) = new_ca("Keyhold broker CA");
+    let (other_pem, _) = new_ca("Another CA");
+    let (cert, key) = issue(&ca, "127.0.0.1", ExtendedKeyUsagePurpose::ServerAuth);
+    std::fs::write(data.join("broker.crt"), cert).unwrap();
+    std::fs::write(data.join("broker.key"), key).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), ca_pem).unwrap();
+    std::fs::write(dir.path().join("other.crt"), other_pem).unwrap();
+    // `keyhold up`'s broker.toml on a free port, with [tls] (paths relative to the file).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = data.join("broker.toml");
+    let text: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen") {
+                format!("listen = \"127.0.0.1:{port}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(
+        &config,
+        format!("{text}\n[tls]\ncert_file = \"broker.crt\"\nkey_file = \"broker.key\"\n"),
+    )
+    .unwrap();
+    let _broker = Killed(
+        Command::new(BIN)
+            .args(["broker", "--config"])
+            .arg(&config)
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    let seal = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["seal", "--tenant", "demo-tenant", "--broker", &url];
+        args.extend(extra);
+        keyhold_with_input(dir.path(), &args, env, r#"{"token": "s3cret"}"#)
+    };
+    // Retried while the broker starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sealed = loop {
+        let out = seal(&["--broker-ca", "ca.crt"], &[]);
+        if out.status.success() {
+            break String::from_utf8(out.stdout).unwrap();
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(Instant::now() < deadline, "never sealed with the broker's fleet key: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(sealed.starts_with("khs1."), "{sealed}");
+    let out = seal(&[], &[("KEYHOLD_BROKER_CA", "ca.crt")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The system's roots, or another CA: refused, saying which broker could not be reached.
+    for extra in [&[][..], &["--broker-ca", "other.crt"][..]] {
+        let out = seal(extra, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("cannot reach"), "{extra:?}: {err}");
+    }
+    let out = seal(&["--broker-ca", "missing.crt"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--broker-ca"), "{err}");
+
+    // `keyhold secrets` through the broker: the CA of the proxy's `[broker] ca_cert_file`, or
+    // `--broker-ca`, which wins.
+    let proxy_config = data.join("keyhold.toml");
+    let text = std::fs::read_to_string(&proxy_config).unwrap();
+    assert!(text.contains("[broker]\n"));
+    std::fs::write(
+        &proxy_config,
+        text.replace("[broker]\n", "[broker]\nca_cert_file = \"../ca.crt\"\n"),
+    )
+    .unwrap();
+    let list = |extra: &[&str]| {
+        let mut args =
+            vec!["secrets", "list", "--tenant", "demo-tenant", "--json", "--broker", &url];
+        args.extend(extra);
+        keyhold_with_input(dir.path(), &args, &[], "")
+    };
+    let out = list(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).trim_start().starts_with('['));
+    let out = list(&["--broker-ca", "other.crt"]);
+    assert!(!out.status.success(), "listed with another CA");
+}
