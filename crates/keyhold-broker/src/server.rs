@@ -78,12 +78,7 @@ impl Broker {
         let Self { listener, tls, limits, state, shutdown: stop } = self;
         let store = state.store().clone();
         let addr = listener.local_addr()?;
-        let listener = match tls {
-            Some((settings, initial)) => {
-                Listener::tls(listener, settings, initial, TlsCounters::default())?
-            }
-            None => Listener::plain(listener),
-        };
+        let listener = Listener::new(listener, tls, TlsCounters::default())?;
         keyhold_listen::warn_if_plain_on_a_network(
             &listener,
             "passwords, session cookies, the vendor API key and the proxy token",

@@ -51,6 +51,19 @@ impl Listener {
         Ok(Self { inner: Either::Right(TlsListener::new(listener, settings, initial, counters)?) })
     }
 
+    /// TLS when `tls` gives its settings (paths resolved) and what they gave at start,
+    /// else plain.
+    pub fn new(
+        listener: TcpListener,
+        tls: Option<(TlsConfig, Arc<rustls::ServerConfig>)>,
+        counters: TlsCounters,
+    ) -> io::Result<Self> {
+        match tls {
+            Some((settings, initial)) => Self::tls(listener, settings, initial, counters),
+            None => Ok(Self::plain(listener)),
+        }
+    }
+
     /// Whether connections are TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self.inner, Either::Right(_))

@@ -144,18 +144,13 @@ impl Proxy {
         let app = api::app(state.clone(), admin.is_none());
         state.health.set_ready(true);
         state.metrics.ready.set(1);
-        let listener = match tls {
-            Some((settings, initial)) => {
-                let counters = keyhold_listen::TlsCounters {
-                    handshake_failures: state.metrics.tls_handshake_failures.clone(),
-                    reloads: state.metrics.tls_reloads.clone(),
-                    reload_failures: state.metrics.tls_reload_failures.clone(),
-                };
-                Listener::tls(listener, settings, initial, counters)
-                    .map_err(|source| ProxyError::Listen { addr: api_addr, source })?
-            }
-            None => Listener::plain(listener),
+        let counters = keyhold_listen::TlsCounters {
+            handshake_failures: state.metrics.tls_handshake_failures.clone(),
+            reloads: state.metrics.tls_reloads.clone(),
+            reload_failures: state.metrics.tls_reload_failures.clone(),
         };
+        let listener = Listener::new(listener, tls, counters)
+            .map_err(|source| ProxyError::Listen { addr: api_addr, source })?;
         keyhold_listen::warn_if_plain_on_a_network(
             &listener,
             "API keys and unwrapped data keys",
