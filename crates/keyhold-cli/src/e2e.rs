@@ -45,6 +45,11 @@ struct DeviceOpts {
         default_value = "keyhold-device.json"
     )]
     device_file: PathBuf,
+    /// The CA certificates (PEM) that issued the broker's TLS certificate, when not a public
+    /// CA: trusted instead of the system's roots, and kept in the device file (given again,
+    /// they replace the ones there).
+    #[arg(long, global = true, env = "KEYHOLD_BROKER_CA")]
+    broker_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,17 +222,44 @@ fn passphrase(opts: &VendorOpts) -> anyhow::Result<Zeroizing<String>> {
     Ok(trimmed)
 }
 
-fn vendor(opts: &VendorOpts) -> anyhow::Result<keyhold::e2e::VendorE2e> {
+fn vendor(opts: &VendorOpts, device: &DeviceOpts) -> anyhow::Result<keyhold::e2e::VendorE2e> {
     let key =
         Zeroizing::new(std::fs::read_to_string(&opts.vendor_api_key_file).with_context(|| {
             format!("cannot read the vendor API key {}", opts.vendor_api_key_file.display())
         })?);
-    Ok(E2eService::new(&opts.broker, &opts.tenant)?.vendor(key.trim()))
+    let service = match broker_ca(device)? {
+        Some(ca) => E2eService::with_broker_ca(&opts.broker, &opts.tenant, &ca),
+        None => E2eService::new(&opts.broker, &opts.tenant),
+    }
+    .context("--broker-ca")?;
+    Ok(service.vendor(key.trim()))
 }
 
+/// The PEM text of `--broker-ca`, if given.
+fn broker_ca(opts: &DeviceOpts) -> anyhow::Result<Option<String>> {
+    opts.broker_ca
+        .as_deref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--broker-ca: cannot read {}", path.display()))
+        })
+        .transpose()
+}
+
+/// The device of the device file; with `--broker-ca` other than the file's, that CA from now
+/// on, saved into the file at once.
 fn load(opts: &DeviceOpts) -> anyhow::Result<Device> {
-    Device::load(&opts.device_file)
-        .with_context(|| format!("cannot load the device file {}", opts.device_file.display()))
+    let mut device = Device::load(&opts.device_file)
+        .with_context(|| format!("cannot load the device file {}", opts.device_file.display()))?;
+    if let Some(ca) = broker_ca(opts)?
+        && device.broker_ca() != Some(ca.as_str())
+    {
+        device.set_broker_ca(&ca).context("--broker-ca")?;
+        device.save(&opts.device_file).with_context(|| {
+            format!("cannot save the broker CA to {}", opts.device_file.display())
+        })?;
+    }
+    Ok(device)
 }
 
 fn refuse_overwrite(path: &Path) -> anyhow::Result<()> {
@@ -245,7 +277,7 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         E2eCommand::Enroll { user, device, vendor: v, out } => {
             refuse_overwrite(&out.device_file)?;
             let pass = passphrase(&v)?;
-            let d = vendor(&v)?.enroll_user(&user, pass.as_bytes(), &device).await?;
+            let d = vendor(&v, &out)?.enroll_user(&user, pass.as_bytes(), &device).await?;
             d.save(&out.device_file)?;
             eprintln!(
                 "enrolled user {user} with device {device} (keys in {})",
@@ -255,7 +287,7 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         E2eCommand::AddDevice { user, device, vendor: v, out } => {
             refuse_overwrite(&out.device_file)?;
             let pass = passphrase(&v)?;
-            let d = vendor(&v)?.add_device(&user, pass.as_bytes(), &device).await?;
+            let d = vendor(&v, &out)?.add_device(&user, pass.as_bytes(), &device).await?;
             d.save(&out.device_file)?;
             eprintln!(
                 "authorized device {device} of {user} (keys in {})",

@@ -1,5 +1,6 @@
 //! `keyhold proxy` with `[tls]` and client certificates, and `keyhold encrypt`/`decrypt` with
-//! `--proxy-ca` and `--client-identity`, as a user runs them.
+//! `--proxy-ca` and `--client-identity`, as a user runs them; `keyhold broker` with `[tls]` and
+//! the commands that call it (`seal`, `secrets`, `e2e`) with `--broker-ca`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -144,6 +145,8 @@ fn keyhold_with_input(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &s
         .current_dir(dir)
         .env_remove("KEYHOLD_BROKER_CA")
         .env_remove("KEYHOLD_BROKER_URL")
+        .env_remove("KEYHOLD_E2E_DEVICE_FILE")
+        .env_remove("KEYHOLD_TENANT")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -155,7 +158,7 @@ fn keyhold_with_input(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &s
 }
 
 #[test]
-fn seal_and_secrets_reach_a_broker_that_serves_tls_from_a_private_ca() {
+fn seal_secrets_and_e2e_reach_a_broker_that_serves_tls_from_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     drop(up(dir.path()));
     let data = dir.path().join(".keyhold");
@@ -246,4 +249,46 @@ fn seal_and_secrets_reach_a_broker_that_serves_tls_from_a_private_ca() {
     assert!(String::from_utf8_lossy(&out.stdout).trim_start().starts_with('['));
     let out = list(&["--broker-ca", "other.crt"]);
     assert!(!out.status.success(), "listed with another CA");
+
+    // `keyhold e2e`: the device file keeps the CA given at enrolment; later commands use it.
+    let e2e = |args: &[&str]| {
+        let mut all = vec!["e2e"];
+        all.extend(args);
+        keyhold_with_input(
+            dir.path(),
+            &all,
+            &[("KEYHOLD_BROKER_URL", url.as_str()), ("KEYHOLD_E2E_PASSPHRASE", "alice's")],
+            "",
+        )
+    };
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let alice = ["--device-file", "alice.json"];
+    let out = e2e(&[&["enroll", "--user", "alice", "--device", "laptop"][..], &alice].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("could not reach"), "{err}");
+    assert!(err.contains("certificate"), "the cause is not said: {err}");
+    ok(e2e(&[
+        &["enroll", "--user", "alice", "--device", "laptop", "--broker-ca", "ca.crt"][..],
+        &alice,
+    ]
+    .concat()));
+    let device_file = || std::fs::read_to_string(dir.path().join("alice.json")).unwrap();
+    assert!(device_file().contains("BEGIN CERTIFICATE"), "the CA is not in the device file");
+    ok(e2e(&[&["group", "create", "team"][..], &alice].concat()));
+    std::fs::write(dir.path().join("plan.txt"), "the plan").unwrap();
+    ok(e2e(&[&["encrypt", "--id", "plan", "--in", "plan.txt", "--to", "group:team"][..], &alice]
+        .concat()));
+    ok(e2e(&[&["decrypt", "--id", "plan", "--out", "plan.out"][..], &alice].concat()));
+    assert_eq!(std::fs::read_to_string(dir.path().join("plan.out")).unwrap(), "the plan");
+    // Another CA given replaces the file's: refused from then on, until the right one is given.
+    let out = e2e(&[&["group", "show", "team", "--broker-ca", "other.crt"][..], &alice].concat());
+    assert!(!out.status.success(), "reached the broker trusting another CA");
+    let out = e2e(&[&["group", "show", "team"][..], &alice].concat());
+    assert!(!out.status.success(), "the other CA was not kept");
+    let out = ok(e2e(&[&["group", "show", "team", "--broker-ca", "ca.crt"][..], &alice].concat()));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice"));
+    ok(e2e(&[&["group", "show", "team"][..], &alice].concat()));
 }

@@ -324,12 +324,21 @@ impl Client {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// What went wrong, with the causes reqwest keeps behind its own message (a refused
+/// connection, a certificate from an unknown CA).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
-        "timed out".to_owned()
-    } else if e.is_connect() {
-        format!("connection failed: {e}")
-    } else {
-        e.to_string()
+        return "timed out".to_owned();
     }
+    let mut text = if e.is_connect() { format!("connection failed: {e}") } else { e.to_string() };
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
 }

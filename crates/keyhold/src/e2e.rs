@@ -104,20 +104,44 @@ pub struct E2eService {
     http: reqwest::Client,
     base: String,
     tenant: String,
+    /// The CA certificates (PEM) trusted for the broker instead of the system's roots.
+    broker_ca: Option<String>,
 }
 
 impl E2eService {
-    /// The service at `broker_url` (e.g. `http://127.0.0.1:32805`) for `tenant`.
+    /// The service at `broker_url` (e.g. `http://127.0.0.1:32805`) for `tenant`. An `https`
+    /// broker's certificate is checked against the system's roots.
     pub fn new(broker_url: &str, tenant: &str) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        Self::build(broker_url, tenant, None)
+    }
+
+    /// The service at `broker_url` for `tenant`, trusting only the CA certificates in
+    /// `ca_pem` (PEM, one or more) for the broker's TLS certificate: a broker whose
+    /// certificate a private CA issued. A [`Device`] made from it keeps the CA in its file.
+    pub fn with_broker_ca(broker_url: &str, tenant: &str, ca_pem: &str) -> Result<Self> {
+        Self::build(broker_url, tenant, Some(ca_pem.to_owned()))
+    }
+
+    fn build(broker_url: &str, tenant: &str, broker_ca: Option<String>) -> Result<Self> {
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| E2eError::InvalidArgument(format!("HTTP client: {e}")))?;
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(pem) = &broker_ca {
+            let roots = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
+                E2eError::InvalidArgument(format!("the broker CA is not PEM certificates: {e}"))
+            })?;
+            if roots.is_empty() {
+                return Err(E2eError::InvalidArgument("the broker CA holds no certificate".into()));
+            }
+            http = http.tls_certs_only(roots);
+        }
+        let http =
+            http.build().map_err(|e| E2eError::InvalidArgument(format!("HTTP client: {e}")))?;
         Ok(Self {
             http,
             base: broker_url.trim_end_matches('/').to_owned(),
             tenant: tenant.to_owned(),
+            broker_ca,
         })
     }
 
@@ -195,9 +219,11 @@ impl E2eService {
         if !body.is_empty() {
             req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         }
-        let resp = req.send().await.map_err(|e| E2eError::Unreachable(e.to_string()))?;
+        let resp =
+            req.send().await.map_err(|e| E2eError::Unreachable(crate::client::describe(&e)))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| E2eError::Unreachable(e.to_string()))?;
+        let bytes =
+            resp.bytes().await.map_err(|e| E2eError::Unreachable(crate::client::describe(&e)))?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<wire::ErrorBody>(&bytes) {
                 Ok(e) => {
@@ -414,6 +440,9 @@ impl core::fmt::Debug for Device {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct DeviceFile {
     broker: String,
+    /// The CA certificates (PEM) trusted for the broker, when not the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    broker_ca: Option<String>,
     tenant: String,
     user: String,
     device: String,
@@ -442,6 +471,7 @@ impl Device {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut file = DeviceFile {
             broker: self.service.base.clone(),
+            broker_ca: self.service.broker_ca.clone(),
             tenant: self.service.tenant.clone(),
             user: self.user.clone(),
             device: self.device.clone(),
@@ -469,6 +499,19 @@ impl Device {
             return Err(e.into());
         }
         self.pins_changed.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The CA certificates (PEM) trusted for the broker, if not the system's roots.
+    pub fn broker_ca(&self) -> Option<&str> {
+        self.service.broker_ca.as_deref()
+    }
+
+    /// Trusts only the CA certificates in `ca_pem` (PEM) for the broker from now on, e.g. after
+    /// the broker's CA changed; [`Device::save`] keeps them in the device file.
+    pub fn set_broker_ca(&mut self, ca_pem: &str) -> Result<()> {
+        self.service =
+            E2eService::build(&self.service.base, &self.service.tenant, Some(ca_pem.to_owned()))?;
         Ok(())
     }
 
@@ -515,7 +558,7 @@ impl Device {
         let file: DeviceFile = serde_json::from_slice(&text)
             .map_err(|e| E2eError::InvalidArgument(format!("{}: {e}", path.display())))?;
         let keys = DeviceKeys::from_bytes(&Zeroizing::new(file.keys))?;
-        Ok(E2eService::new(&file.broker, &file.tenant)?.device_with_pins(
+        Ok(E2eService::build(&file.broker, &file.tenant, file.broker_ca)?.device_with_pins(
             &file.user,
             &file.device,
             keys,
@@ -790,5 +833,58 @@ impl Device {
         let (plain, author) = self.decrypt(id).await?;
         tokio::fs::write(path, &*plain).await?;
         Ok(author)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_broker_ca_that_is_not_pem_certificates_is_refused() {
+        for (pem, said) in
+            [("", "holds no certificate"), ("-----BEGIN CERTIFICATE-----\nnot base64", "not PEM")]
+        {
+            let err = E2eService::with_broker_ca("https://broker", "t", pem).unwrap_err();
+            assert!(
+                matches!(&err, E2eError::InvalidArgument(m) if m.contains(said)),
+                "{pem:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_device_file_keeps_the_broker_ca_and_a_new_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.json");
+        let keys = || DeviceKeys::generate(&mut OsRng);
+
+        // Without a CA the file has none, and the device trusts the system's roots.
+        E2eService::new("https://broker", "t")
+            .unwrap()
+            .device("u", "d", keys())
+            .save(&path)
+            .unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("broker_ca"));
+        assert_eq!(Device::load(&path).unwrap().broker_ca(), None);
+
+        let (first, second) = (ca_pem(), ca_pem());
+        let service = E2eService::with_broker_ca("https://broker", "t", &first).unwrap();
+        service.device("u", "d", keys()).save(&path).unwrap();
+        let mut device = Device::load(&path).unwrap();
+        assert_eq!(device.broker_ca(), Some(first.as_str()));
+        device.set_broker_ca(&second).unwrap();
+        device.save(&path).unwrap();
+        assert_eq!(Device::load(&path).unwrap().broker_ca(), Some(second.as_str()));
+        assert!(device.set_broker_ca("not a certificate").is_err());
+        assert_eq!(device.broker_ca(), Some(second.as_str()), "a refused CA replaced the one kept");
     }
 }
