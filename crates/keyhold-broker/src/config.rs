@@ -71,6 +71,11 @@ pub struct BrokerConfig {
     /// 1 s to 1 day). Longer than a proxy's long poll.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Longest a client may take to send one request (its first byte to its last, no answer
+    /// in between; default 1 min, 1 s to 1 day); a slower one has its connection closed. A
+    /// proxy's long poll is a request sent at once, then waited on: it does not count.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
     /// `[tls]`: serve HTTPS with this certificate, optionally requiring client certificates of
     /// a CA (the proxy's `[tls]` settings, docs/broker.md). Without it, plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +97,9 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout_ms() -> u64 {
     keyhold_listen::connections::DEFAULT_IDLE_TIMEOUT_MS
 }
+fn default_request_timeout_ms() -> u64 {
+    keyhold_listen::connections::DEFAULT_REQUEST_TIMEOUT_MS
+}
 
 impl BrokerConfig {
     /// A configuration with the defaults and these files.
@@ -112,14 +120,19 @@ impl BrokerConfig {
             vendor_key_on_create: false,
             max_connections: default_max_connections(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
             tls: None,
         }
     }
 
-    /// The listener's bounds of `max_connections` and `idle_timeout_ms`.
+    /// The listener's bounds of `max_connections`, `idle_timeout_ms` and `request_timeout_ms`.
     pub fn connection_limits(&self) -> Result<keyhold_listen::ConnectionLimits, BrokerError> {
-        keyhold_listen::ConnectionLimits::from_settings(self.max_connections, self.idle_timeout_ms)
-            .map_err(BrokerError::Config)
+        keyhold_listen::ConnectionLimits::from_settings(
+            self.max_connections,
+            self.idle_timeout_ms,
+            self.request_timeout_ms,
+        )
+        .map_err(BrokerError::Config)
     }
 
     /// Whether the session cookie is marked `Secure`: asked for, or served over TLS.

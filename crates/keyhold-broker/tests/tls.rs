@@ -144,4 +144,8 @@ async fn unusable_tls_files_or_connection_limits_stop_the_broker_at_start() {
     assert!(err.to_string().contains("cert_file holds no certificate"), "{err}");
     let err = keyhold_broker::Broker::bind(&config_with(None, 10)).await.unwrap_err();
     assert!(err.to_string().contains("idle_timeout_ms must be between"), "{err}");
+    let mut config = config_with(None, 300_000);
+    config.request_timeout_ms = 0;
+    let err = keyhold_broker::Broker::bind(&config).await.unwrap_err();
+    assert!(err.to_string().contains("request_timeout_ms must be between"), "{err}");
 }

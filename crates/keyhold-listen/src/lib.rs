@@ -6,7 +6,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`tls`] | TLS and mutual TLS (rustls, aws-lc-rs), handshakes off the accept path, certificate reload |
-//! | [`connections`] | at most `max_connections` open at once, each closed after `idle_timeout_ms` of silence |
+//! | [`connections`] | at most `max_connections` open at once, each closed after `idle_timeout_ms` of silence or a request sent over longer than `request_timeout_ms` |
 //!
 //! [`Listener`] is either a plain TCP listener or a TLS one, so that a server is written once
 //! for both: `axum::serve(limits.bound(listener), app)`.

@@ -98,6 +98,10 @@ pub struct ProxyConfig {
     /// milliseconds.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Longest a client may take to send one request (its first byte to its last, no answer
+    /// in between), in milliseconds; a slower one has its connection closed.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -576,6 +580,9 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout_ms() -> u64 {
     keyhold_listen::connections::DEFAULT_IDLE_TIMEOUT_MS
 }
+fn default_request_timeout_ms() -> u64 {
+    keyhold_listen::connections::DEFAULT_REQUEST_TIMEOUT_MS
+}
 fn default_max_body_bytes() -> usize {
     4 * 1024 * 1024
 }
@@ -744,9 +751,14 @@ impl ProxyConfig {
         })
     }
 
-    /// The listeners' bounds of `max_connections` and `idle_timeout_ms`, if valid.
+    /// The listeners' bounds of `max_connections`, `idle_timeout_ms` and `request_timeout_ms`,
+    /// if valid.
     pub fn connection_limits(&self) -> Result<keyhold_listen::ConnectionLimits, String> {
-        keyhold_listen::ConnectionLimits::from_settings(self.max_connections, self.idle_timeout_ms)
+        keyhold_listen::ConnectionLimits::from_settings(
+            self.max_connections,
+            self.idle_timeout_ms,
+            self.request_timeout_ms,
+        )
     }
 
     /// Checks everything that can be checked without touching a KMS.
@@ -1089,6 +1101,7 @@ mod tests {
         for (setting, message) in [
             ("max_connections = 0", "max_connections must be positive"),
             ("idle_timeout_ms = 0", "idle_timeout_ms must be between"),
+            ("request_timeout_ms = 100", "request_timeout_ms must be between"),
         ] {
             let top = SAMPLE.replace("listen = ", &format!("{setting}\n        listen = "));
             let err = ProxyConfig::from_toml(&top).unwrap().validate().unwrap_err().to_string();

@@ -114,3 +114,77 @@ async fn keystore_changes_from_another_process_reach_a_running_proxy() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// A client sending its request a byte at a time ("slowloris") keeps its connection from ever
+/// being idle; `request_timeout_ms` closes it, while a kept-alive client that pauses between
+/// quick requests, longer than that, keeps its connection.
+#[tokio::test]
+async fn a_request_sent_too_slowly_loses_its_connection_and_a_paused_client_does_not() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = bootstrap::init_data_dir(dir.path(), &["demo-tenant"], "127.0.0.1:0").unwrap();
+    let mut config = ProxyConfig::load(&data.config_path).unwrap();
+    config.request_timeout_ms = 1_000;
+    config.idle_timeout_ms = 60_000;
+    let proxy = Proxy::bind(&config).await.unwrap();
+    let addr = proxy.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(proxy.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let health = b"GET /health HTTP/1.1\r\nHost: proxy\r\n\r\n";
+    let mut paused = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut closed_after = None;
+    let mut answers = 0;
+    // A byte every 100 ms to the slow connection; a whole request every 500 ms on the other.
+    for (i, byte) in health.iter().cycle().take(60).enumerate() {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        if i % 5 == 0 {
+            paused.write_all(health).await.unwrap();
+            let mut answer = [0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(5), paused.read(&mut answer))
+                .await
+                .expect("no answer on the paused connection")
+                .unwrap();
+            assert!(
+                answer[..n].starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                String::from_utf8_lossy(&answer[..n])
+            );
+            answers += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed_after = closed_after.expect("a request dribbled for 6 s kept its connection");
+    assert!(
+        closed_after >= Duration::from_secs(1),
+        "closed before request_timeout_ms: {closed_after:?}"
+    );
+    assert!(answers >= 2, "the paused client was answered only {answers} times");
+    // A pause longer than request_timeout_ms between requests is not a slow request.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    paused.write_all(health).await.unwrap();
+    let mut answer = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), paused.read(&mut answer))
+        .await
+        .expect("no answer after the pause")
+        .unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "closed after a pause: {n} bytes");
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+}
