@@ -24,12 +24,13 @@ use zeroize::Zeroizing;
 
 use crate::auth::BearerKey;
 use crate::credentials::{self, LoginLimiter};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, StoreError};
 use crate::session::{self, Caller};
 use crate::snapshot::Snapshots;
 use crate::store::{
-    Change, DEFAULT_PAGE_LIMIT, Invitation, KmsConfig, KmsConfigStatus, ManagedBy, NewKmsConfig,
-    NewSiemConfig, NewVendorKey, SiemConfig, SiemConfigStatus, Store, Tenant, TenantStatus,
+    AdminView, Change, DEFAULT_PAGE_LIMIT, Invitation, KmsConfig, KmsConfigStatus, ManagedBy,
+    NewKmsConfig, NewSiemConfig, NewVendorKey, SiemConfig, SiemConfigStatus, Store, Tenant,
+    TenantStatus,
 };
 
 /// Longest long poll of the snapshot route.
@@ -189,6 +190,13 @@ pub struct ChangePage {
 pub struct KmsConfigList {
     /// By id.
     pub items: Vec<KmsConfig>,
+}
+
+/// A tenant's admins.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AdminList {
+    /// By id.
+    pub items: Vec<AdminView>,
 }
 
 /// A tenant's SIEM configurations.
@@ -356,6 +364,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/tenants/{id}/disable", post(disable_tenant))
         .route("/api/v1/tenants/{id}/enable", post(enable_tenant))
         .route("/api/v1/tenants/{id}/invitations", post(create_invitation))
+        .route("/api/v1/tenants/{id}/admins", get(list_admins))
+        .route("/api/v1/tenants/{id}/admins/{admin}/disable", post(disable_admin))
+        .route("/api/v1/tenants/{id}/admins/{admin}/enable", post(enable_admin))
         .route("/api/v1/tenants/{id}/kms-configs", get(list_kms_configs).post(add_kms_config))
         .route("/api/v1/tenants/{id}/vendor-keys", post(create_vendor_key))
         .route("/api/v1/tenants/{id}/kms-usage", get(crate::kms_usage::tenant_usage))
@@ -601,6 +612,70 @@ async fn create_invitation(
         .create_invitation(&caller.actor(), &id, &body.email, crate::store::INVITATION_TTL)
         .await?;
     Ok((StatusCode::CREATED, Json(InvitationCreated { invitation, token: token.to_string() })))
+}
+
+/// The tenant's admins: e-mail address, since when, disabled or not (no secrets).
+#[utoipa::path(get, path = "/api/v1/tenants/{id}/admins", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = AdminList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn list_admins(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<AdminList>> {
+    let Path(id) = id?;
+    caller.require_tenant(&id)?;
+    Ok(Json(AdminList { items: state.store().admins(&id).await? }))
+}
+
+async fn set_admin_disabled(
+    state: &AppState,
+    caller: &Caller,
+    path: Result<Path<(String, i64)>, PathRejection>,
+    disabled: bool,
+) -> ApiResult<Json<AdminView>> {
+    let Path((id, admin)) = path?;
+    caller.require_tenant(&id)?;
+    if disabled && matches!(caller, Caller::TenantAdmin { admin_id, .. } if *admin_id == admin) {
+        // Signing out is how an admin leaves; disabling oneself could leave the tenant with
+        // nobody to undo it but the vendor.
+        return Err(ApiError::Store(StoreError::Conflict(
+            "an admin cannot disable themselves: another admin of the tenant or the vendor can"
+                .into(),
+        )));
+    }
+    Ok(Json(state.store().set_admin_disabled(&caller.actor(), &id, admin, disabled).await?))
+}
+
+/// Disables a tenant admin: no sign-in from now on, and every session of theirs ends at once
+/// (an admin who left, or whose password or TOTP secret may be known to others). Recorded in
+/// the history and the tenant's audit stream. An admin cannot disable themselves.
+#[utoipa::path(post, path = "/api/v1/tenants/{id}/admins/{admin}/disable", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id"), ("admin" = i64, Path, description = "Admin id")),
+    security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = AdminView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn disable_admin(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, i64)>, PathRejection>,
+) -> ApiResult<Json<AdminView>> {
+    set_admin_disabled(&state, &caller, path, true).await
+}
+
+/// Enables a tenant admin again: they may sign in with their password and TOTP code.
+#[utoipa::path(post, path = "/api/v1/tenants/{id}/admins/{admin}/enable", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id"), ("admin" = i64, Path, description = "Admin id")),
+    security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = AdminView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn enable_admin(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, i64)>, PathRejection>,
+) -> ApiResult<Json<AdminView>> {
+    set_admin_disabled(&state, &caller, path, false).await
 }
 
 // ---- tenant admins: invitations, sessions ----------------------------------------------------
@@ -1098,6 +1173,7 @@ impl Modify for SecuritySchemes {
 #[openapi(
     info(title = "Keyhold Configuration Broker", description = "Vendor Bridge API and proxy snapshot route (docs/broker.md). Routes open to tenant admins accept the session cookie; with it, POST/PUT/PATCH/DELETE need the X-CSRF-Token header. The end-to-end encryption service (tag e2e) is described in docs/e2e-api.md: its errors are {code: number, message}."),
     paths(create_tenant, list_tenants, get_tenant, disable_tenant, enable_tenant, create_invitation,
+          list_admins, disable_admin, enable_admin,
           list_kms_configs, add_kms_config, create_vendor_key, primary_kms_config, disable_kms_config, enable_kms_config,
           list_siem_configs, add_siem_config, disable_siem_config, enable_siem_config, history,
           get_leasing, set_leasing, accept_invitation, login, whoami, logout, fleet_key, snapshot,
@@ -1116,7 +1192,7 @@ impl Modify for SecuritySchemes {
                        ManagedBy, NewVendorKey,
                        NewKmsConfig, KmsConfigList, SiemConfig, SiemConfigStatus, NewSiemConfig, SiemConfigList,
                        Change, ChangePage, CreateInvitation, Invitation, InvitationCreated, FleetKeyInfo, HealthBody,
-                       AcceptInvitation, AdminCreated, LoginRequest, SessionBody, TenantLeasing,
+                       AcceptInvitation, AdminCreated, AdminList, AdminView, LoginRequest, SessionBody, TenantLeasing,
                        crate::admin_events::ClaimRequest, crate::admin_events::AdminEventBatch,
                        crate::admin_events::AckRequest, crate::admin_events::E2eEventBatch,
                        crate::kms_usage::UsageReport,

@@ -30,6 +30,9 @@ pub enum StoreError {
     /// The object exists already.
     #[error("{0}")]
     Conflict(String),
+    /// No admin with this id for this tenant.
+    #[error("admin {0} not found for this tenant")]
+    AdminNotFound(i64),
     /// No invitation with this token.
     #[error("no such invitation")]
     InvitationNotFound,
@@ -154,7 +157,8 @@ impl ApiError {
                 StoreError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
                 StoreError::TenantNotFound(_)
                 | StoreError::KmsConfigNotFound(_)
-                | StoreError::SiemConfigNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                | StoreError::SiemConfigNotFound(_)
+                | StoreError::AdminNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
                 StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
                 StoreError::InvitationNotFound => (StatusCode::NOT_FOUND, "not_found"),
                 StoreError::InvitationExpired => (StatusCode::GONE, "invitation_expired"),

@@ -28,7 +28,9 @@ use crate::error::StoreError;
 use crate::validate;
 
 mod admins;
-pub use admins::{AcceptedInvitation, AdminLogin, NewSession, SessionInfo, normalize_email};
+pub use admins::{
+    AcceptedInvitation, AdminLogin, AdminView, NewSession, SessionInfo, normalize_email,
+};
 
 /// Default page size of list calls.
 pub const DEFAULT_PAGE_LIMIT: u32 = 100;

@@ -362,3 +362,131 @@ async fn invitation_login_csrf_roles_logout() {
         b.stop().await;
     }
 }
+
+/// A tenant admin of `tenant`, invited and accepted: (admin id, TOTP secret).
+async fn enroll(b: &TestBroker, tenant: &str, email: &str) -> (i64, String) {
+    let (_, token) =
+        b.store.create_invitation("vendor", tenant, email, Duration::from_secs(600)).await.unwrap();
+    let (status, admin, _) = call(
+        b,
+        Method::POST,
+        "/api/v1/invitations/accept",
+        None,
+        None,
+        Some(json!({"token": token.as_str(), "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, 201, "{admin}");
+    (admin["admin_id"].as_i64().unwrap(), admin["totp_secret"].as_str().unwrap().to_owned())
+}
+
+/// Signs in with the TOTP code of `at` (Unix seconds): the status, and the cookie and CSRF
+/// token on success.
+async fn sign_in(b: &TestBroker, email: &str, secret: &str, at: u64) -> (u16, String, String) {
+    let login =
+        json!({"email": email, "password": PASSWORD, "totp": totp_code(secret, at).unwrap()});
+    let (status, body, headers) =
+        call(b, Method::POST, "/api/v1/session", None, None, Some(login)).await;
+    let cookie = headers
+        .get("set-cookie")
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, cookie, body["csrf_token"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_disabled_loses_every_session_at_once_and_cannot_sign_in_until_enabled() {
+    for db in databases().await {
+        let name = db.name;
+        let b = TestBroker::start(&db).await;
+        for t in ["acme", "globex"] {
+            assert_eq!(b.post("/api/v1/tenants", json!({"id": t})).await.0, 201);
+        }
+        let (alice, alice_secret) = enroll(&b, "acme", "alice@example.com").await;
+        let (bob, bob_secret) = enroll(&b, "acme", "bob@example.com").await;
+        let (carol, _) = enroll(&b, "globex", "carol@example.com").await;
+        // Bob signs in on two machines, with the codes of the previous and the current step
+        // (each accepted once), so that a later sign-in with a newer code is not a replay.
+        let (status, alice_cookie, alice_csrf) =
+            sign_in(&b, "alice@example.com", &alice_secret, now()).await;
+        assert_eq!(status, 200, "{name}");
+        let (status, bob_laptop, _) = sign_in(&b, "bob@example.com", &bob_secret, now() - 30).await;
+        assert_eq!(status, 200, "{name}");
+        let whoami = |cookie: String| {
+            let b = &b;
+            async move { call(b, Method::GET, "/api/v1/session", Some(&cookie), None, None).await.0 }
+        };
+        assert_eq!(whoami(bob_laptop.clone()).await, 200);
+
+        // Listed by the vendor and by the tenant's own admin, without secrets.
+        let (status, list) = b.get("/api/v1/tenants/acme/admins").await;
+        assert_eq!(status, 200, "{name}: {list}");
+        let items = list["items"].as_array().unwrap();
+        let emails: Vec<&str> = items.iter().map(|a| a["email"].as_str().unwrap()).collect();
+        assert_eq!(emails, ["alice@example.com", "bob@example.com"], "{name}");
+        for admin in items {
+            let mut keys: Vec<&String> = admin.as_object().unwrap().keys().collect();
+            keys.sort();
+            assert_eq!(keys, ["admin_id", "created_at", "disabled", "email", "tenant"], "{name}");
+        }
+        let own =
+            call(&b, Method::GET, "/api/v1/tenants/acme/admins", Some(&alice_cookie), None, None)
+                .await;
+        assert_eq!((own.0, own.1["items"].as_array().map(Vec::len)), (200, Some(2)), "{name}");
+        let other =
+            call(&b, Method::GET, "/api/v1/tenants/globex/admins", Some(&alice_cookie), None, None)
+                .await;
+        assert_error(&other, 403, "forbidden", name);
+
+        // Refusals change nothing: no CSRF token, oneself, an unknown admin, another tenant's.
+        let before = history_len(&b, "acme").await;
+        let disable = |id: i64| format!("/api/v1/tenants/acme/admins/{id}/disable");
+        let no_csrf = call(&b, Method::POST, &disable(bob), Some(&alice_cookie), None, None).await;
+        assert_error(&no_csrf, 403, "csrf_token_missing", name);
+        let herself =
+            call(&b, Method::POST, &disable(alice), Some(&alice_cookie), Some(&alice_csrf), None)
+                .await;
+        assert_error(&herself, 409, "conflict", name);
+        for id in [9999, carol] {
+            let missing =
+                call(&b, Method::POST, &disable(id), Some(&alice_cookie), Some(&alice_csrf), None)
+                    .await;
+            assert_error(&missing, 404, "not_found", name);
+        }
+        assert_eq!(history_len(&b, "acme").await, before, "{name}: a refusal was recorded");
+        assert_eq!(whoami(bob_laptop.clone()).await, 200);
+
+        // Alice disables Bob: his session ends at once, and he cannot sign in.
+        let (status, disabled, _) =
+            call(&b, Method::POST, &disable(bob), Some(&alice_cookie), Some(&alice_csrf), None)
+                .await;
+        assert_eq!((status, &disabled["disabled"]), (200, &json!(true)), "{name}: {disabled}");
+        assert_eq!(whoami(bob_laptop.clone()).await, 401, "{name}: his session lives on");
+        let (status, _, _) = sign_in(&b, "bob@example.com", &bob_secret, now()).await;
+        assert_eq!(status, 401, "{name}: a disabled admin signed in");
+        let (_, page) = b.get("/api/v1/tenants/acme/history?limit=1000").await;
+        let last = page["items"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            (&last["action"], &last["actor"], &last["detail"]["admin_id"]),
+            (&json!("admin.disable"), &json!("admin:alice@example.com"), &json!(bob)),
+            "{name}: {last}"
+        );
+        assert_eq!(last["detail"]["sessions_ended"], 1, "{name}: {last}");
+        // Disabled again: nothing new to record.
+        let again =
+            call(&b, Method::POST, &disable(bob), Some(&alice_cookie), Some(&alice_csrf), None)
+                .await;
+        assert_eq!(again.0, 200);
+        assert_eq!(history_len(&b, "acme").await, before + 1, "{name}");
+
+        // The vendor enables him again: he signs in with a code newer than his last (the
+        // refused attempt above used none: a disabled admin's code is not checked).
+        let (status, enabled) =
+            b.post(&format!("/api/v1/tenants/acme/admins/{bob}/enable"), json!({})).await;
+        assert_eq!((status, &enabled["disabled"]), (200, &json!(false)), "{name}: {enabled}");
+        let (status, cookie, _) = sign_in(&b, "bob@example.com", &bob_secret, now()).await;
+        assert_eq!(status, 200, "{name}: not signed in after being enabled");
+        assert_eq!(whoami(cookie).await, 200);
+        assert_eq!(whoami(bob_laptop).await, 401, "{name}: an ended session came back");
+    }
+}

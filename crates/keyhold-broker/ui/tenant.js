@@ -116,7 +116,7 @@ const SIEM_TYPES = {
   },
 };
 
-const ctx = { tenant: null, auth: 'session', fleetKey: null, historyNext: null };
+const ctx = { tenant: null, email: null, auth: 'session', fleetKey: null, historyNext: null };
 
 function call(method, path, body) {
   return api(method, path, body, { auth: ctx.auth });
@@ -327,6 +327,40 @@ async function siemStatus(button, name, action) {
   await refresh(['siem', 'history']);
 }
 
+async function loadAdmins() {
+  const { items } = await call('GET', `${base()}/admins`);
+  const body = $('admins-table').tBodies[0];
+  if (items.length === 0) {
+    body.replaceChildren(emptyRow(5, 'No admin yet: the vendor invites them.'));
+    return;
+  }
+  body.replaceChildren(...items.map((a) => {
+    const status = a.disabled ? 'disabled' : 'active';
+    let action;
+    if (a.email === ctx.email) {
+      action = el('span', { className: 'hint' }, 'you');
+    } else if (a.disabled) {
+      action = actionButton('Enable', `Enable admin ${a.email}`, (b) => adminStatus(b, a, 'enable'), 'secondary');
+    } else {
+      action = actionButton('Disable', `Disable admin ${a.email}`, (b) => adminStatus(b, a, 'disable'), 'danger');
+    }
+    return el('tr', { dataset: { adminId: String(a.admin_id), status } },
+      el('td', {}, String(a.admin_id)),
+      el('td', {}, a.email),
+      el('td', {}, shortTime(a.created_at)),
+      el('td', {}, badge(status)),
+      el('td', {}, el('div', { className: 'actions' }, action)));
+  }));
+}
+
+async function adminStatus(button, admin, action) {
+  if (action === 'disable' && !confirm(`Disable admin ${admin.email}? Their sessions end now.`)) return;
+  const done = await busy(button, () => call('POST', `${base()}/admins/${admin.admin_id}/${action}`));
+  if (!done) return;
+  announce(`Admin ${admin.email} is now ${done.disabled ? 'disabled' : 'active'}.`);
+  await refresh(['admins', 'history']);
+}
+
 function historyRow(c) {
   return el('tr', {},
     el('td', {}, String(c.id)),
@@ -347,11 +381,12 @@ async function loadHistory(more = false) {
   $('history-more').hidden = page.next === null;
 }
 
-async function refresh(parts = ['kms', 'siem', 'history']) {
+async function refresh(parts = ['kms', 'siem', 'admins', 'history']) {
   try {
     const jobs = [];
     if (parts.includes('kms')) jobs.push(loadKms());
     if (parts.includes('siem')) jobs.push(loadSiem());
+    if (parts.includes('admins')) jobs.push(loadAdmins());
     if (parts.includes('history')) jobs.push(loadHistory());
     await Promise.all(jobs);
   } catch (e) {
@@ -435,6 +470,7 @@ async function identify() {
     const session = await api('GET', '/api/v1/session');
     setCsrfToken(session.csrf_token);
     ctx.tenant = session.tenant;
+    ctx.email = session.email;
     $('who').textContent = `Signed in as ${session.email}`;
     $('sign-out').hidden = false;
     return true;

@@ -26,6 +26,31 @@ pub struct AcceptedInvitation {
     pub email: String,
 }
 
+/// A tenant admin as listed: who, since when, and whether they may sign in (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AdminView {
+    /// The admin's id.
+    pub admin_id: i64,
+    /// The tenant.
+    pub tenant: String,
+    /// The e-mail address (lower-case): the login name.
+    pub email: String,
+    /// When the admin accepted their invitation, RFC 3339 UTC.
+    pub created_at: String,
+    /// A disabled admin cannot sign in and has no session.
+    pub disabled: bool,
+}
+
+fn admin_view_row(row: &AnyRow) -> Result<AdminView, StoreError> {
+    Ok(AdminView {
+        admin_id: row.try_get("id")?,
+        tenant: row.try_get("tenant_id")?,
+        email: row.try_get("email")?,
+        created_at: row.try_get("created_at")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+    })
+}
+
 /// An admin as the login needs it.
 pub struct AdminLogin {
     /// The admin's id.
@@ -313,6 +338,72 @@ impl Store {
             csrf_token: Zeroizing::new(row.try_get("csrf_token")?),
             expires_at,
         }))
+    }
+
+    /// The tenant's admins, by id ([`StoreError::TenantNotFound`] for an unknown tenant).
+    pub async fn admins(&self, tenant: &str) -> Result<Vec<AdminView>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        super::require_tenant(&mut conn, tenant).await?;
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, email, created_at, disabled FROM admins \
+             WHERE tenant_id = $1 ORDER BY id",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(admin_view_row).collect()
+    }
+
+    /// Disables (`disabled`) or enables one of the tenant's admins. Disabling ends every
+    /// session of theirs at once, in the same transaction. A change is recorded
+    /// (`admin.disable`, `admin.enable`), and so becomes an admin audit event of the tenant;
+    /// setting the state the admin is already in records nothing.
+    pub async fn set_admin_disabled(
+        &self,
+        actor: &str,
+        tenant: &str,
+        admin_id: i64,
+        disabled: bool,
+    ) -> Result<AdminView, StoreError> {
+        let (mut tx, change) = self.begin_change().await?;
+        super::require_tenant(&mut tx, tenant).await?;
+        let row = sqlx::query(
+            "SELECT id, tenant_id, email, created_at, disabled FROM admins \
+             WHERE id = $1 AND tenant_id = $2",
+        )
+        .bind(admin_id)
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut admin = admin_view_row(&row.ok_or(StoreError::AdminNotFound(admin_id))?)?;
+        if admin.disabled == disabled {
+            return Ok(admin);
+        }
+        sqlx::query("UPDATE admins SET disabled = $1 WHERE id = $2")
+            .bind(i64::from(disabled))
+            .bind(admin_id)
+            .execute(&mut *tx)
+            .await?;
+        let ended = if disabled {
+            sqlx::query("DELETE FROM sessions WHERE admin_id = $1")
+                .bind(admin_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        } else {
+            0
+        };
+        let (action, detail) = if disabled {
+            (
+                "admin.disable",
+                json!({"admin_id": admin_id, "email": admin.email, "sessions_ended": ended}),
+            )
+        } else {
+            ("admin.enable", json!({"admin_id": admin_id, "email": admin.email}))
+        };
+        self.commit_change(tx, change, tenant, actor, action, detail).await?;
+        admin.disabled = disabled;
+        Ok(admin)
     }
 
     /// Ends the session with this token (nothing if there is none).

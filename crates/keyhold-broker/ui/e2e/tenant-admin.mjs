@@ -1,7 +1,7 @@
 // The tenant admin's journey in a real browser, against a running broker:
 //   accept the invitation (/#invite=<token>) → read the TOTP secret from the page → sign in with
 //   password and TOTP → add a Vault KMS configuration (the token sealed in the browser) → make it
-//   primary → check the table and the history; then the vendor page with the API key.
+//   primary → check the table, the admins and the history; then the vendor page with the API key.
 // Prints one JSON line: {"ok": true, "config_id": <id>, "tenant": …, "screenshots": […]}.
 //
 // Environment: BROKER_URL, VENDOR_API_KEY, TENANT, INVITE_TOKEN, VAULT_ADDR, VAULT_KEY,
@@ -48,6 +48,10 @@ try {
   await page.locator('#tenant-id', { hasText: tenant }).waitFor();
   await page.locator('#kms-table tbody tr').first().waitFor();
   await page.locator('#history-table tbody tr').first().waitFor();
+  // The admin sees themselves among the tenant's admins, with no button to disable themselves.
+  const me = page.locator('#admins-table tbody tr', { hasText: 'you' });
+  await me.waitFor();
+  if (await me.getByRole('button').count() !== 0) throw new Error('the signed-in admin can disable themselves');
   saved.push(await shot(page, screenshots, 'broker-tenant.png'));
 
   // 3. Add a Vault configuration; the token is sealed in the page (seal.js), never sent clear.
