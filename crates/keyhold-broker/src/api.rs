@@ -28,9 +28,9 @@ use crate::error::{ApiError, ErrorBody, StoreError};
 use crate::session::{self, Caller};
 use crate::snapshot::Snapshots;
 use crate::store::{
-    AdminView, Change, DEFAULT_PAGE_LIMIT, Invitation, KmsConfig, KmsConfigStatus, ManagedBy,
-    NewKmsConfig, NewSiemConfig, NewVendorKey, SiemConfig, SiemConfigStatus, Store, Tenant,
-    TenantStatus,
+    AdminView, Change, DEFAULT_PAGE_LIMIT, Invitation, InvitationView, KmsConfig, KmsConfigStatus,
+    ManagedBy, NewKmsConfig, NewSiemConfig, NewVendorKey, SiemConfig, SiemConfigStatus, Store,
+    Tenant, TenantStatus,
 };
 
 /// Longest long poll of the snapshot route.
@@ -190,6 +190,30 @@ pub struct ChangePage {
 pub struct KmsConfigList {
     /// By id.
     pub items: Vec<KmsConfig>,
+}
+
+/// A tenant's invitations.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InvitationList {
+    /// Oldest first.
+    pub items: Vec<InvitationView>,
+}
+
+/// Which invitations to revoke.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeInvitations {
+    /// The invited address: its pending invitations are revoked.
+    pub email: String,
+}
+
+/// How many invitations were revoked.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InvitationsRevoked {
+    /// The address.
+    pub email: String,
+    /// Pending invitations revoked (at least one).
+    pub revoked: u64,
 }
 
 /// A tenant's admins.
@@ -363,7 +387,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/tenants/{id}", get(get_tenant))
         .route("/api/v1/tenants/{id}/disable", post(disable_tenant))
         .route("/api/v1/tenants/{id}/enable", post(enable_tenant))
-        .route("/api/v1/tenants/{id}/invitations", post(create_invitation))
+        .route("/api/v1/tenants/{id}/invitations", post(create_invitation).get(list_invitations))
+        .route("/api/v1/tenants/{id}/invitations/revoke", post(revoke_invitations))
         .route("/api/v1/tenants/{id}/admins", get(list_admins))
         .route("/api/v1/tenants/{id}/admins/{admin}/disable", post(disable_admin))
         .route("/api/v1/tenants/{id}/admins/{admin}/enable", post(enable_admin))
@@ -612,6 +637,43 @@ async fn create_invitation(
         .create_invitation(&caller.actor(), &id, &body.email, crate::store::INVITATION_TTL)
         .await?;
     Ok((StatusCode::CREATED, Json(InvitationCreated { invitation, token: token.to_string() })))
+}
+
+/// The tenant's invitations and where each stands (`pending`, `used`, `expired`, `revoked`);
+/// never their tokens.
+#[utoipa::path(get, path = "/api/v1/tenants/{id}/invitations", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")), security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = InvitationList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn list_invitations(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<InvitationList>> {
+    let Path(id) = id?;
+    caller.require_tenant(&id)?;
+    Ok(Json(InvitationList { items: state.store().invitations(&id).await? }))
+}
+
+/// Revokes the pending invitations of an address: their links stop working at once (accepting
+/// one answers `410 invitation_revoked`). For a link sent to the wrong address, or one others
+/// may have seen. `404` when the address has no pending invitation.
+#[utoipa::path(post, path = "/api/v1/tenants/{id}/invitations/revoke", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")), request_body = RevokeInvitations,
+    security(("vendor_key" = []), ("session_cookie" = [])),
+    responses((status = 200, body = InvitationsRevoked), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn revoke_invitations(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<RevokeInvitations>, JsonRejection>,
+) -> ApiResult<Json<InvitationsRevoked>> {
+    let Path(id) = id?;
+    caller.require_tenant(&id)?;
+    let Json(body) = body?;
+    let revoked = state.store().revoke_invitations(&caller.actor(), &id, &body.email).await?;
+    Ok(Json(InvitationsRevoked { email: crate::store::normalize_email(&body.email), revoked }))
 }
 
 /// The tenant's admins: e-mail address, since when, disabled or not (no secrets).
@@ -1173,7 +1235,7 @@ impl Modify for SecuritySchemes {
 #[openapi(
     info(title = "Keyhold Configuration Broker", description = "Vendor Bridge API and proxy snapshot route (docs/broker.md). Routes open to tenant admins accept the session cookie; with it, POST/PUT/PATCH/DELETE need the X-CSRF-Token header. The end-to-end encryption service (tag e2e) is described in docs/e2e-api.md: its errors are {code: number, message}."),
     paths(create_tenant, list_tenants, get_tenant, disable_tenant, enable_tenant, create_invitation,
-          list_admins, disable_admin, enable_admin,
+          list_invitations, revoke_invitations, list_admins, disable_admin, enable_admin,
           list_kms_configs, add_kms_config, create_vendor_key, primary_kms_config, disable_kms_config, enable_kms_config,
           list_siem_configs, add_siem_config, disable_siem_config, enable_siem_config, history,
           get_leasing, set_leasing, accept_invitation, login, whoami, logout, fleet_key, snapshot,
@@ -1192,7 +1254,8 @@ impl Modify for SecuritySchemes {
                        ManagedBy, NewVendorKey,
                        NewKmsConfig, KmsConfigList, SiemConfig, SiemConfigStatus, NewSiemConfig, SiemConfigList,
                        Change, ChangePage, CreateInvitation, Invitation, InvitationCreated, FleetKeyInfo, HealthBody,
-                       AcceptInvitation, AdminCreated, AdminList, AdminView, LoginRequest, SessionBody, TenantLeasing,
+                       AcceptInvitation, AdminCreated, AdminList, AdminView, LoginRequest,
+                       InvitationList, InvitationView, crate::store::InvitationState, RevokeInvitations, InvitationsRevoked, SessionBody, TenantLeasing,
                        crate::admin_events::ClaimRequest, crate::admin_events::AdminEventBatch,
                        crate::admin_events::AckRequest, crate::admin_events::E2eEventBatch,
                        crate::kms_usage::UsageReport,

@@ -39,6 +39,9 @@ pub enum StoreError {
     /// The invitation has expired; ask for a new one.
     #[error("the invitation has expired; ask for a new one")]
     InvitationExpired,
+    /// The invitation was revoked before anyone accepted it.
+    #[error("the invitation was revoked; ask for a new one")]
+    InvitationRevoked,
     /// The invitation was accepted already.
     #[error("the invitation was used already")]
     InvitationUsed,
@@ -163,6 +166,7 @@ impl ApiError {
                 StoreError::InvitationNotFound => (StatusCode::NOT_FOUND, "not_found"),
                 StoreError::InvitationExpired => (StatusCode::GONE, "invitation_expired"),
                 StoreError::InvitationUsed => (StatusCode::CONFLICT, "invitation_used"),
+                StoreError::InvitationRevoked => (StatusCode::GONE, "invitation_revoked"),
                 StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }

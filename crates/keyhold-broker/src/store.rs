@@ -29,7 +29,8 @@ use crate::validate;
 
 mod admins;
 pub use admins::{
-    AcceptedInvitation, AdminLogin, AdminView, NewSession, SessionInfo, normalize_email,
+    AcceptedInvitation, AdminLogin, AdminView, InvitationState, InvitationView, NewSession,
+    SessionInfo, normalize_email,
 };
 
 /// Default page size of list calls.
@@ -338,6 +339,13 @@ impl<'s> MigrationSource<'s> for Migrations {
                     Cow::Borrowed("e2e_key_statements"),
                     MigrationType::Simple,
                     Cow::Borrowed(include_str!("../migrations/0008_e2e_key_statements.sql")),
+                    false,
+                ),
+                Migration::new(
+                    9,
+                    Cow::Borrowed("invitation_revocation"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0009_invitation_revocation.sql")),
                     false,
                 ),
             ])

@@ -583,6 +583,8 @@ async fn fleet_key_health_and_openapi() {
         ("/api/v1/tenants/{id}/history", "get"),
         ("/api/v1/tenants/{id}/leasing", "get"),
         ("/api/v1/tenants/{id}/leasing", "put"),
+        ("/api/v1/tenants/{id}/invitations", "get"),
+        ("/api/v1/tenants/{id}/invitations/revoke", "post"),
         ("/api/v1/tenants/{id}/admins", "get"),
         ("/api/v1/tenants/{id}/admins/{admin}/disable", "post"),
         ("/api/v1/tenants/{id}/admins/{admin}/enable", "post"),

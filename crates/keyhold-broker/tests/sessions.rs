@@ -490,3 +490,126 @@ async fn an_admin_disabled_loses_every_session_at_once_and_cannot_sign_in_until_
         assert_eq!(whoami(bob_laptop).await, 401, "{name}: an ended session came back");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_revoked_before_it_is_accepted_no_longer_works() {
+    for db in databases().await {
+        let name = db.name;
+        let b = TestBroker::start(&db).await;
+        for t in ["acme", "globex"] {
+            assert_eq!(b.post("/api/v1/tenants", json!({"id": t})).await.0, 201);
+        }
+        let (_, alice_secret) = enroll(&b, "acme", "alice@example.com").await;
+        let (status, cookie, csrf) = sign_in(&b, "alice@example.com", &alice_secret, now()).await;
+        assert_eq!(status, 200, "{name}");
+        let mut tokens = Vec::new();
+        for email in ["Dana@example.com", "dana@example.com", "erin@example.com"] {
+            let (status, inv) =
+                b.post("/api/v1/tenants/acme/invitations", json!({"email": email})).await;
+            assert_eq!(status, 201, "{name}: {inv}");
+            tokens.push(inv["token"].as_str().unwrap().to_owned());
+        }
+        b.store
+            .create_invitation("vendor", "acme", "old@example.com", Duration::ZERO)
+            .await
+            .unwrap();
+        let accept = |token: &str| {
+            call(
+                &b,
+                Method::POST,
+                "/api/v1/invitations/accept",
+                None,
+                None,
+                Some(json!({"token": token, "password": PASSWORD})),
+            )
+        };
+        let states = |list: &Value| -> Vec<(String, String)> {
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    (
+                        i["email"].as_str().unwrap().to_lowercase(),
+                        i["state"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        };
+
+        // Listed by the tenant's admin, without tokens; not another tenant's.
+        let (status, list, _) =
+            call(&b, Method::GET, "/api/v1/tenants/acme/invitations", Some(&cookie), None, None)
+                .await;
+        assert_eq!(status, 200, "{name}: {list}");
+        let mut got = states(&list);
+        got.sort();
+        let expected = [
+            ("alice@example.com", "used"),
+            ("dana@example.com", "pending"),
+            ("dana@example.com", "pending"),
+            ("erin@example.com", "pending"),
+            ("old@example.com", "expired"),
+        ];
+        assert_eq!(got, expected.map(|(e, s)| (e.to_owned(), s.to_owned())), "{name}");
+        assert!(!list.to_string().contains("token"), "{name}: a token is listed: {list}");
+        let other =
+            call(&b, Method::GET, "/api/v1/tenants/globex/invitations", Some(&cookie), None, None)
+                .await;
+        assert_error(&other, 403, "forbidden", name);
+
+        // Refusals record nothing: no CSRF token; an address without a pending invitation.
+        let before = history_len(&b, "acme").await;
+        let revoke = |email: &str, csrf: Option<&str>| {
+            let (b, cookie) = (&b, cookie.clone());
+            let (body, csrf) = (json!({"email": email}), csrf.map(str::to_owned));
+            async move {
+                let path = "/api/v1/tenants/acme/invitations/revoke";
+                call(b, Method::POST, path, Some(&cookie), csrf.as_deref(), Some(body)).await
+            }
+        };
+        assert_error(&revoke("dana@example.com", None).await, 403, "csrf_token_missing", name);
+        for email in ["nobody@example.com", "old@example.com", "alice@example.com"] {
+            assert_error(&revoke(email, Some(&csrf)).await, 404, "not_found", name);
+        }
+        assert_eq!(history_len(&b, "acme").await, before, "{name}: a refusal was recorded");
+
+        // Both of Dana's links stop working; Erin's still works.
+        let (status, revoked, _) = revoke("DANA@example.com", Some(&csrf)).await;
+        assert_eq!((status, &revoked["revoked"]), (200, &json!(2)), "{name}: {revoked}");
+        for token in &tokens[..2] {
+            assert_error(&accept(token).await, 410, "invitation_revoked", name);
+        }
+        assert_error(&revoke("dana@example.com", Some(&csrf)).await, 404, "not_found", name);
+        assert_eq!(accept(&tokens[2]).await.0, 201, "{name}");
+        let (_, admins) = b.get("/api/v1/tenants/acme/admins").await;
+        let emails: Vec<&str> = admins["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["email"].as_str().unwrap())
+            .collect();
+        assert_eq!(emails, ["alice@example.com", "erin@example.com"], "{name}");
+        let (_, list) = b.get("/api/v1/tenants/acme/invitations").await;
+        let dana: Vec<_> =
+            states(&list).into_iter().filter(|(e, _)| e.starts_with("dana")).collect();
+        assert!(dana.iter().all(|(_, s)| s == "revoked") && dana.len() == 2, "{name}: {list}");
+
+        let (_, page) = b.get("/api/v1/tenants/acme/history?limit=1000").await;
+        let revoke_record = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["action"] == "invitation.revoke")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            (&revoke_record["actor"], &revoke_record["detail"]),
+            (
+                &json!("admin:alice@example.com"),
+                &json!({"email": "dana@example.com", "revoked": 2})
+            ),
+            "{name}: {page}"
+        );
+    }
+}

@@ -353,6 +353,34 @@ async function loadAdmins() {
   }));
 }
 
+async function loadInvitations() {
+  const { items } = await call('GET', `${base()}/invitations`);
+  const body = $('invitations-table').tBodies[0];
+  if (items.length === 0) {
+    body.replaceChildren(emptyRow(5, 'No invitation yet.'));
+    return;
+  }
+  body.replaceChildren(...items.map((i) => {
+    const action = i.state === 'pending'
+      ? actionButton('Revoke', `Revoke the invitation of ${i.email}`, (b) => revokeInvitation(b, i.email), 'danger')
+      : '';
+    return el('tr', { dataset: { state: i.state } },
+      el('td', {}, i.email),
+      el('td', {}, shortTime(i.created_at)),
+      el('td', {}, shortTime(i.expires_at)),
+      el('td', {}, badge(i.state)),
+      el('td', {}, el('div', { className: 'actions' }, action)));
+  }));
+}
+
+async function revokeInvitation(button, email) {
+  if (!confirm(`Revoke the pending invitation of ${email}? Its link stops working.`)) return;
+  const done = await busy(button, () => call('POST', `${base()}/invitations/revoke`, { email }));
+  if (!done) return;
+  announce(`Revoked ${done.revoked} invitation(s) of ${done.email}.`);
+  await refresh(['admins', 'history']);
+}
+
 async function adminStatus(button, admin, action) {
   if (action === 'disable' && !confirm(`Disable admin ${admin.email}? Their sessions end now.`)) return;
   const done = await busy(button, () => call('POST', `${base()}/admins/${admin.admin_id}/${action}`));
@@ -386,7 +414,7 @@ async function refresh(parts = ['kms', 'siem', 'admins', 'history']) {
     const jobs = [];
     if (parts.includes('kms')) jobs.push(loadKms());
     if (parts.includes('siem')) jobs.push(loadSiem());
-    if (parts.includes('admins')) jobs.push(loadAdmins());
+    if (parts.includes('admins')) jobs.push(loadAdmins(), loadInvitations());
     if (parts.includes('history')) jobs.push(loadHistory());
     await Promise.all(jobs);
   } catch (e) {

@@ -51,6 +51,54 @@ fn admin_view_row(row: &AnyRow) -> Result<AdminView, StoreError> {
     })
 }
 
+/// Where an invitation stands.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum InvitationState {
+    /// Not yet accepted, not expired, not revoked: its link still works.
+    Pending,
+    /// Accepted: the admin exists.
+    Used,
+    /// Past its expiry without being accepted.
+    Expired,
+    /// Withdrawn before anyone accepted it.
+    Revoked,
+}
+
+/// An invitation as listed (never its token, which only its recipient has).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct InvitationView {
+    /// The invited address.
+    pub email: String,
+    /// When it was made, RFC 3339 UTC.
+    pub created_at: String,
+    /// Its expiry, RFC 3339 UTC.
+    pub expires_at: String,
+    /// Where it stands.
+    pub state: InvitationState,
+}
+
+fn invitation_view_row(row: &AnyRow, now: OffsetDateTime) -> Result<InvitationView, StoreError> {
+    let expires_at: String = row.try_get("expires_at")?;
+    let state = if row.try_get::<Option<String>, _>("used_at")?.is_some() {
+        InvitationState::Used
+    } else if row.try_get::<Option<String>, _>("revoked_at")?.is_some() {
+        InvitationState::Revoked
+    } else if parse_time(&expires_at)? <= now {
+        InvitationState::Expired
+    } else {
+        InvitationState::Pending
+    };
+    Ok(InvitationView {
+        email: row.try_get("email")?,
+        created_at: row.try_get("created_at")?,
+        expires_at,
+        state,
+    })
+}
+
 /// An admin as the login needs it.
 pub struct AdminLogin {
     /// The admin's id.
@@ -150,6 +198,10 @@ fn check_invitation(row: &AnyRow) -> Result<(), StoreError> {
     if used.is_some() {
         return Err(StoreError::InvitationUsed);
     }
+    let revoked: Option<String> = row.try_get("revoked_at")?;
+    if revoked.is_some() {
+        return Err(StoreError::InvitationRevoked);
+    }
     let expires = parse_time(&row.try_get::<String, _>("expires_at")?)?;
     if OffsetDateTime::now_utc() >= expires {
         return Err(StoreError::InvitationExpired);
@@ -174,11 +226,13 @@ impl Store {
     /// [`StoreError::InvitationUsed`] or [`StoreError::InvitationExpired`] when it cannot be
     /// accepted. Lets the caller refuse before hashing a password.
     pub async fn check_invitation(&self, token: &str) -> Result<(), StoreError> {
-        let row = sqlx::query("SELECT expires_at, used_at FROM invitations WHERE token_hash = $1")
-            .bind(hex_sha256(token.as_bytes()))
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::InvitationNotFound)?;
+        let row = sqlx::query(
+            "SELECT expires_at, used_at, revoked_at FROM invitations WHERE token_hash = $1",
+        )
+        .bind(hex_sha256(token.as_bytes()))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::InvitationNotFound)?;
         check_invitation(&row)
     }
 
@@ -194,7 +248,8 @@ impl Store {
         let token_hash = hex_sha256(token.as_bytes());
         let (mut tx, change) = self.begin_change().await?;
         let row = sqlx::query(
-            "SELECT tenant_id, email, expires_at, used_at FROM invitations WHERE token_hash = $1",
+            "SELECT tenant_id, email, expires_at, used_at, revoked_at FROM invitations \
+             WHERE token_hash = $1",
         )
         .bind(&token_hash)
         .fetch_optional(&mut *tx)
@@ -204,7 +259,8 @@ impl Store {
         let tenant: String = row.try_get("tenant_id")?;
         let email = normalize_email(&row.try_get::<String, _>("email")?);
         let used = sqlx::query(
-            "UPDATE invitations SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+            "UPDATE invitations SET used_at = $1 \
+             WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL",
         )
         .bind(now())
         .bind(&token_hash)
@@ -338,6 +394,66 @@ impl Store {
             csrf_token: Zeroizing::new(row.try_get("csrf_token")?),
             expires_at,
         }))
+    }
+
+    /// The tenant's invitations, oldest first ([`StoreError::TenantNotFound`] for an unknown
+    /// tenant).
+    pub async fn invitations(&self, tenant: &str) -> Result<Vec<InvitationView>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        super::require_tenant(&mut conn, tenant).await?;
+        let rows = sqlx::query(
+            "SELECT email, created_at, expires_at, used_at, revoked_at FROM invitations \
+             WHERE tenant_id = $1 ORDER BY created_at, email",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+        let now = OffsetDateTime::now_utc();
+        rows.iter().map(|row| invitation_view_row(row, now)).collect()
+    }
+
+    /// Revokes the tenant's pending invitations of `email` (compared lower-case): their links
+    /// stop working at once. Returns how many; a change (`invitation.revoke`) is recorded when
+    /// there was one, [`StoreError::InvitationNotFound`] when there was none.
+    pub async fn revoke_invitations(
+        &self,
+        actor: &str,
+        tenant: &str,
+        email: &str,
+    ) -> Result<u64, StoreError> {
+        let (mut tx, change) = self.begin_change().await?;
+        super::require_tenant(&mut tx, tenant).await?;
+        let rows = sqlx::query(
+            "SELECT token_hash, email, created_at, expires_at, used_at, revoked_at FROM invitations \
+             WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await?;
+        let wanted = normalize_email(email);
+        let now_t = OffsetDateTime::now_utc();
+        let mut revoked = 0;
+        for row in &rows {
+            let view = invitation_view_row(row, now_t)?;
+            if view.state != InvitationState::Pending || normalize_email(&view.email) != wanted {
+                continue;
+            }
+            revoked += sqlx::query(
+                "UPDATE invitations SET revoked_at = $1 \
+                 WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL",
+            )
+            .bind(format_time(now_t)?)
+            .bind(row.try_get::<String, _>("token_hash")?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if revoked == 0 {
+            return Err(StoreError::InvitationNotFound);
+        }
+        let detail = json!({"email": wanted, "revoked": revoked});
+        self.commit_change(tx, change, tenant, actor, "invitation.revoke", detail).await?;
+        Ok(revoked)
     }
 
     /// The tenant's admins, by id ([`StoreError::TenantNotFound`] for an unknown tenant).

@@ -52,6 +52,8 @@ try {
   const me = page.locator('#admins-table tbody tr', { hasText: 'you' });
   await me.waitFor();
   if (await me.getByRole('button').count() !== 0) throw new Error('the signed-in admin can disable themselves');
+  // Their own invitation, accepted, among the tenant's invitations (no revoke button left).
+  await page.locator('#invitations-table tbody tr[data-state="used"]').waitFor();
   saved.push(await shot(page, screenshots, 'broker-tenant.png'));
 
   // 3. Add a Vault configuration; the token is sealed in the page (seal.js), never sent clear.
