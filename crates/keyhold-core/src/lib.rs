@@ -27,6 +27,7 @@
 //! | [`seal`] | secrets sealed to the proxy fleet (HPKE), for the broker |
 //! | [`snapshot`] | the broker's signed configuration snapshot |
 //! | [`error_code`] | the stable numeric error codes of the wire API |
+//! | [`error_text`] | an error and its sources as one message, for people (logs, CLI, SDK errors) |
 //! | [`wire`] | the JSON bodies of the proxy API |
 //!
 //! ```
@@ -47,6 +48,7 @@ pub mod deterministic;
 pub mod document;
 pub mod edek;
 pub mod error_code;
+pub mod error_text;
 pub mod ironcore;
 pub mod kdf;
 pub mod lease;

@@ -60,6 +60,7 @@ use aws_sdk_kms::config::{Credentials, Region};
 use aws_sdk_kms::error::{ConnectorError, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeySpec, KeyState, KeyUsageType};
+use keyhold_core::error_text::chain as error_chain;
 use keyhold_core::secret::{Dek, KEY_LEN};
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -541,22 +542,6 @@ fn map_credentials_error(err: &CredentialsError) -> KmsError {
         },
         _ => KmsError::Unreachable(detail),
     }
-}
-
-/// `err` and its sources, one after the other (without repeating a source that its parent's
-/// message already includes).
-fn error_chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut current = err.source();
-    while let Some(e) = current {
-        let message = e.to_string();
-        if !out.contains(&message) {
-            out.push_str(": ");
-            out.push_str(&message);
-        }
-        current = e.source();
-    }
-    out
 }
 
 /// The first error of type `T` in `err`'s chain of sources.

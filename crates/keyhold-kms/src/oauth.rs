@@ -211,12 +211,11 @@ pub(crate) fn oauth_error(http_status: u16, body: &[u8]) -> KmsError {
 
 /// A failure to get an answer at all: refused, reset, timed out, TLS.
 pub(crate) fn transport_error(error: reqwest::Error) -> KmsError {
-    let mut message = if error.is_timeout() { "timed out".to_owned() } else { error.to_string() };
-    let mut source = std::error::Error::source(&error);
-    while let Some(inner) = source {
-        message = format!("{message}: {inner}");
-        source = inner.source();
-    }
+    let message = if error.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        keyhold_core::error_text::chain(&error)
+    };
     KmsError::Unreachable(excerpt(&message))
 }
 

@@ -330,15 +330,6 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "timed out".to_owned();
     }
-    let mut text = if e.is_connect() { format!("connection failed: {e}") } else { e.to_string() };
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let said = c.to_string();
-        if !text.ends_with(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        cause = c.source();
-    }
-    text
+    let text = keyhold_core::error_text::chain(e);
+    if e.is_connect() { format!("connection failed: {text}") } else { text }
 }
