@@ -78,6 +78,7 @@ impl axum::serve::Listener for Listener {
         match &mut self.inner {
             Either::Left(plain) => {
                 let (io, addr) = axum::serve::Listener::accept(plain).await;
+                set_nodelay(&io);
                 (Either::Left(io), addr)
             }
             Either::Right(tls) => {
@@ -95,6 +96,15 @@ impl axum::serve::Listener for Listener {
     }
 }
 
+/// Turns Nagle's algorithm off for an accepted connection, as the TLS listener does: an answer
+/// written in more than one segment (a large batch) must not wait for the client's delayed
+/// acknowledgement of the previous one before its last segment leaves.
+fn set_nodelay(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+    }
+}
+
 /// Warns when `listener` serves plain HTTP on an address other machines can reach: what
 /// `carries` (its secrets) then crosses the network in the clear unless a TLS terminator is in
 /// front. `section` names the configuration to set.
@@ -106,5 +116,24 @@ pub fn warn_if_plain_on_a_network(listener: &Listener, carries: &str, section: &
             "plain HTTP on a network address: {carries} cross the network in the clear unless a \
              TLS terminator is in front; configure [tls] ({section})"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener as _;
+
+    #[tokio::test]
+    async fn plain_connections_are_accepted_with_nagle_off() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("address");
+        let mut listener = Listener::plain(tcp);
+        let client = TcpStream::connect(addr).await.expect("connect");
+        // A new socket has Nagle on: the listener must turn it off, not the kernel.
+        assert!(!client.nodelay().expect("client socket"));
+        let (io, _) = listener.accept().await;
+        let Either::Left(accepted) = io else { panic!("a plain listener accepted TLS") };
+        assert!(accepted.nodelay().expect("accepted socket"), "TCP_NODELAY not set");
     }
 }
