@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::client::Call;
 use super::histogram::Buckets;
-use super::servers::cpu_seconds;
+use super::servers::{MachineTicks, cpu_seconds};
 
 /// What is read from the server around the measured window, besides the driver's own clock.
 #[derive(Clone, Default)]
@@ -95,6 +95,13 @@ pub struct Outcome {
     pub proxy_p99_ms_at_most: Option<f64>,
     /// 99.9th percentile, the same way.
     pub proxy_p999_ms_at_most: Option<f64>,
+    /// CPU time the load driver (this process: its workers, the pacer, the reads of `/metrics`)
+    /// used per request while measured, in microseconds: what each request cost the cores the
+    /// server shares with it.
+    pub driver_cpu_us_per_request: Option<f64>,
+    /// Share of the machine's time the hypervisor gave to others while measured (`steal` in
+    /// `/proc/stat`), in percent: on a VM, the noise that no code here controls.
+    pub machine_steal_percent: Option<f64>,
 }
 
 /// How often the pacer wakes to release the requests that have come due.
@@ -207,6 +214,8 @@ where
     }
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_before = server.pid.and_then(cpu_seconds);
+    let driver_before = cpu_seconds(std::process::id());
+    let machine_before = MachineTicks::now();
     let buckets_before = server.buckets().await;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors) = (0u64, 0u64);
@@ -222,12 +231,21 @@ where
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
+    let driver = match (driver_before, cpu_seconds(std::process::id())) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let machine_steal_percent = match (machine_before, MachineTicks::now()) {
+        (Some(before), Some(after)) => after.steal_percent_since(&before),
+        _ => None,
+    };
     let window = match (buckets_before, server.buckets().await) {
         (Some(before), Some(after)) => after.since(&before).ok(),
         _ => None,
     };
     let proxy_ms = |q: f64| window.as_ref().and_then(|w| w.quantile_at_most_ms(q));
     let per = |n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
+    let driver_per = driver.filter(|_| requests > 0).map(|c| c * 1e6 / requests as f64);
     let seconds = load.duration.as_secs_f64();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(Outcome {
@@ -250,5 +268,7 @@ where
         proxy_p50_ms_at_most: proxy_ms(0.5),
         proxy_p99_ms_at_most: proxy_ms(0.99),
         proxy_p999_ms_at_most: proxy_ms(0.999),
+        driver_cpu_us_per_request: driver_per,
+        machine_steal_percent,
     })
 }

@@ -675,7 +675,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let results = medians(&all_runs);
     print_table(&results);
     if runs > 1 {
-        println!("(each row: the run with the median requests/s of {runs} runs)");
+        println!(
+            "(each row: the run with the median requests/s of {runs} runs; a paced row: the median p99)"
+        );
     }
     let mut ratios = serde_json::Map::new();
     for (name, ours, theirs) in [
@@ -773,7 +775,9 @@ fn median(values: &mut [f64]) -> Option<f64> {
 }
 
 /// Per scenario, the outcome of the run with the median requests/s (a real run's figures,
-/// latencies included, not a blend of several).
+/// latencies included, not a blend of several). A paced scenario runs at the rate it was
+/// given, so its requests/s says nothing: its median run is the one with the median p99, the
+/// figure it exists for.
 fn medians(runs: &[Vec<Outcome>]) -> Vec<Outcome> {
     let Some(first) = runs.first() else { return Vec::new() };
     first
@@ -781,7 +785,11 @@ fn medians(runs: &[Vec<Outcome>]) -> Vec<Outcome> {
         .filter_map(|o| {
             let mut same: Vec<&Outcome> =
                 runs.iter().filter_map(|r| find(r, &o.target, &o.scenario, o.leasing)).collect();
-            same.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+            if o.rate.is_some() {
+                same.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+            } else {
+                same.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+            }
             same.get(same.len().saturating_sub(1) / 2).map(|o| (*o).clone())
         })
         .collect()
@@ -789,7 +797,7 @@ fn medians(runs: &[Vec<Outcome>]) -> Vec<Outcome> {
 
 fn print_table(results: &[Outcome]) {
     println!(
-        "{:<8} {:<18} {:<8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "{:<8} {:<18} {:<8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7} {:>7}",
         "target",
         "scenario",
         "leasing",
@@ -800,6 +808,8 @@ fn print_table(results: &[Outcome]) {
         "p99.9 ms",
         "cpu µs/key",
         "proxy p99≤",
+        "driver µs",
+        "steal %",
         "errors"
     );
     for o in results {
@@ -809,7 +819,7 @@ fn print_table(results: &[Outcome]) {
             None => "-",
         };
         println!(
-            "{:<8} {:<18} {:<8} {:>12.0} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>10} {:>10} {:>7}",
+            "{:<8} {:<18} {:<8} {:>12.0} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>10} {:>10} {:>9} {:>7} {:>7}",
             o.target,
             o.scenario,
             leasing,
@@ -820,7 +830,63 @@ fn print_table(results: &[Outcome]) {
             o.p999_ms,
             o.server_cpu_us_per_key.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
             o.proxy_p99_ms_at_most.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}")),
+            o.driver_cpu_us_per_request.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
+            o.machine_steal_percent.map_or_else(|| "-".to_owned(), |p| format!("{p:.1}")),
             o.errors
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(scenario: &str, rate: Option<f64>, requests_per_sec: f64, p99_ms: f64) -> Outcome {
+        Outcome {
+            target: "keyhold".into(),
+            scenario: scenario.into(),
+            leasing: Some(true),
+            concurrency: 64,
+            rate,
+            requests: 1,
+            errors: 0,
+            requests_per_sec,
+            keys_per_sec: requests_per_sec,
+            p50_ms: 1.0,
+            p99_ms,
+            p999_ms: p99_ms,
+            max_ms: p99_ms,
+            server_cpu_us_per_request: None,
+            server_cpu_us_per_key: None,
+            server_cores: None,
+            proxy_p50_ms_at_most: None,
+            proxy_p99_ms_at_most: None,
+            proxy_p999_ms_at_most: None,
+            driver_cpu_us_per_request: None,
+            machine_steal_percent: None,
+        }
+    }
+
+    #[test]
+    fn the_median_run_is_by_requests_per_second_unless_the_scenario_was_paced() {
+        // Three runs: a peak scenario and a paced one (each run paced at half its own peak).
+        let runs = vec![
+            vec![
+                outcome("unwrap", None, 30_000.0, 9.0),
+                outcome("half", Some(15_000.0), 15_000.0, 2.0),
+            ],
+            vec![
+                outcome("unwrap", None, 34_000.0, 1.0),
+                outcome("half", Some(17_000.0), 17_000.0, 700.0),
+            ],
+            vec![
+                outcome("unwrap", None, 32_000.0, 5.0),
+                outcome("half", Some(16_000.0), 16_000.0, 3.0),
+            ],
+        ];
+        let middle = medians(&runs);
+        assert_eq!(middle[0].requests_per_sec, 32_000.0, "the median requests/s");
+        // By requests/s the paced row would be the 700 ms run; by p99 it is the 3 ms one.
+        assert_eq!(middle[1].p99_ms, 3.0);
     }
 }

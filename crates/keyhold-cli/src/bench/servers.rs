@@ -222,6 +222,41 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
+/// The whole machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineTicks {
+    /// Every state together (user, nice, system, idle, iowait, irq, softirq, steal).
+    pub total: u64,
+    /// Time the hypervisor ran something else while this VM's vCPUs wanted to run.
+    pub steal: u64,
+}
+
+impl MachineTicks {
+    /// Now; `None` where `/proc/stat` is not there or not as expected.
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        Self::parse(stat.lines().next()?)
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        // user nice system idle iowait irq softirq steal (guest times are inside user).
+        let values: Vec<u64> = fields.take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+        let steal = *values.get(7)?;
+        Some(Self { total: values.iter().sum(), steal })
+    }
+
+    /// The share of the machine's time stolen since `before`, in percent.
+    pub fn steal_percent_since(&self, before: &Self) -> Option<f64> {
+        let total = self.total.checked_sub(before.total).filter(|t| *t > 0)?;
+        let steal = self.steal.checked_sub(before.steal)?;
+        Some(steal as f64 * 100.0 / total as f64)
+    }
+}
+
 /// `text` without the TOML table `header` (up to the next table header).
 fn without_table(text: &str, header: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -322,6 +357,20 @@ mod tests {
         let used = cpu_seconds(std::process::id()).expect("/proc/self/stat");
         assert!(used > 0.0, "{used}");
         assert!(cpu_seconds(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn stolen_time_is_the_eighth_value_of_the_cpu_line() {
+        let before = MachineTicks::parse("cpu  100 0 50 800 10 0 5 35 7 0").expect("a cpu line");
+        let after = MachineTicks::parse("cpu  200 0 60 900 10 0 5 55 9 0").expect("a cpu line");
+        // Guest times (the last two) are already counted in user time.
+        assert_eq!((before.total, before.steal), (1000, 35));
+        let stolen = after.steal_percent_since(&before).expect("time went by");
+        assert!((stolen - 20.0 / 230.0 * 100.0).abs() < 1e-9, "{stolen}");
+        assert!(before.steal_percent_since(&before).is_none(), "no time, no share");
+        assert!(MachineTicks::parse("cpu0 1 2 3 4 5 6 7 8").is_none(), "one core's line");
+        assert!(MachineTicks::parse("cpu  1 2 3").is_none(), "too short");
+        assert!(MachineTicks::now().is_some(), "this machine's /proc/stat");
     }
 
     #[test]
