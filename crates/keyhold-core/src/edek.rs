@@ -144,18 +144,25 @@ impl EncryptedDek {
         sealed: &SealedDek,
         wrapped_lease_key: &[u8],
     ) -> Self {
-        let nested = EncryptedDeks::single(EncryptedDek {
-            encrypted_dek_data: wrapped_lease_key.to_vec(),
-            kms_config_id,
-            tenant_id: tenant_id.to_owned(),
-            ..EncryptedDek::default()
-        });
+        let envelope = lease_key_envelope(tenant_id, kms_config_id, wrapped_lease_key);
+        Self::new_leased_in(tenant_id, kms_config_id, lease_id, sealed, envelope)
+    }
+
+    /// [`EncryptedDek::new_leased`] with the nested envelope already made by
+    /// [`lease_key_envelope`]: it is the same for every key sealed under one lease.
+    pub fn new_leased_in(
+        tenant_id: &str,
+        kms_config_id: i32,
+        lease_id: i32,
+        sealed: &SealedDek,
+        lease_key_envelope: Vec<u8>,
+    ) -> Self {
         EncryptedDek {
             encrypted_dek_data: sealed.sealed.to_vec(),
             kms_config_id,
             leased_key_id: lease_id,
             leased_key_iv: sealed.iv.to_vec(),
-            encrypted_leased_key_data: nested.to_bytes(),
+            encrypted_leased_key_data: lease_key_envelope,
             tenant_id: tenant_id.to_owned(),
         }
     }
@@ -216,6 +223,23 @@ impl EncryptedDek {
         }
         Ok(())
     }
+}
+
+/// The nested envelope of a leased entry (its `encryptedLeasedKeyData`): the lease key as the
+/// KMS wrapped it, in a one-entry `EncryptedDeks` naming the same tenant and KMS configuration
+/// (docs/formats.md §8).
+pub fn lease_key_envelope(
+    tenant_id: &str,
+    kms_config_id: i32,
+    wrapped_lease_key: &[u8],
+) -> Vec<u8> {
+    EncryptedDeks::single(EncryptedDek {
+        encrypted_dek_data: wrapped_lease_key.to_vec(),
+        kms_config_id,
+        tenant_id: tenant_id.to_owned(),
+        ..EncryptedDek::default()
+    })
+    .to_bytes()
 }
 
 /// The parts of a leased EDEK entry.
@@ -380,7 +404,11 @@ mod tests {
         #[test]
         fn prop_leased_round_trip(lease_id in 1i32.., config in 1i32.., elek in proptest::collection::vec(any::<u8>(), 1..600), iv in any::<[u8; 12]>()) {
             let sealed = SealedDek { iv, sealed: [1; SEALED_DEK_LEN] };
-            let env = EncryptedDeks::single(EncryptedDek::new_leased("t", config, lease_id, &sealed, &elek));
+            let entry = EncryptedDek::new_leased("t", config, lease_id, &sealed, &elek);
+            // A proxy encodes the nested envelope once per lease: the entry must be the same.
+            let from_cached = EncryptedDek::new_leased_in("t", config, lease_id, &sealed, lease_key_envelope("t", config, &elek));
+            prop_assert_eq!(&from_cached, &entry);
+            let env = EncryptedDeks::single(entry);
             let parsed = EncryptedDeks::from_bytes(&env.to_bytes()).unwrap();
             let parts = parsed.encrypted_deks[0].lease_parts().unwrap().unwrap();
             prop_assert_eq!(parts.lease_id, lease_id);

@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use keyhold_audit::{AuditEvent, EventKind, Spool};
-use keyhold_core::edek::{EncryptedDek, LeasedEntry};
+use keyhold_core::edek::{EncryptedDek, LeasedEntry, lease_key_envelope};
 use keyhold_core::lease::{LeaseBinding, LeaseCipher, LeaseError, new_lease_id};
 use keyhold_core::secret::Dek;
 use keyhold_kms::{KeyContext, Kms, KmsError};
@@ -67,7 +67,9 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 struct Lease {
     id: i32,
     cipher: LeaseCipher,
-    wrapped: Vec<u8>,
+    /// The lease key as the KMS wrapped it, in the nested envelope every EDEK sealed under this
+    /// lease carries: encoded once here, not for every wrap.
+    key_envelope: Vec<u8>,
     digest: [u8; 32],
     obtained: Instant,
 }
@@ -169,12 +171,12 @@ impl ConfigLeases {
         let lease = self.current().await?;
         let binding = self.binding(lease.id);
         let sealed = lease.cipher.seal(dek, &binding).map_err(LeaseFailure::Sealed)?;
-        Ok(EncryptedDek::new_leased(
+        Ok(EncryptedDek::new_leased_in(
             &self.tenant,
             self.config_id,
             lease.id,
             &sealed,
-            &lease.wrapped,
+            lease.key_envelope.clone(),
         ))
     }
 
@@ -232,7 +234,7 @@ impl ConfigLeases {
             .await;
         let outcome = result.and_then(|generated| {
             let id = new_lease_id().map_err(|_| KmsError::WrapFailed("no randomness".into()))?;
-            Lease::new(id, &generated.dek, generated.wrapped)
+            Lease::new(id, &generated.dek, &generated.wrapped, &self.tenant, self.config_id)
         });
         match outcome {
             Ok(lease) => {
@@ -379,7 +381,7 @@ impl ConfigLeases {
                 return Err(error);
             }
         };
-        let lease = Lease::new(lease_id, &dek, wrapped)?;
+        let lease = Lease::new(lease_id, &dek, &wrapped, &self.tenant, self.config_id)?;
         debug_assert_eq!(lease.digest, digest);
         Ok(Arc::new(lease))
     }
@@ -503,11 +505,18 @@ fn revokes(error: &KmsError) -> bool {
 }
 
 impl Lease {
-    fn new(id: i32, key: &Dek, wrapped: Vec<u8>) -> Result<Self, KmsError> {
+    fn new(
+        id: i32,
+        key: &Dek,
+        wrapped: &[u8],
+        tenant: &str,
+        config_id: i32,
+    ) -> Result<Self, KmsError> {
         let cipher = LeaseCipher::new(key)
             .map_err(|_| KmsError::UnwrapFailed("unusable lease key".into()))?;
-        let digest = Sha256::digest(&wrapped).into();
-        Ok(Self { id, cipher, wrapped, digest, obtained: Instant::now() })
+        let digest = Sha256::digest(wrapped).into();
+        let key_envelope = lease_key_envelope(tenant, config_id, wrapped);
+        Ok(Self { id, cipher, key_envelope, digest, obtained: Instant::now() })
     }
 }
 
