@@ -227,18 +227,11 @@ where
     }
     // The last requests end a little after `until`: CPU is counted up to the last answer.
     let measured = measure_from.elapsed().as_secs_f64();
-    let cpu = match (cpu_before, server.pid.and_then(cpu_seconds)) {
-        (Some(before), Some(after)) => Some(after - before),
-        _ => None,
-    };
-    let driver = match (driver_before, cpu_seconds(std::process::id())) {
-        (Some(before), Some(after)) => Some(after - before),
-        _ => None,
-    };
-    let machine_steal_percent = match (machine_before, MachineTicks::now()) {
-        (Some(before), Some(after)) => after.steal_percent_since(&before),
-        _ => None,
-    };
+    let spent = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
+    let cpu = spent(cpu_before, server.pid.and_then(cpu_seconds));
+    let driver = spent(driver_before, cpu_seconds(std::process::id()));
+    let machine_steal_percent =
+        machine_before.zip(MachineTicks::now()).and_then(|(b, a)| a.steal_percent_since(&b));
     let window = match (buckets_before, server.buckets().await) {
         (Some(before), Some(after)) => after.since(&before).ok(),
         _ => None,
